@@ -1,0 +1,60 @@
+//! `ats-hook check`: validate the config and print the plan a push would run.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::Location;
+use crate::config::Config;
+
+pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
+    let (_repo, config) = super::open(location)?;
+    write_plan(&config, out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
+    let deploy = &config.deploy;
+    writeln!(out, "config {} is valid", config.path.display())?;
+    writeln!(out, "deploys:   {}", config.describe_selection())?;
+    writeln!(out, "root:      {}", deploy.root.display())?;
+    writeln!(out, "releases:  keep {}; a push waits up to {} for another deploy", deploy.keep_releases, deploy.lock_timeout)?;
+    if !config.shared.paths.is_empty() {
+        let paths: Vec<String> = config.shared.paths.iter().map(|p| p.to_string()).collect();
+        writeln!(out, "shared:    {}", paths.join(", "))?;
+    }
+    let keys: Vec<&str> = config.env.vars.keys().map(String::as_str).collect();
+    if !keys.is_empty() {
+        writeln!(out, "env:       {}", keys.join(", "))?;
+    }
+    if let Some(file) = config.env_file() {
+        let state = if file.is_file() { "present" } else { "MISSING: deploys will fail until it exists" };
+        writeln!(out, "env file:  {} ({state})", file.display())?;
+    }
+    if config.steps.is_empty() {
+        writeln!(out, "steps:     none")?;
+    }
+    for (n, step) in config.steps.iter().enumerate() {
+        writeln!(out, "step {}:    {} (timeout {}): {}", n + 1, step.name, step.timeout, step.run)?;
+    }
+    writeln!(out, "switch:    {}/current -> releases/<id>", deploy.root.display())?;
+    let restart = &config.restart;
+    if restart.is_empty() {
+        writeln!(out, "restart:   nothing")?;
+    }
+    if let Some(touch) = &restart.touch {
+        writeln!(out, "restart:   touch {touch}")?;
+    }
+    for unit in &restart.systemctl {
+        let sudo = if restart.sudo { "sudo -n " } else { "" };
+        writeln!(out, "restart:   {sudo}systemctl {} {unit}", restart.systemctl_action.as_str())?;
+    }
+    if let Some(signal) = &restart.signal {
+        writeln!(out, "restart:   send {} to the pid in {}", signal.signal, signal.pidfile.display())?;
+    }
+    if let Some(command) = &restart.command {
+        writeln!(out, "restart:   {command}")?;
+    }
+    Ok(())
+}

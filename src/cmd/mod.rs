@@ -1,0 +1,49 @@
+//! One module per command; each takes its arguments and writes its own output to a
+//! `&mut dyn Write` (stdout in the binary), leaving stderr to tracing.
+
+mod check;
+mod deploy;
+mod hook;
+mod quickstart;
+mod status;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use git2::Repository;
+
+use crate::cli::{Command, Location};
+use crate::config::Config;
+
+pub fn run(command: Command) -> Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        Command::PostReceive(location) => hook::run(&location, std::io::stdin().lock()),
+        Command::Deploy { rev, git_ref, location } => deploy::run(&location, rev.as_deref(), git_ref.as_deref()),
+        Command::Status { json, location } => status::run(&location, json, &mut stdout),
+        Command::Check(location) => check::run(&location, &mut stdout),
+        Command::Quickstart { dir } => quickstart::run(dir.as_deref(), &mut stdout),
+    }
+}
+
+/// Opens the bare repository: `--repo`, else what git's environment names (in a hook), else
+/// the current folder.
+fn open_repo(location: &Location) -> Result<Repository> {
+    match &location.repo {
+        Some(path) => Repository::open(path)
+            .with_context(|| format!("failed to open repository `{}`", path.display())),
+        None => Repository::open_from_env().context("failed to open the repository (pass `--repo PATH`)"),
+    }
+}
+
+/// Opens the repository and loads its config.
+fn open(location: &Location) -> Result<(Repository, Config)> {
+    let repo = open_repo(location)?;
+    let config = load_config(location, repo.path())?;
+    Ok((repo, config))
+}
+
+fn load_config(location: &Location, repo_dir: &Path) -> Result<Config> {
+    Config::load(&Config::locate(location.config.as_deref(), repo_dir))
+}

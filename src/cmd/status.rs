@@ -1,0 +1,96 @@
+//! `ats-hook status [--json]`: what is live, since when, from which push; the lock holder.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cli::Location;
+use crate::layout::Layout;
+use crate::lock::{self, Holder};
+use crate::output::short;
+use crate::record::{self, DeployRecord};
+use crate::refs::short_ref;
+
+#[derive(Debug, Serialize)]
+struct Status {
+    root: String,
+    live: Option<Live>,
+    last_deploy: Option<DeployRecord>,
+    lock: Option<Holder>,
+    releases: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Live {
+    release: String,
+    commit: Option<String>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    since: Option<String>,
+    pusher: Option<String>,
+}
+
+pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
+    let (_repo, config) = super::open(location)?;
+    let layout = Layout::new(&config.deploy.root);
+    let records = record::read_all(&layout.deploys_file())?;
+    let live = layout.live_release()?.map(|release| {
+        let record = record::live_record(&records, &release);
+        Live {
+            commit: record.map(|r| r.commit.clone()),
+            git_ref: record.map(|r| r.git_ref.clone()),
+            since: record.map(|r| r.finished_at.clone()),
+            pusher: record.map(|r| r.pusher.clone()),
+            release,
+        }
+    });
+    let status = Status {
+        root: layout.root().display().to_string(),
+        live,
+        last_deploy: records.last().cloned(),
+        lock: lock::current_holder(&layout.lock_file())?,
+        releases: layout.release_ids()?,
+    };
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &status).context("failed to write status")?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "deploy root: {}", status.root)?;
+    match &status.live {
+        None => writeln!(out, "live:        nothing yet")?,
+        Some(live) => {
+            let what = match (&live.commit, &live.git_ref) {
+                (Some(commit), Some(git_ref)) => format!(" ({} of {})", short(commit), short_ref(git_ref)),
+                _ => String::new(),
+            };
+            writeln!(out, "live:        {}{what}", live.release)?;
+            if let (Some(since), Some(pusher)) = (&live.since, &live.pusher) {
+                writeln!(out, "since:       {since}, pushed by {pusher}")?;
+            }
+        }
+    }
+    if let Some(last) = &status.last_deploy {
+        let detail = match (&last.failed_step, &last.error) {
+            (_, Some(error)) => format!(": {error}"),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "last deploy: {} {} ({} of {}) at {}{detail}",
+            last.id,
+            last.state.as_str(),
+            short(&last.commit),
+            short_ref(&last.git_ref),
+            last.finished_at
+        )?;
+    }
+    match &status.lock {
+        Some(holder) => writeln!(out, "lock:        held by {holder}")?,
+        None => writeln!(out, "lock:        free")?,
+    }
+    writeln!(out, "releases:    {} on disk", status.releases.len())?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,110 @@
+//! The deploy root on disk.
+//!
+//! ```text
+//! <root>/releases/<id>/        one folder per release
+//! <root>/current -> releases/<id>
+//! <root>/shared/               state that outlives releases
+//! <root>/.ats-hook/lock        the deploy lock, holding who has it
+//! <root>/.ats-hook/deploys.jsonl, logs/<id>.log, index/<id>
+//! ```
+//!
+//! Every path the pipeline touches is named here, so the layout is written down once.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn releases(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+    pub fn release(&self, id: &str) -> PathBuf {
+        self.releases().join(id)
+    }
+    pub fn current(&self) -> PathBuf {
+        self.root.join("current")
+    }
+    pub fn shared(&self) -> PathBuf {
+        self.root.join("shared")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.join(".ats-hook")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.state().join("lock")
+    }
+    pub fn deploys_file(&self) -> PathBuf {
+        self.state().join("deploys.jsonl")
+    }
+    pub fn log_file(&self, id: &str) -> PathBuf {
+        self.state().join("logs").join(format!("{id}.log"))
+    }
+    pub fn index_file(&self, id: &str) -> PathBuf {
+        self.state().join("index").join(id)
+    }
+
+    /// Creates the folders a deploy writes into.
+    pub fn create(&self) -> Result<()> {
+        for dir in [
+            self.releases(),
+            self.shared(),
+            self.state().join("logs"),
+            self.state().join("index"),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("failed to create `{}`", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The id of the live release, if `current` exists.
+    pub fn live_release(&self) -> Result<Option<String>> {
+        let current = self.current();
+        match std::fs::symlink_metadata(&current) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(err).with_context(|| format!("failed to inspect `{}`", current.display()))
+            }
+            Ok(meta) if !meta.file_type().is_symlink() => bail!(
+                "`{}` is not a symlink: move it away so ats-hook can manage it",
+                current.display()
+            ),
+            Ok(_) => {}
+        }
+        let target = std::fs::read_link(&current)
+            .with_context(|| format!("failed to read link `{}`", current.display()))?;
+        Ok(target.file_name().map(|name| name.to_string_lossy().into_owned()))
+    }
+
+    /// Release ids on disk, oldest first (ids start with a UTC timestamp).
+    pub fn release_ids(&self) -> Result<Vec<String>> {
+        let dir = self.releases();
+        let entries = match std::fs::read_dir(&dir) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other.with_context(|| format!("failed to list `{}`", dir.display()))?,
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("failed to list `{}`", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                ids.push(name);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}

@@ -1,0 +1,29 @@
+//! ats-hook: server-side push-to-deploy in one binary.
+//!
+//! The modules follow the pipeline a push runs through (`refs` → `select` → `lock` → `release`
+//! → `steps` → `restart` → `record`), orchestrated by `deploy`; `cmd` holds one module per
+//! command.
+
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod deploy;
+pub mod layout;
+pub mod lock;
+pub mod output;
+pub mod process;
+pub mod record;
+pub mod refs;
+pub mod release;
+pub mod restart;
+pub mod select;
+pub mod steps;
+
+use std::process::ExitCode;
+
+/// Parses the command line, sets up output, runs the command.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = cli::parse();
+    output::init(cli.verbose);
+    cmd::run(cli.command)
+}

@@ -1,0 +1,241 @@
+//! What the pusher reads, what the deploy log keeps, what journald records.
+//!
+//! Everything goes through `tracing`. Three layers listen:
+//! - stderr, which git shows the pusher as `remote:` lines: a plain format, `ats-hook: message`
+//!   for our own lines and `<step> | line` for a step's output, level set by `-v`/`ATS_HOOK_LOG`;
+//! - the deploy's log file `<root>/.ats-hook/logs/<id>.log`, the same text, while a deploy runs;
+//! - journald, when its socket exists, with the deploy id, commit, ref and step as fields
+//!   (`journalctl -t ats-hook DEPLOY_ID=...`).
+//!
+//! The deploy's identity is held here while it runs, so that every line carries it without
+//! each caller repeating it.
+
+use std::fmt::{self, Write as _};
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::Mutex;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The target of a step's output lines; printed without our prefix.
+const STEP_TARGET: &str = "ats_hook::step";
+
+#[derive(Debug, Clone, Default)]
+struct DeployContext {
+    deploy_id: String,
+    commit: String,
+    git_ref: String,
+}
+
+static CONTEXT: Mutex<Option<DeployContext>> = Mutex::new(None);
+static DEPLOY_LOG: Mutex<Option<File>> = Mutex::new(None);
+
+/// Installs the subscriber. `verbose` raises stderr to debug (more `-v`, trace);
+/// `ATS_HOOK_LOG` (EnvFilter syntax) overrides it.
+pub fn init(verbose: u8) {
+    let default = match verbose {
+        0 => "ats_hook=info",
+        1 => "ats_hook=debug",
+        _ => "trace",
+    };
+    let stderr_filter = EnvFilter::try_from_env("ATS_HOOK_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    let ours = Targets::new().with_target("ats_hook", LevelFilter::INFO);
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(io::stderr)
+        .event_format(PlainFormat)
+        .with_filter(stderr_filter);
+    let log_file = tracing_subscriber::fmt::layer()
+        .with_writer(DeployLogWriter)
+        .event_format(PlainFormat)
+        .with_filter(ours.clone());
+    let journald = tracing_journald::layer().ok().map(|layer| {
+        layer
+            .with_syslog_identifier("ats-hook".to_string())
+            .with_field_prefix(None)
+            .with_filter(ours)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(log_file)
+        .with(journald)
+        .try_init();
+}
+
+/// While the returned guard lives, every line carries this deploy's identity and is appended
+/// to `log`.
+pub fn begin_deploy(deploy_id: &str, commit: &str, git_ref: &str, log: Option<File>) -> DeployGuard {
+    *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = Some(DeployContext {
+        deploy_id: deploy_id.to_string(),
+        commit: commit.to_string(),
+        git_ref: git_ref.to_string(),
+    });
+    *DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()) = log;
+    DeployGuard(())
+}
+
+pub struct DeployGuard(());
+
+impl Drop for DeployGuard {
+    fn drop(&mut self) {
+        *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+fn context() -> Option<DeployContext> {
+    CONTEXT.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+macro_rules! emit {
+    ($level:expr, $($field:tt)*) => {
+        match context() {
+            Some(c) => tracing::event!(
+                target: "ats_hook", $level,
+                deploy_id = %c.deploy_id, commit = %c.commit, git_ref = %c.git_ref, $($field)*
+            ),
+            None => tracing::event!(target: "ats_hook", $level, $($field)*),
+        }
+    };
+}
+
+/// One line of our own for the pusher: `ats-hook: <text>`.
+pub fn say(text: impl fmt::Display) {
+    emit!(Level::INFO, "{text}");
+}
+
+/// A line the pusher should notice: `ats-hook: warning: <text>`.
+pub fn warn(text: impl fmt::Display) {
+    emit!(Level::WARN, "{text}");
+}
+
+/// A failure line: `ats-hook: error: <text>`.
+pub fn error(text: impl fmt::Display) {
+    emit!(Level::ERROR, "{text}");
+}
+
+/// One line of a step's output, prefixed with the step's name padded to `width`.
+pub fn step_line(step: &str, width: usize, line: &str) {
+    match context() {
+        Some(c) => tracing::info!(
+            target: STEP_TARGET,
+            deploy_id = %c.deploy_id, commit = %c.commit, git_ref = %c.git_ref, step,
+            "{step:>width$} | {line}"
+        ),
+        None => tracing::info!(target: STEP_TARGET, step, "{step:>width$} | {line}"),
+    }
+}
+
+/// Formats an event as the pusher reads it: the message alone, behind `ats-hook:` and the
+/// level when it is not plain information. Fields are for journald and `-v`.
+struct PlainFormat;
+
+impl<S, N> FormatEvent<S, N> for PlainFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if meta.target() == STEP_TARGET {
+            return writeln!(writer, "{}", fields.message);
+        }
+        let level = *meta.level();
+        let prefix = if level == Level::INFO {
+            ""
+        } else if level == Level::WARN {
+            "warning: "
+        } else if level == Level::ERROR {
+            "error: "
+        } else {
+            "debug: "
+        };
+        write!(writer, "ats-hook: {prefix}{}", fields.message)?;
+        if level > Level::INFO {
+            write!(writer, " [{}]{}", meta.target(), fields.rest)?;
+        }
+        writeln!(writer)
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.rest, " {}={value:?}", field.name());
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.rest, " {}={value}", field.name());
+        }
+    }
+}
+
+/// Writes into the running deploy's log file, if any.
+struct DeployLogWriter;
+
+impl<'a> MakeWriter<'a> for DeployLogWriter {
+    type Writer = DeployLogWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        DeployLogWriter
+    }
+}
+
+impl Write for DeployLogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(file) = DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            file.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `1.2s`, `340ms`: how durations read in the pusher's output.
+pub fn seconds(duration: std::time::Duration) -> String {
+    let ms = duration.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", duration.as_secs_f64())
+    }
+}
+
+/// `512 B`, `12.3 KB`, `58.9 MB`.
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} KB", bytes as f64 / 1e3),
+        _ => format!("{:.1} MB", bytes as f64 / 1e6),
+    }
+}
+
+/// The first 7 characters of a sha.
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}

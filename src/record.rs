@@ -1,0 +1,131 @@
+//! The deploy history: one JSON line per deploy in `<root>/.ats-hook/deploys.jsonl`.
+//!
+//! Append-only, one `write` per record on a file opened with `O_APPEND`, so a reader never sees
+//! half a record and the history survives anything short of the disk itself. It is also where the
+//! pipeline learns which commit a release holds and where a rollback would go.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Succeeded,
+    Failed,
+    RolledBack,
+    Interrupted,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::RolledBack => "rolled-back",
+            State::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepStatus {
+    Ok,
+    Failed,
+    TimedOut,
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepRecord {
+    pub name: String,
+    pub status: StepStatus,
+    /// The exit status as a shell reports it (128+N for a signal); absent on a timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeployRecord {
+    pub id: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub old_commit: Option<String>,
+    pub commit: String,
+    pub release: String,
+    /// The release that was live when this deploy started.
+    pub previous_release: Option<String>,
+    pub state: State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub steps: Vec<StepRecord>,
+    pub pusher: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+}
+
+pub fn append(path: &Path, record: &DeployRecord) -> Result<()> {
+    let mut line = serde_json::to_string(record).context("failed to encode the deploy record")?;
+    line.push('\n');
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("failed to open history `{}`", path.display()))?;
+    file.write_all(line.as_bytes())
+        .with_context(|| format!("failed to append to history `{}`", path.display()))
+}
+
+/// Every record, oldest first. A line that does not parse (a disk that filled up mid-write) is
+/// skipped with a warning rather than hiding the rest of the history.
+pub fn read_all(path: &Path) -> Result<Vec<DeployRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other.with_context(|| format!("failed to read history `{}`", path.display()))?,
+    };
+    let mut records = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(record) => records.push(record),
+            Err(err) => tracing::warn!(
+                "skipping line {} of `{}`: {err}",
+                number + 1,
+                path.display()
+            ),
+        }
+    }
+    Ok(records)
+}
+
+/// The newest record of a deploy that made `release` live.
+pub fn live_record<'a>(records: &'a [DeployRecord], release: &str) -> Option<&'a DeployRecord> {
+    records
+        .iter()
+        .rev()
+        .find(|r| r.release == release && r.state == State::Succeeded)
+}
+
+/// Where a rollback from `live` would go: the newest release, other than `live`, that went live
+/// successfully and is still on disk.
+pub fn rollback_target<'a>(
+    records: &'a [DeployRecord],
+    live: Option<&str>,
+    on_disk: &[String],
+) -> Option<&'a DeployRecord> {
+    records.iter().rev().find(|r| {
+        r.state == State::Succeeded
+            && Some(r.release.as_str()) != live
+            && on_disk.iter().any(|id| *id == r.release)
+    })
+}

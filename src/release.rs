@@ -1,0 +1,277 @@
+//! Releases on disk: materializing a commit, linking shared paths, switching `current`, pruning.
+//!
+//! A release is written by walking the commit's tree with git2 into a folder that did not exist
+//! before, so nothing of an older release or of the live site is touched. Entry names are
+//! checked (no `..`, `/`, `.git`), and files are only ever created inside folders this code made,
+//! so a pushed tree cannot write outside its release. The release's git index, with the stat
+//! data of each written file, is kept in `.ats-hook/index/<id>` so later work can compare a
+//! release with its commit cheaply.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use git2::{Index, IndexEntry, IndexTime, Oid, Repository, Tree};
+
+use crate::config::RelPath;
+use crate::layout::Layout;
+use crate::output;
+
+/// `20261122T045500Z-723cd4e`; a suffix keeps ids unique when one commit is deployed twice in
+/// the same second.
+pub fn new_id(layout: &Layout, commit: Oid, now: SystemTime) -> String {
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    let base = format!("{stamp}-{}", output::short(&commit.to_string()));
+    let mut id = base.clone();
+    let mut n = 2;
+    while fs::symlink_metadata(layout.release(&id)).is_ok() {
+        id = format!("{base}-{n}");
+        n += 1;
+    }
+    id
+}
+
+#[derive(Debug, Default)]
+pub struct Checkout {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Writes the tree of `commit` into `dir` (which must not exist) and its index to `index_path`.
+pub fn materialize(repo: &Repository, commit: Oid, dir: &Path, index_path: &Path) -> Result<Checkout> {
+    let commit = repo
+        .find_commit(commit)
+        .with_context(|| format!("failed to find commit `{commit}`"))?;
+    let tree = commit.tree().with_context(|| format!("failed to read the tree of `{}`", commit.id()))?;
+    fs::create_dir(dir).with_context(|| format!("failed to create release `{}`", dir.display()))?;
+    let _ = fs::remove_file(index_path);
+    let mut index = Index::open(index_path)
+        .with_context(|| format!("failed to create index `{}`", index_path.display()))?;
+    let mut stats = Checkout::default();
+    write_tree(repo, &tree, dir, "", &mut index, &mut stats)?;
+    index
+        .write()
+        .with_context(|| format!("failed to write index `{}`", index_path.display()))?;
+    Ok(stats)
+}
+
+fn write_tree(
+    repo: &Repository,
+    tree: &Tree<'_>,
+    dir: &Path,
+    prefix: &str,
+    index: &mut Index,
+    stats: &mut Checkout,
+) -> Result<()> {
+    for entry in tree.iter() {
+        let name = std::str::from_utf8(entry.name_bytes()).ok().filter(|name| is_safe_name(name));
+        let Some(name) = name else {
+            bail!(
+                "the commit holds an unsafe path `{}{}`; refusing to check it out",
+                prefix,
+                String::from_utf8_lossy(entry.name_bytes())
+            );
+        };
+        let path = dir.join(name);
+        let rel = format!("{prefix}{name}");
+        let mode = entry.filemode() as u32;
+        match mode {
+            0o040000 => {
+                fs::create_dir(&path).with_context(|| format!("failed to create `{}`", path.display()))?;
+                let subtree = repo
+                    .find_tree(entry.id())
+                    .with_context(|| format!("failed to read tree `{rel}`"))?;
+                write_tree(repo, &subtree, &path, &format!("{rel}/"), index, stats)?;
+            }
+            0o100644 | 0o100755 | 0o120000 => {
+                let blob = repo
+                    .find_blob(entry.id())
+                    .with_context(|| format!("failed to read blob of `{rel}`"))?;
+                if mode == 0o120000 {
+                    let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(blob.content());
+                    std::os::unix::fs::symlink(target, &path)
+                        .with_context(|| format!("failed to create symlink `{}`", path.display()))?;
+                } else {
+                    let mut file = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(if mode == 0o100755 { 0o777 } else { 0o666 })
+                        .open(&path)
+                        .with_context(|| format!("failed to create `{}`", path.display()))?;
+                    file.write_all(blob.content())
+                        .with_context(|| format!("failed to write `{}`", path.display()))?;
+                }
+                stats.files += 1;
+                stats.bytes += blob.size() as u64;
+                add_entry(index, &path, &rel, mode, entry.id())?;
+            }
+            0o160000 => {
+                // A submodule: its folder exists, its content is not part of this commit.
+                fs::create_dir(&path).with_context(|| format!("failed to create `{}`", path.display()))?;
+                output::warn(format!("submodule `{rel}` is left empty"));
+                add_entry(index, &path, &rel, mode, entry.id())?;
+            }
+            other => bail!("`{rel}` has an unknown file mode {other:o}"),
+        }
+    }
+    Ok(())
+}
+
+fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && !name.eq_ignore_ascii_case(".git")
+}
+
+fn add_entry(index: &mut Index, path: &Path, rel: &str, mode: u32, id: Oid) -> Result<()> {
+    let meta = fs::symlink_metadata(path).with_context(|| format!("failed to stat `{}`", path.display()))?;
+    let entry = IndexEntry {
+        ctime: IndexTime::new(meta.ctime() as i32, meta.ctime_nsec() as u32),
+        mtime: IndexTime::new(meta.mtime() as i32, meta.mtime_nsec() as u32),
+        dev: meta.dev() as u32,
+        ino: meta.ino() as u32,
+        mode,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        file_size: meta.size() as u32,
+        id,
+        flags: rel.len().min(0xfff) as u16,
+        flags_extended: 0,
+        path: rel.as_bytes().to_vec(),
+    };
+    index.add(&entry).with_context(|| format!("failed to index `{rel}`"))
+}
+
+/// Links each shared path into the release. Returns one note per thing worth telling.
+pub fn link_shared(layout: &Layout, release: &Path, paths: &[RelPath]) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for path in paths {
+        let shared = layout.shared().join(path.as_path());
+        let link = release.join(path.as_path());
+        ensure_real_parents(release, path.as_path())?;
+        let tracked = fs::symlink_metadata(&link).ok();
+        if fs::symlink_metadata(&shared).is_err() {
+            if let Some(parent) = shared.parent() {
+                fs::create_dir_all(parent).with_context(|| format!("failed to create `{}`", parent.display()))?;
+            }
+            match &tracked {
+                Some(meta) if !meta.file_type().is_symlink() => {
+                    copy_tree(&link, &shared)?;
+                    notes.push(format!("shared: seeded `shared/{path}` from the release"));
+                }
+                _ => {
+                    fs::create_dir(&shared).with_context(|| format!("failed to create `{}`", shared.display()))?;
+                    notes.push(format!("shared: created empty folder `shared/{path}`"));
+                }
+            }
+        }
+        if let Some(meta) = tracked {
+            if meta.is_dir() {
+                fs::remove_dir_all(&link)
+            } else {
+                fs::remove_file(&link)
+            }
+            .with_context(|| format!("failed to remove `{}`", link.display()))?;
+            notes.push(format!("shared: tracked `{path}` replaced by the link to `shared/{path}`"));
+        }
+        std::os::unix::fs::symlink(&shared, &link)
+            .with_context(|| format!("failed to link `{}` to `{}`", link.display(), shared.display()))?;
+    }
+    Ok(notes)
+}
+
+/// Creates the folders above `rel` inside `release`, refusing to pass through a symlink: a
+/// tracked `log -> /var/log` must not let a shared link land outside the release.
+fn ensure_real_parents(release: &Path, rel: &Path) -> Result<()> {
+    let mut dir = release.to_path_buf();
+    let Some(parent) = rel.parent() else { return Ok(()) };
+    for part in parent.components() {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => bail!(
+                "cannot link a shared path through `{}`: it is not a folder of the release",
+                dir.display()
+            ),
+            Ok(_) => {}
+            Err(_) => fs::create_dir(&dir).with_context(|| format!("failed to create `{}`", dir.display()))?,
+        }
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(from).with_context(|| format!("failed to stat `{}`", from.display()))?;
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(from)?;
+        std::os::unix::fs::symlink(target, to)
+    } else if meta.is_dir() {
+        fs::create_dir(to).with_context(|| format!("failed to create `{}`", to.display()))?;
+        for entry in fs::read_dir(from).with_context(|| format!("failed to list `{}`", from.display()))? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        return Ok(());
+    } else {
+        fs::copy(from, to).map(|_| ())
+    }
+    .with_context(|| format!("failed to copy `{}` to `{}`", from.display(), to.display()))
+}
+
+/// Points `current` at a release with one `rename(2)`, so a reader sees the old or the new
+/// release, never neither.
+pub fn switch_current(layout: &Layout, id: &str) -> Result<()> {
+    let tmp = layout.root().join(format!(".current.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let target = PathBuf::from("releases").join(id);
+    std::os::unix::fs::symlink(&target, &tmp)
+        .with_context(|| format!("failed to create `{}`", tmp.display()))?;
+    fs::rename(&tmp, layout.current()).with_context(|| {
+        let _ = fs::remove_file(&tmp);
+        format!("failed to switch `{}` to `{}`", layout.current().display(), target.display())
+    })?;
+    // Make the switch durable before anything reports it.
+    fs::File::open(layout.root())
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("failed to sync `{}`", layout.root().display()))
+}
+
+/// Puts `current` back to what it was: another release, or nothing on a first deploy.
+pub fn restore_current(layout: &Layout, previous: Option<&str>) -> Result<()> {
+    match previous {
+        Some(id) => switch_current(layout, id),
+        None => match fs::remove_file(layout.current()) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err)
+                .with_context(|| format!("failed to remove `{}`", layout.current().display())),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Removes releases beyond `keep`, oldest first, releases that never went live before those
+/// that did. Releases in `protected` are never removed.
+pub fn prune(layout: &Layout, keep: usize, protected: &[&str], went_live: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+    let ids = layout.release_ids()?;
+    if ids.len() <= keep {
+        return Ok(Vec::new());
+    }
+    let mut candidates: Vec<&String> = ids.iter().filter(|id| !protected.contains(&id.as_str())).collect();
+    // Stable sort: within each group the order stays oldest first.
+    candidates.sort_by_key(|id| went_live(id));
+    let mut removed = Vec::new();
+    for id in candidates.into_iter().take(ids.len() - keep) {
+        let dir = layout.release(id);
+        fs::remove_dir_all(&dir).with_context(|| format!("failed to remove old release `{}`", dir.display()))?;
+        let _ = fs::remove_file(layout.index_file(id));
+        removed.push(id.clone());
+    }
+    Ok(removed)
+}
