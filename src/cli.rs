@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "ats-hook", version, about = "Push-to-deploy from a bare git repository: atomic releases, steps, restart, history")]
+#[command(
+    name = "ats-hook",
+    version,
+    about = "Push-to-deploy from a bare git repository: atomic releases, steps, restart, history"
+)]
 pub struct Cli {
     /// More output on stderr (-v debug, -vv trace); `ATS_HOOK_LOG` takes EnvFilter syntax
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -98,6 +102,9 @@ mod tests {
         let cli = Cli::parse_from(args);
         assert!(matches!(cli.command, Command::PostReceive(_)));
         let args = hook_args(vec!["ats-hook".into(), "status".into()]);
-        assert!(matches!(Cli::parse_from(args).command, Command::Status { .. }));
+        assert!(matches!(
+            Cli::parse_from(args).command,
+            Command::Status { .. }
+        ));
     }
 }

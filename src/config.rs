@@ -183,7 +183,8 @@ impl Config {
                 path.display()
             ),
             Err(err) => {
-                return Err(err).with_context(|| format!("failed to read config `{}`", path.display()))
+                return Err(err)
+                    .with_context(|| format!("failed to read config `{}`", path.display()))
             }
         };
         Config::parse(&text, path)
@@ -198,7 +199,9 @@ impl Config {
         if config.deploy.root.is_relative() {
             config.deploy.root = base.join(&config.deploy.root);
         }
-        config.check().with_context(|| format!("invalid config `{}`", path.display()))?;
+        config
+            .check()
+            .with_context(|| format!("invalid config `{}`", path.display()))?;
         Ok(config)
     }
 
@@ -228,7 +231,10 @@ impl Config {
 
     /// The env file's path, resolved against the deploy root.
     pub fn env_file(&self) -> Option<PathBuf> {
-        self.env.file.as_ref().map(|file| self.deploy.root.join(file))
+        self.env
+            .file
+            .as_ref()
+            .map(|file| self.deploy.root.join(file))
     }
 
     /// Whether a ref (full name) is one this config deploys.
@@ -277,7 +283,9 @@ impl<'de> Deserialize<'de> for EnvSection {
                 continue;
             }
             if key.is_empty() || key.contains(['=', '\0']) {
-                return Err(D::Error::custom(format!("`env.{key}` is not a variable name")));
+                return Err(D::Error::custom(format!(
+                    "`env.{key}` is not a variable name"
+                )));
             }
             let value = match value {
                 toml::Value::String(s) => s,
@@ -304,11 +312,13 @@ impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map(Duration).map_err(|err| {
-            D::Error::custom(format!(
-                "invalid duration `{text}` ({err}); write it like \"30s\", \"10m\" or \"1h\""
-            ))
-        })
+        humantime::parse_duration(&text)
+            .map(Duration)
+            .map_err(|err| {
+                D::Error::custom(format!(
+                    "invalid duration `{text}` ({err}); write it like \"30s\", \"10m\" or \"1h\""
+                ))
+            })
     }
 }
 
@@ -331,7 +341,10 @@ impl Pattern {
             .literal_separator(false)
             .build()
             .with_context(|| format!("invalid pattern `{text}`"))?;
-        Ok(Pattern { text: text.to_string(), matcher: glob.compile_matcher() })
+        Ok(Pattern {
+            text: text.to_string(),
+            matcher: glob.compile_matcher(),
+        })
     }
 
     pub fn matches(&self, name: &str) -> bool {
@@ -422,7 +435,9 @@ impl<'de> Deserialize<'de> for StepName {
         let text = String::deserialize(deserializer)?;
         let valid = !text.is_empty()
             && text.len() <= 32
-            && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !valid {
             return Err(D::Error::custom(format!(
                 "invalid step name `{text}`: use 1 to 32 letters, digits, `-`, `_` or `.`"
@@ -441,7 +456,11 @@ impl<'de> Deserialize<'de> for SignalName {
         use serde::de::Error;
         let text = String::deserialize(deserializer)?;
         let upper = text.to_ascii_uppercase();
-        let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
         nix::sys::signal::Signal::from_str(&full)
             .map(SignalName)
             .map_err(|_| D::Error::custom(format!("unknown signal `{text}`")))
@@ -516,7 +535,10 @@ mod tests {
         for bad in ["../etc", "/etc", "a/../../b", ".", ".git/hooks"] {
             assert!(RelPath::new(bad).is_err(), "{bad}");
         }
-        assert_eq!(RelPath::new("./media/").unwrap().as_path(), Path::new("media"));
+        assert_eq!(
+            RelPath::new("./media/").unwrap().as_path(),
+            Path::new("media")
+        );
     }
 
     #[test]
@@ -530,8 +552,8 @@ mod tests {
 
     #[test]
     fn env_values_may_be_numbers() {
-        let config = parse("[deploy]\nroot = \"/a\"\n[env]\nPORT = 8000\nfile = \"shared/.env\"\n")
-            .unwrap();
+        let config =
+            parse("[deploy]\nroot = \"/a\"\n[env]\nPORT = 8000\nfile = \"shared/.env\"\n").unwrap();
         assert_eq!(config.env.vars["PORT"], "8000");
         assert_eq!(config.env_file().unwrap(), Path::new("/a/shared/.env"));
     }
@@ -542,6 +564,9 @@ mod tests {
             "[deploy]\nroot = \"/a\"\n[restart]\nsignal = { pidfile = \"run/app.pid\", signal = \"usr2\" }\n",
         )
         .unwrap();
-        assert_eq!(config.restart.signal.unwrap().signal.0, nix::sys::signal::Signal::SIGUSR2);
+        assert_eq!(
+            config.restart.signal.unwrap().signal.0,
+            nix::sys::signal::Signal::SIGUSR2
+        );
     }
 }

@@ -25,10 +25,18 @@ use crate::steps::{self, DeployVars};
 
 /// Why a deploy stopped short.
 enum Stop {
-    Step { name: String, exit: Exit },
-    Interrupted { during: String },
+    Step {
+        name: String,
+        exit: Exit,
+    },
+    Interrupted {
+        during: String,
+    },
     Error(anyhow::Error),
-    RestartFailed { error: anyhow::Error, restored: Result<()> },
+    RestartFailed {
+        error: anyhow::Error,
+        restored: Result<()>,
+    },
 }
 
 impl From<anyhow::Error> for Stop {
@@ -83,13 +91,24 @@ pub fn deploy(repo: &Repository, config: &Config, target: &Target) -> Result<Exi
         since: now_rfc3339(SystemTime::now()),
         pusher: pusher(),
     };
-    let mut lock = lock::acquire(&layout.lock_file(), config.deploy.lock_timeout.0, &me, |holder, waited| {
-        let waited = if waited.as_secs() > 0 { format!(" (waited {})", seconds(waited)) } else { String::new() };
-        match holder {
-            Some(holder) => output::say(format!("waiting for the deploy lock held by {holder}{waited}")),
-            None => output::say(format!("waiting for the deploy lock{waited}")),
-        }
-    })?;
+    let mut lock = lock::acquire(
+        &layout.lock_file(),
+        config.deploy.lock_timeout.0,
+        &me,
+        |holder, waited| {
+            let waited = if waited.as_secs() > 0 {
+                format!(" (waited {})", seconds(waited))
+            } else {
+                String::new()
+            };
+            match holder {
+                Some(holder) => output::say(format!(
+                    "waiting for the deploy lock held by {holder}{waited}"
+                )),
+                None => output::say(format!("waiting for the deploy lock{waited}")),
+            }
+        },
+    )?;
     if let Some(dead) = lock.interrupted.take() {
         record_interrupted(&layout, &dead)?;
     }
@@ -106,7 +125,11 @@ pub fn deploy(repo: &Repository, config: &Config, target: &Target) -> Result<Exi
         .with_context(|| format!("failed to create deploy log `{}`", log_path.display()))?;
     let _context = output::begin_deploy(&id, &commit, &target.git_ref, Some(log));
     tracing::debug!(pid = me.pid, "lock taken");
-    output::say(format!("deploying {} ({}) as {id}", short(&commit), short_ref(&target.git_ref)));
+    output::say(format!(
+        "deploying {} ({}) as {id}",
+        short(&commit),
+        short_ref(&target.git_ref)
+    ));
 
     let records = record::read_all(&layout.deploys_file())?;
     let previous_release = layout.live_release()?;
@@ -115,22 +138,44 @@ pub fn deploy(repo: &Repository, config: &Config, target: &Target) -> Result<Exi
         .and_then(|live| record::live_record(&records, live))
         .map(|r| r.commit.clone());
 
-    let mut run = Run { id: id.clone(), steps: Vec::new(), timings: Vec::new() };
-    let outcome = pipeline(repo, config, &layout, target, previous_release.as_deref(), previous_commit.as_deref(), &mut run);
+    let mut run = Run {
+        id: id.clone(),
+        steps: Vec::new(),
+        timings: Vec::new(),
+    };
+    let outcome = pipeline(
+        repo,
+        config,
+        &layout,
+        target,
+        previous_release.as_deref(),
+        previous_commit.as_deref(),
+        &mut run,
+    );
 
     let (state, failed_step, error) = match &outcome {
         Ok(()) => (State::Succeeded, None, None),
         Err(Stop::Step { name, exit }) => (
-            if *exit == Exit::Interrupted { State::Interrupted } else { State::Failed },
+            if *exit == Exit::Interrupted {
+                State::Interrupted
+            } else {
+                State::Failed
+            },
             Some(name.clone()),
             Some(format!("step `{name}` failed ({exit})")),
         ),
-        Err(Stop::Interrupted { during }) => {
-            (State::Interrupted, None, Some(format!("interrupted during {during}")))
-        }
+        Err(Stop::Interrupted { during }) => (
+            State::Interrupted,
+            None,
+            Some(format!("interrupted during {during}")),
+        ),
         Err(Stop::Error(err)) => (State::Failed, None, Some(format!("{err:#}"))),
         Err(Stop::RestartFailed { error, restored }) => (
-            if restored.is_ok() { State::RolledBack } else { State::Failed },
+            if restored.is_ok() {
+                State::RolledBack
+            } else {
+                State::Failed
+            },
             Some("restart".to_string()),
             Some(format!("{error:#}")),
         ),
@@ -160,17 +205,22 @@ pub fn deploy(repo: &Repository, config: &Config, target: &Target) -> Result<Exi
         output::warn(format!("{err:#}"));
     }
 
-    let still_live = match &previous_commit {
-        Some(commit) => format!("{} is still live", short(commit)),
-        None => match &previous_release {
-            Some(release) => format!("{release} is still live"),
-            None => "nothing is live yet".to_string(),
-        },
+    // What was live before this deploy, as the summary names it.
+    let was_live = previous_commit
+        .as_deref()
+        .map(|c| short(c).to_string())
+        .or(previous_release.clone());
+    let still_live = match &was_live {
+        Some(live) => format!("{live} is still live"),
+        None => "nothing is live yet".to_string(),
     };
     let summary = match outcome {
         Ok(()) => {
-            let stages: Vec<String> =
-                run.timings.iter().map(|(stage, took)| format!("{stage} {}", seconds(*took))).collect();
+            let stages: Vec<String> = run
+                .timings
+                .iter()
+                .map(|(stage, took)| format!("{stage} {}", seconds(*took)))
+                .collect();
             output::say(format!(
                 "deployed {} ({}) as {} in {} — {}",
                 short(&commit),
@@ -181,19 +231,31 @@ pub fn deploy(repo: &Repository, config: &Config, target: &Target) -> Result<Exi
             ));
             return Ok(ExitCode::SUCCESS);
         }
-        Err(Stop::Step { name, exit: Exit::Interrupted }) => {
+        Err(Stop::Step {
+            name,
+            exit: Exit::Interrupted,
+        }) => {
             format!("deploy INTERRUPTED during step {name}; {still_live}")
         }
-        Err(Stop::Step { name, exit }) => format!("deploy FAILED at step {name} ({exit}); {still_live}"),
-        Err(Stop::Interrupted { during }) => format!("deploy INTERRUPTED during {during}; {still_live}"),
+        Err(Stop::Step { name, exit }) => {
+            format!("deploy FAILED at step {name} ({exit}); {still_live}")
+        }
+        Err(Stop::Interrupted { during }) => {
+            format!("deploy INTERRUPTED during {during}; {still_live}")
+        }
         Err(Stop::Error(err)) => {
             output::error(format!("{err:#}"));
             format!("deploy FAILED; {still_live}")
         }
-        Err(Stop::RestartFailed { restored: Ok(()), .. }) => {
-            format!("deploy FAILED at restart; switched back, {}", still_live.replace("is still live", "is live again"))
-        }
-        Err(Stop::RestartFailed { restored: Err(err), .. }) => {
+        Err(Stop::RestartFailed {
+            restored: Ok(()), ..
+        }) => match &was_live {
+            Some(live) => format!("deploy FAILED at restart; switched back, {live} is live again"),
+            None => "deploy FAILED at restart; nothing is live".to_string(),
+        },
+        Err(Stop::RestartFailed {
+            restored: Err(err), ..
+        }) => {
             output::error(format!("switching back failed too: {err:#}"));
             format!("deploy FAILED at restart and could not switch back; {id} is live")
         }
@@ -240,17 +302,27 @@ fn pipeline(
     let width = steps::prefix_width(config);
     for step in &config.steps {
         if process::stop_requested() {
-            return Err(Stop::Interrupted { during: format!("the steps, before `{}`", step.name) });
+            return Err(Stop::Interrupted {
+                during: format!("the steps, before `{}`", step.name),
+            });
         }
         let (record, exit) = steps::run(step, &dir, &env, width)?;
-        run.timings.push((step.name.to_string(), std::time::Duration::from_millis(record.duration_ms)));
+        run.timings.push((
+            step.name.to_string(),
+            std::time::Duration::from_millis(record.duration_ms),
+        ));
         run.steps.push(record);
         if !exit.success() {
-            return Err(Stop::Step { name: step.name.to_string(), exit });
+            return Err(Stop::Step {
+                name: step.name.to_string(),
+                exit,
+            });
         }
     }
     if process::stop_requested() {
-        return Err(Stop::Interrupted { during: "the switch".into() });
+        return Err(Stop::Interrupted {
+            during: "the switch".into(),
+        });
     }
 
     release::switch_current(layout, &id)?;
@@ -284,22 +356,40 @@ fn switch_back(
         return Ok(());
     };
     output::say(format!("switched current back to {previous}"));
-    restart::run(&config.restart, layout, &layout.release(previous), env, width)
-        .context("restarting the previous release failed")
+    restart::run(
+        &config.restart,
+        layout,
+        &layout.release(previous),
+        env,
+        width,
+    )
+    .context("restarting the previous release failed")
 }
 
 fn prune(config: &Config, layout: &Layout, this_deploy: &str) -> Result<()> {
     let records = record::read_all(&layout.deploys_file())?;
     let live = layout.live_release()?;
-    let on_disk = layout.release_ids()?;
-    let rollback = record::rollback_target(&records, live.as_deref(), &on_disk).map(|r| r.release.clone());
+    let mut on_disk = layout.release_ids()?;
+    record::sort_chronologically(&mut on_disk, &records);
+    let rollback =
+        record::rollback_target(&records, live.as_deref(), &on_disk).map(|r| r.release.clone());
     let mut protected = vec![this_deploy];
     protected.extend(live.as_deref());
     protected.extend(rollback.as_deref());
     let went_live = |id: &str| record::live_record(&records, id).is_some();
-    let removed = release::prune(layout, config.deploy.keep_releases, &protected, &went_live)?;
+    let removed = release::prune(
+        layout,
+        &on_disk,
+        config.deploy.keep_releases,
+        &protected,
+        &went_live,
+    )?;
     if !removed.is_empty() {
-        output::say(format!("pruned {} old release(s): {}", removed.len(), removed.join(", ")));
+        output::say(format!(
+            "pruned {} old release(s): {}",
+            removed.len(),
+            removed.join(", ")
+        ));
     }
     Ok(())
 }
@@ -310,7 +400,11 @@ fn record_interrupted(layout: &Layout, dead: &Holder) -> Result<()> {
         "the previous deploy, {dead}, did not finish (its process died); recording it as interrupted"
     ));
     let now = now_rfc3339(SystemTime::now());
-    let release = if dead.release.is_empty() { "unknown".to_string() } else { dead.release.clone() };
+    let release = if dead.release.is_empty() {
+        "unknown".to_string()
+    } else {
+        dead.release.clone()
+    };
     record::append(
         &layout.deploys_file(),
         &DeployRecord {
@@ -322,7 +416,10 @@ fn record_interrupted(layout: &Layout, dead: &Holder) -> Result<()> {
             previous_release: None,
             state: State::Interrupted,
             failed_step: None,
-            error: Some(format!("ats-hook (pid {}) died before the deploy finished", dead.pid)),
+            error: Some(format!(
+                "ats-hook (pid {}) died before the deploy finished",
+                dead.pid
+            )),
             steps: Vec::new(),
             pusher: dead.pusher.clone(),
             started_at: dead.since.clone(),

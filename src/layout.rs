@@ -76,7 +76,8 @@ impl Layout {
         match std::fs::symlink_metadata(&current) {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(err) => {
-                return Err(err).with_context(|| format!("failed to inspect `{}`", current.display()))
+                return Err(err)
+                    .with_context(|| format!("failed to inspect `{}`", current.display()))
             }
             Ok(meta) if !meta.file_type().is_symlink() => bail!(
                 "`{}` is not a symlink: move it away so ats-hook can manage it",
@@ -86,7 +87,9 @@ impl Layout {
         }
         let target = std::fs::read_link(&current)
             .with_context(|| format!("failed to read link `{}`", current.display()))?;
-        Ok(target.file_name().map(|name| name.to_string_lossy().into_owned()))
+        Ok(target
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned()))
     }
 
     /// Release ids on disk, oldest first (ids start with a UTC timestamp).

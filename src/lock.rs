@@ -106,12 +106,18 @@ pub fn acquire(
     };
     let interrupted = read_holder(&mut locked);
     let text = serde_json::to_string(me).context("failed to encode the lock holder")?;
-    locked.set_len(0).and_then(|()| locked.seek(SeekFrom::Start(0))).and_then(|_| {
-        locked.write_all(text.as_bytes())?;
-        locked.flush()
+    locked
+        .set_len(0)
+        .and_then(|()| locked.seek(SeekFrom::Start(0)))
+        .and_then(|_| {
+            locked.write_all(text.as_bytes())?;
+            locked.flush()
+        })
+        .with_context(|| format!("failed to write lock file `{}`", path.display()))?;
+    Ok(DeployLock {
+        file: locked,
+        interrupted,
     })
-    .with_context(|| format!("failed to write lock file `{}`", path.display()))?;
-    Ok(DeployLock { file: locked, interrupted })
 }
 
 impl DeployLock {
@@ -127,7 +133,9 @@ impl DeployLock {
 
     /// Marks the deploy as finished and lets the next one in.
     pub fn release(self) -> Result<()> {
-        self.file.set_len(0).context("failed to clear the lock file")?;
+        self.file
+            .set_len(0)
+            .context("failed to clear the lock file")?;
         drop(self.file);
         Ok(())
     }

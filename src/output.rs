@@ -44,8 +44,8 @@ pub fn init(verbose: u8) {
         1 => "ats_hook=debug",
         _ => "trace",
     };
-    let stderr_filter = EnvFilter::try_from_env("ATS_HOOK_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(default));
+    let stderr_filter =
+        EnvFilter::try_from_env("ATS_HOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let ours = Targets::new().with_target("ats_hook", LevelFilter::INFO);
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(io::stderr)
@@ -70,7 +70,12 @@ pub fn init(verbose: u8) {
 
 /// While the returned guard lives, every line carries this deploy's identity and is appended
 /// to `log`.
-pub fn begin_deploy(deploy_id: &str, commit: &str, git_ref: &str, log: Option<File>) -> DeployGuard {
+pub fn begin_deploy(
+    deploy_id: &str,
+    commit: &str,
+    git_ref: &str,
+    log: Option<File>,
+) -> DeployGuard {
     *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = Some(DeployContext {
         deploy_id: deploy_id.to_string(),
         commit: commit.to_string(),
@@ -206,7 +211,11 @@ impl<'a> MakeWriter<'a> for DeployLogWriter {
 
 impl Write for DeployLogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(file) = DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        if let Some(file) = DEPLOY_LOG
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
             file.write_all(buf)?;
         }
         Ok(buf.len())

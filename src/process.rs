@@ -35,7 +35,11 @@ static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 /// its running step and record itself as interrupted. A second signal kills at once.
 pub fn install_signal_handlers() -> Result<()> {
     let flag = STOP.get_or_init(|| Arc::new(AtomicBool::new(false)));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+    for signal in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(flag))
             .context("failed to install a signal handler")?;
         signal_hook::flag::register(signal, Arc::clone(flag))
@@ -81,7 +85,9 @@ impl fmt::Display for Exit {
                 let name = Signal::try_from(*signal).map(|s| s.as_str()).unwrap_or("?");
                 write!(f, "killed by {name}, exit {}", 128 + signal)
             }
-            Exit::TimedOut(limit) => write!(f, "timed out after {}", humantime::format_duration(*limit)),
+            Exit::TimedOut(limit) => {
+                write!(f, "timed out after {}", humantime::format_duration(*limit))
+            }
             Exit::Interrupted => f.write_str("interrupted"),
         }
     }
@@ -110,7 +116,13 @@ impl Cmd {
         let env = std::env::vars_os()
             .filter(|(key, _)| !key.to_string_lossy().starts_with("GIT_"))
             .collect();
-        Cmd { program: program.into(), args: Vec::new(), dir: None, env, timeout: None }
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            dir: None,
+            env,
+            timeout: None,
+        }
     }
 
     /// `sh -c <script>`: for commands the config names, never for values that came with a push.
@@ -231,7 +243,9 @@ impl Cmd {
                 continue;
             }
             checked = Instant::now();
-            let status = handle.try_wait().with_context(|| format!("failed to wait for `{}`", self.display()))?;
+            let status = handle
+                .try_wait()
+                .with_context(|| format!("failed to wait for `{}`", self.display()))?;
             if status.is_some() {
                 let at = *exited_at.get_or_insert_with(Instant::now);
                 if at.elapsed() >= DRAIN {
@@ -262,7 +276,10 @@ impl Cmd {
             }
         }
         let output = loop {
-            if let Some(output) = handle.try_wait().with_context(|| format!("failed to wait for `{}`", self.display()))? {
+            if let Some(output) = handle
+                .try_wait()
+                .with_context(|| format!("failed to wait for `{}`", self.display()))?
+            {
                 break output.status;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -270,14 +287,22 @@ impl Cmd {
         if let Some((why, _)) = stopping {
             // The group may still hold processes that ignored SIGTERM.
             signal_group(pgid, Signal::SIGKILL);
-            return Ok(Finished { exit: why, duration: started.elapsed(), tail });
+            return Ok(Finished {
+                exit: why,
+                duration: started.elapsed(),
+                tail,
+            });
         }
         let exit = match (output.code(), output.signal()) {
             (Some(code), _) => Exit::Code(code),
             (None, Some(signal)) => Exit::Signal(signal),
             (None, None) => bail!("`{}` ended with an unknown status", self.display()),
         };
-        Ok(Finished { exit, duration: started.elapsed(), tail })
+        Ok(Finished {
+            exit,
+            duration: started.elapsed(),
+            tail,
+        })
     }
 
     /// Runs the command and returns its output; fails naming the command, its exit status and
@@ -326,9 +351,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("bg.pid");
         let script = format!("sleep 60 & echo $! > {}; sleep 60", pidfile.display());
-        let finished = Cmd::shell(&script).timeout(Duration::from_millis(300)).stream(&mut |_| {}).unwrap();
+        let finished = Cmd::shell(&script)
+            .timeout(Duration::from_millis(300))
+            .stream(&mut |_| {})
+            .unwrap();
         assert!(matches!(finished.exit, Exit::TimedOut(_)));
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // The background sleep is gone (or a zombie waiting for its reaper).
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|stat| !stat.split(' ').nth(2).is_some_and(|s| s == "Z"))

@@ -126,6 +126,24 @@ pub fn rollback_target<'a>(
     records.iter().rev().find(|r| {
         r.state == State::Succeeded
             && Some(r.release.as_str()) != live
-            && on_disk.iter().any(|id| *id == r.release)
+            && on_disk.contains(&r.release)
     })
+}
+
+/// Orders release ids oldest first: by their timestamp, and within one second by the order the
+/// history recorded them (ids of the same second otherwise sort by sha).
+pub fn sort_chronologically(ids: &mut [String], records: &[DeployRecord]) {
+    let position = |id: &str| {
+        records
+            .iter()
+            .position(|r| r.release == id)
+            .unwrap_or(usize::MAX)
+    };
+    ids.sort_by(|a, b| {
+        let stamp = |id: &str| id.split('-').next().unwrap_or("").to_string();
+        stamp(a)
+            .cmp(&stamp(b))
+            .then(position(a).cmp(&position(b)))
+            .then(a.cmp(b))
+    });
 }

@@ -62,7 +62,11 @@ pub fn parse(mut input: impl BufRead) -> Result<Vec<RefUpdate>> {
         if line.is_empty() {
             continue;
         }
-        updates.push(parse_line(line).with_context(|| format!("malformed ref line {number}: `{}`", line.escape_debug()))?);
+        updates.push(
+            parse_line(line).with_context(|| {
+                format!("malformed ref line {number}: `{}`", line.escape_debug())
+            })?,
+        );
     }
     if updates.is_empty() {
         bail!("no ref updates on standard input (expected `<old-sha> <new-sha> <refname>` lines)");
@@ -73,7 +77,10 @@ pub fn parse(mut input: impl BufRead) -> Result<Vec<RefUpdate>> {
 fn parse_line(line: &str) -> Result<RefUpdate> {
     let fields: Vec<&str> = line.split(' ').collect();
     let [old, new, name] = fields[..] else {
-        bail!("expected 3 fields separated by single spaces, found {}", fields.len());
+        bail!(
+            "expected 3 fields separated by single spaces, found {}",
+            fields.len()
+        );
     };
     let old = parse_sha(old, "old")?;
     let new = parse_sha(new, "new")?;
@@ -83,7 +90,11 @@ fn parse_line(line: &str) -> Result<RefUpdate> {
     if !name.starts_with("refs/") || name.chars().any(|c| c.is_control()) {
         bail!("`{}` is not a full ref name", name.escape_debug());
     }
-    Ok(RefUpdate { old, new, name: name.to_string() })
+    Ok(RefUpdate {
+        old,
+        new,
+        name: name.to_string(),
+    })
 }
 
 fn parse_sha(text: &str, which: &str) -> Result<Option<Oid>> {
@@ -103,7 +114,8 @@ mod tests {
 
     #[test]
     fn parses_created_updated_deleted() {
-        let input = format!("{Z} {A} refs/heads/main\n{A} {A} refs/tags/1.0\n{A} {Z} refs/heads/old\n");
+        let input =
+            format!("{Z} {A} refs/heads/main\n{A} {A} refs/tags/1.0\n{A} {Z} refs/heads/old\n");
         let updates = parse(input.as_bytes()).unwrap();
         assert_eq!(updates.len(), 3);
         assert_eq!(updates[0].old, None);
@@ -114,8 +126,14 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         for (input, needle) in [
-            (format!("{A} {A} refs/heads/main\n{A} refs/heads/x\n"), "line 2"),
-            (format!("{A} 123 refs/heads/main\n"), "new sha `123` is not 40 hex digits"),
+            (
+                format!("{A} {A} refs/heads/main\n{A} refs/heads/x\n"),
+                "line 2",
+            ),
+            (
+                format!("{A} 123 refs/heads/main\n"),
+                "new sha `123` is not 40 hex digits",
+            ),
             (format!("{A} {A}  refs/heads/main\n"), "found 4"),
             (format!("{Z} {Z} refs/heads/main\n"), "both shas are zero"),
             (format!("{A} {A} main\n"), "not a full ref name"),

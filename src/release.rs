@@ -45,11 +45,18 @@ pub struct Checkout {
 }
 
 /// Writes the tree of `commit` into `dir` (which must not exist) and its index to `index_path`.
-pub fn materialize(repo: &Repository, commit: Oid, dir: &Path, index_path: &Path) -> Result<Checkout> {
+pub fn materialize(
+    repo: &Repository,
+    commit: Oid,
+    dir: &Path,
+    index_path: &Path,
+) -> Result<Checkout> {
     let commit = repo
         .find_commit(commit)
         .with_context(|| format!("failed to find commit `{commit}`"))?;
-    let tree = commit.tree().with_context(|| format!("failed to read the tree of `{}`", commit.id()))?;
+    let tree = commit
+        .tree()
+        .with_context(|| format!("failed to read the tree of `{}`", commit.id()))?;
     fs::create_dir(dir).with_context(|| format!("failed to create release `{}`", dir.display()))?;
     let _ = fs::remove_file(index_path);
     let mut index = Index::open(index_path)
@@ -71,7 +78,9 @@ fn write_tree(
     stats: &mut Checkout,
 ) -> Result<()> {
     for entry in tree.iter() {
-        let name = std::str::from_utf8(entry.name_bytes()).ok().filter(|name| is_safe_name(name));
+        let name = std::str::from_utf8(entry.name_bytes())
+            .ok()
+            .filter(|name| is_safe_name(name));
         let Some(name) = name else {
             bail!(
                 "the commit holds an unsafe path `{}{}`; refusing to check it out",
@@ -84,7 +93,8 @@ fn write_tree(
         let mode = entry.filemode() as u32;
         match mode {
             0o040000 => {
-                fs::create_dir(&path).with_context(|| format!("failed to create `{}`", path.display()))?;
+                fs::create_dir(&path)
+                    .with_context(|| format!("failed to create `{}`", path.display()))?;
                 let subtree = repo
                     .find_tree(entry.id())
                     .with_context(|| format!("failed to read tree `{rel}`"))?;
@@ -95,9 +105,12 @@ fn write_tree(
                     .find_blob(entry.id())
                     .with_context(|| format!("failed to read blob of `{rel}`"))?;
                 if mode == 0o120000 {
-                    let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(blob.content());
-                    std::os::unix::fs::symlink(target, &path)
-                        .with_context(|| format!("failed to create symlink `{}`", path.display()))?;
+                    let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+                        blob.content(),
+                    );
+                    std::os::unix::fs::symlink(target, &path).with_context(|| {
+                        format!("failed to create symlink `{}`", path.display())
+                    })?;
                 } else {
                     let mut file = OpenOptions::new()
                         .write(true)
@@ -114,7 +127,8 @@ fn write_tree(
             }
             0o160000 => {
                 // A submodule: its folder exists, its content is not part of this commit.
-                fs::create_dir(&path).with_context(|| format!("failed to create `{}`", path.display()))?;
+                fs::create_dir(&path)
+                    .with_context(|| format!("failed to create `{}`", path.display()))?;
                 output::warn(format!("submodule `{rel}` is left empty"));
                 add_entry(index, &path, &rel, mode, entry.id())?;
             }
@@ -133,7 +147,8 @@ fn is_safe_name(name: &str) -> bool {
 }
 
 fn add_entry(index: &mut Index, path: &Path, rel: &str, mode: u32, id: Oid) -> Result<()> {
-    let meta = fs::symlink_metadata(path).with_context(|| format!("failed to stat `{}`", path.display()))?;
+    let meta = fs::symlink_metadata(path)
+        .with_context(|| format!("failed to stat `{}`", path.display()))?;
     let entry = IndexEntry {
         ctime: IndexTime::new(meta.ctime() as i32, meta.ctime_nsec() as u32),
         mtime: IndexTime::new(meta.mtime() as i32, meta.mtime_nsec() as u32),
@@ -148,7 +163,9 @@ fn add_entry(index: &mut Index, path: &Path, rel: &str, mode: u32, id: Oid) -> R
         flags_extended: 0,
         path: rel.as_bytes().to_vec(),
     };
-    index.add(&entry).with_context(|| format!("failed to index `{rel}`"))
+    index
+        .add(&entry)
+        .with_context(|| format!("failed to index `{rel}`"))
 }
 
 /// Links each shared path into the release. Returns one note per thing worth telling.
@@ -161,7 +178,8 @@ pub fn link_shared(layout: &Layout, release: &Path, paths: &[RelPath]) -> Result
         let tracked = fs::symlink_metadata(&link).ok();
         if fs::symlink_metadata(&shared).is_err() {
             if let Some(parent) = shared.parent() {
-                fs::create_dir_all(parent).with_context(|| format!("failed to create `{}`", parent.display()))?;
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("failed to create `{}`", parent.display()))?;
             }
             match &tracked {
                 Some(meta) if !meta.file_type().is_symlink() => {
@@ -169,7 +187,8 @@ pub fn link_shared(layout: &Layout, release: &Path, paths: &[RelPath]) -> Result
                     notes.push(format!("shared: seeded `shared/{path}` from the release"));
                 }
                 _ => {
-                    fs::create_dir(&shared).with_context(|| format!("failed to create `{}`", shared.display()))?;
+                    fs::create_dir(&shared)
+                        .with_context(|| format!("failed to create `{}`", shared.display()))?;
                     notes.push(format!("shared: created empty folder `shared/{path}`"));
                 }
             }
@@ -181,10 +200,17 @@ pub fn link_shared(layout: &Layout, release: &Path, paths: &[RelPath]) -> Result
                 fs::remove_file(&link)
             }
             .with_context(|| format!("failed to remove `{}`", link.display()))?;
-            notes.push(format!("shared: tracked `{path}` replaced by the link to `shared/{path}`"));
+            notes.push(format!(
+                "shared: tracked `{path}` replaced by the link to `shared/{path}`"
+            ));
         }
-        std::os::unix::fs::symlink(&shared, &link)
-            .with_context(|| format!("failed to link `{}` to `{}`", link.display(), shared.display()))?;
+        std::os::unix::fs::symlink(&shared, &link).with_context(|| {
+            format!(
+                "failed to link `{}` to `{}`",
+                link.display(),
+                shared.display()
+            )
+        })?;
     }
     Ok(notes)
 }
@@ -193,7 +219,9 @@ pub fn link_shared(layout: &Layout, release: &Path, paths: &[RelPath]) -> Result
 /// tracked `log -> /var/log` must not let a shared link land outside the release.
 fn ensure_real_parents(release: &Path, rel: &Path) -> Result<()> {
     let mut dir = release.to_path_buf();
-    let Some(parent) = rel.parent() else { return Ok(()) };
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
     for part in parent.components() {
         dir.push(part);
         match fs::symlink_metadata(&dir) {
@@ -202,20 +230,24 @@ fn ensure_real_parents(release: &Path, rel: &Path) -> Result<()> {
                 dir.display()
             ),
             Ok(_) => {}
-            Err(_) => fs::create_dir(&dir).with_context(|| format!("failed to create `{}`", dir.display()))?,
+            Err(_) => fs::create_dir(&dir)
+                .with_context(|| format!("failed to create `{}`", dir.display()))?,
         }
     }
     Ok(())
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(from).with_context(|| format!("failed to stat `{}`", from.display()))?;
+    let meta = fs::symlink_metadata(from)
+        .with_context(|| format!("failed to stat `{}`", from.display()))?;
     if meta.file_type().is_symlink() {
         let target = fs::read_link(from)?;
         std::os::unix::fs::symlink(target, to)
     } else if meta.is_dir() {
         fs::create_dir(to).with_context(|| format!("failed to create `{}`", to.display()))?;
-        for entry in fs::read_dir(from).with_context(|| format!("failed to list `{}`", from.display()))? {
+        for entry in
+            fs::read_dir(from).with_context(|| format!("failed to list `{}`", from.display()))?
+        {
             let entry = entry?;
             copy_tree(&entry.path(), &to.join(entry.file_name()))?;
         }
@@ -229,14 +261,20 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// Points `current` at a release with one `rename(2)`, so a reader sees the old or the new
 /// release, never neither.
 pub fn switch_current(layout: &Layout, id: &str) -> Result<()> {
-    let tmp = layout.root().join(format!(".current.{}", std::process::id()));
+    let tmp = layout
+        .root()
+        .join(format!(".current.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let target = PathBuf::from("releases").join(id);
     std::os::unix::fs::symlink(&target, &tmp)
         .with_context(|| format!("failed to create `{}`", tmp.display()))?;
     fs::rename(&tmp, layout.current()).with_context(|| {
         let _ = fs::remove_file(&tmp);
-        format!("failed to switch `{}` to `{}`", layout.current().display(), target.display())
+        format!(
+            "failed to switch `{}` to `{}`",
+            layout.current().display(),
+            target.display()
+        )
     })?;
     // Make the switch durable before anything reports it.
     fs::File::open(layout.root())
@@ -256,20 +294,29 @@ pub fn restore_current(layout: &Layout, previous: Option<&str>) -> Result<()> {
     }
 }
 
-/// Removes releases beyond `keep`, oldest first, releases that never went live before those
+/// Removes releases beyond `keep` from `ids` (oldest first), releases that never went live before those
 /// that did. Releases in `protected` are never removed.
-pub fn prune(layout: &Layout, keep: usize, protected: &[&str], went_live: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
-    let ids = layout.release_ids()?;
+pub fn prune(
+    layout: &Layout,
+    ids: &[String],
+    keep: usize,
+    protected: &[&str],
+    went_live: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>> {
     if ids.len() <= keep {
         return Ok(Vec::new());
     }
-    let mut candidates: Vec<&String> = ids.iter().filter(|id| !protected.contains(&id.as_str())).collect();
+    let mut candidates: Vec<&String> = ids
+        .iter()
+        .filter(|id| !protected.contains(&id.as_str()))
+        .collect();
     // Stable sort: within each group the order stays oldest first.
     candidates.sort_by_key(|id| went_live(id));
     let mut removed = Vec::new();
     for id in candidates.into_iter().take(ids.len() - keep) {
         let dir = layout.release(id);
-        fs::remove_dir_all(&dir).with_context(|| format!("failed to remove old release `{}`", dir.display()))?;
+        fs::remove_dir_all(&dir)
+            .with_context(|| format!("failed to remove old release `{}`", dir.display()))?;
         let _ = fs::remove_file(layout.index_file(id));
         removed.push(id.clone());
     }

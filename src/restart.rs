@@ -36,7 +36,10 @@ pub fn run(
         } else {
             Cmd::new("systemctl").args([action, unit])
         };
-        let label = format!("{}systemctl {action} {unit}", if restart.sudo { "sudo " } else { "" });
+        let label = format!(
+            "{}systemctl {action} {unit}",
+            if restart.sudo { "sudo " } else { "" }
+        );
         run_command(cmd.timeout(restart.timeout.0), &label, width)?;
         output::say(format!("restart: {label}"));
     }
@@ -51,12 +54,19 @@ pub fn run(
             .filter(|pid| *pid > 1)
             .with_context(|| format!("pidfile `{}` does not hold a pid", pidfile.display()))?;
         kill(Pid::from_raw(pid), signal.signal.0).with_context(|| {
-            format!("failed to send {} to pid {pid} from `{}`", signal.signal, pidfile.display())
+            format!(
+                "failed to send {} to pid {pid} from `{}`",
+                signal.signal,
+                pidfile.display()
+            )
         })?;
         output::say(format!("restart: sent {} to pid {pid}", signal.signal));
     }
     if let Some(command) = &restart.command {
-        let cmd = Cmd::shell(command).dir(release_dir).envs(env).timeout(restart.timeout.0);
+        let cmd = Cmd::shell(command)
+            .dir(release_dir)
+            .envs(env)
+            .timeout(restart.timeout.0);
         run_command(cmd, command, width)?;
         output::say(format!("restart: ran `{command}`"));
     }

@@ -42,9 +42,14 @@ pub fn select(repo: &Repository, config: &Config, updates: &[RefUpdate]) -> Resu
         }
         chosen.push(update);
     }
-    let Some(last) = chosen.last() else { return Ok(None) };
+    let Some(last) = chosen.last() else {
+        return Ok(None);
+    };
     if chosen.len() > 1 {
-        let others: Vec<&str> = chosen[..chosen.len() - 1].iter().map(|u| u.name.as_str()).collect();
+        let others: Vec<&str> = chosen[..chosen.len() - 1]
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect();
         output::say(format!(
             "this push updates several deploy refs; deploying the last one, `{}` (not {})",
             last.name,
@@ -56,5 +61,9 @@ pub fn select(repo: &Repository, config: &Config, updates: &[RefUpdate]) -> Resu
         .find_object(new, None)
         .and_then(|object| object.peel_to_commit())
         .with_context(|| format!("`{}` points at `{new}`, which is not a commit", last.name))?;
-    Ok(Some(Target { git_ref: last.name.clone(), old: last.old, commit: commit.id() }))
+    Ok(Some(Target {
+        git_ref: last.name.clone(),
+        old: last.old,
+        commit: commit.id(),
+    }))
 }

@@ -38,12 +38,21 @@ pub fn environment(config: &Config, vars: &DeployVars<'_>) -> Result<BTreeMap<St
         }
     }
     let ats = [
-        ("ATS_RELEASE_DIR", vars.release_dir.to_string_lossy().into_owned()),
+        (
+            "ATS_RELEASE_DIR",
+            vars.release_dir.to_string_lossy().into_owned(),
+        ),
         ("ATS_RELEASE_ID", vars.release_id.to_string()),
         ("ATS_COMMIT", vars.commit.to_string()),
-        ("ATS_PREVIOUS_COMMIT", vars.previous_commit.unwrap_or_default().to_string()),
+        (
+            "ATS_PREVIOUS_COMMIT",
+            vars.previous_commit.unwrap_or_default().to_string(),
+        ),
         ("ATS_REF", vars.git_ref.to_string()),
-        ("ATS_DEPLOY_ROOT", vars.deploy_root.to_string_lossy().into_owned()),
+        (
+            "ATS_DEPLOY_ROOT",
+            vars.deploy_root.to_string_lossy().into_owned(),
+        ),
     ];
     for (key, value) in ats {
         env.insert(key.to_string(), value);
@@ -63,7 +72,12 @@ pub fn prefix_width(config: &Config) -> usize {
 }
 
 /// Runs one step and says how it went.
-pub fn run(step: &Step, dir: &Path, env: &BTreeMap<String, String>, width: usize) -> Result<(StepRecord, Exit)> {
+pub fn run(
+    step: &Step,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    width: usize,
+) -> Result<(StepRecord, Exit)> {
     let name = step.name.as_str();
     let finished = Cmd::shell(&step.run)
         .dir(dir)
@@ -81,7 +95,10 @@ pub fn run(step: &Step, dir: &Path, env: &BTreeMap<String, String>, width: usize
     if status == StepStatus::Ok {
         output::say(format!("{name} done in {took}"));
     } else {
-        output::error(format!("step `{name}` failed ({}) after {took}", finished.exit));
+        output::error(format!(
+            "step `{name}` failed ({}) after {took}",
+            finished.exit
+        ));
     }
     let record = StepRecord {
         name: name.to_string(),

@@ -1,1 +1,13 @@
+//! ats-hook's integration tests: real `git push` into bare repositories with the real binary as
+//! their hook, asserting what a user would check: files on disk, `current`, the history, and
+//! what the pusher read.
 
+mod support;
+
+mod commands;
+mod concurrency;
+mod config_errors;
+mod journald;
+mod push;
+mod stdin;
+mod steps;

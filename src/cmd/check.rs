@@ -19,7 +19,11 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "config {} is valid", config.path.display())?;
     writeln!(out, "deploys:   {}", config.describe_selection())?;
     writeln!(out, "root:      {}", deploy.root.display())?;
-    writeln!(out, "releases:  keep {}; a push waits up to {} for another deploy", deploy.keep_releases, deploy.lock_timeout)?;
+    writeln!(
+        out,
+        "releases:  keep {}; a push waits up to {} for another deploy",
+        deploy.keep_releases, deploy.lock_timeout
+    )?;
     if !config.shared.paths.is_empty() {
         let paths: Vec<String> = config.shared.paths.iter().map(|p| p.to_string()).collect();
         writeln!(out, "shared:    {}", paths.join(", "))?;
@@ -29,16 +33,31 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "env:       {}", keys.join(", "))?;
     }
     if let Some(file) = config.env_file() {
-        let state = if file.is_file() { "present" } else { "MISSING: deploys will fail until it exists" };
+        let state = if file.is_file() {
+            "present"
+        } else {
+            "MISSING: deploys will fail until it exists"
+        };
         writeln!(out, "env file:  {} ({state})", file.display())?;
     }
     if config.steps.is_empty() {
         writeln!(out, "steps:     none")?;
     }
     for (n, step) in config.steps.iter().enumerate() {
-        writeln!(out, "step {}:    {} (timeout {}): {}", n + 1, step.name, step.timeout, step.run)?;
+        writeln!(
+            out,
+            "step {}:    {} (timeout {}): {}",
+            n + 1,
+            step.name,
+            step.timeout,
+            step.run
+        )?;
     }
-    writeln!(out, "switch:    {}/current -> releases/<id>", deploy.root.display())?;
+    writeln!(
+        out,
+        "switch:    {}/current -> releases/<id>",
+        deploy.root.display()
+    )?;
     let restart = &config.restart;
     if restart.is_empty() {
         writeln!(out, "restart:   nothing")?;
@@ -48,10 +67,19 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
     }
     for unit in &restart.systemctl {
         let sudo = if restart.sudo { "sudo -n " } else { "" };
-        writeln!(out, "restart:   {sudo}systemctl {} {unit}", restart.systemctl_action.as_str())?;
+        writeln!(
+            out,
+            "restart:   {sudo}systemctl {} {unit}",
+            restart.systemctl_action.as_str()
+        )?;
     }
     if let Some(signal) = &restart.signal {
-        writeln!(out, "restart:   send {} to the pid in {}", signal.signal, signal.pidfile.display())?;
+        writeln!(
+            out,
+            "restart:   send {} to the pid in {}",
+            signal.signal,
+            signal.pidfile.display()
+        )?;
     }
     if let Some(command) = &restart.command {
         writeln!(out, "restart:   {command}")?;

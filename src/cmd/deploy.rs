@@ -13,15 +13,28 @@ pub fn run(location: &Location, rev: Option<&str>, git_ref: Option<&str>) -> Res
     let git_ref = match git_ref {
         Some(name) if name.starts_with("refs/") => name.to_string(),
         Some(name) => format!("refs/heads/{name}"),
-        None => config
-            .default_ref()
-            .context("no branch to deploy: pass `--ref REF` (the config deploys no plain branch name)")?,
+        None => config.default_ref().context(
+            "no branch to deploy: pass `--ref REF` (the config deploys no plain branch name)",
+        )?,
     };
     let rev = rev.unwrap_or(&git_ref);
     let commit = repo
         .revparse_single(rev)
         .and_then(|object| object.peel_to_commit())
-        .with_context(|| format!("`{rev}` does not name a commit in `{}`", repo.path().display()))?;
+        .with_context(|| {
+            format!(
+                "`{rev}` does not name a commit in `{}`",
+                repo.path().display()
+            )
+        })?;
     let old = repo.refname_to_id(&git_ref).ok();
-    deploy::deploy(&repo, &config, &Target { git_ref, old, commit: commit.id() })
+    deploy::deploy(
+        &repo,
+        &config,
+        &Target {
+            git_ref,
+            old,
+            commit: commit.id(),
+        },
+    )
 }

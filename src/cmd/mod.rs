@@ -20,7 +20,11 @@ pub fn run(command: Command) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     match command {
         Command::PostReceive(location) => hook::run(&location, std::io::stdin().lock()),
-        Command::Deploy { rev, git_ref, location } => deploy::run(&location, rev.as_deref(), git_ref.as_deref()),
+        Command::Deploy {
+            rev,
+            git_ref,
+            location,
+        } => deploy::run(&location, rev.as_deref(), git_ref.as_deref()),
         Command::Status { json, location } => status::run(&location, json, &mut stdout),
         Command::Check(location) => check::run(&location, &mut stdout),
         Command::Quickstart { dir } => quickstart::run(dir.as_deref(), &mut stdout),
@@ -33,7 +37,8 @@ fn open_repo(location: &Location) -> Result<Repository> {
     match &location.repo {
         Some(path) => Repository::open(path)
             .with_context(|| format!("failed to open repository `{}`", path.display())),
-        None => Repository::open_from_env().context("failed to open the repository (pass `--repo PATH`)"),
+        None => Repository::open_from_env()
+            .context("failed to open the repository (pass `--repo PATH`)"),
     }
 }
 

@@ -67,9 +67,13 @@ touch = "wsgi.py"
 pub fn run(dir: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode> {
     let base = match dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create `{}`", dir.display()))?;
             if std::fs::read_dir(dir)?.next().is_some() {
-                bail!("`{}` is not empty: name a new folder with `--dir`", dir.display());
+                bail!(
+                    "`{}` is not empty: name a new folder with `--dir`",
+                    dir.display()
+                );
             }
             dir.canonicalize()?
         }
@@ -85,18 +89,31 @@ pub fn run(dir: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode> {
     let clone = base.join("laptop/app");
 
     writeln!(out, "ats-hook quickstart in {}\n", base.display())?;
-    writeln!(out, "1. the server: a bare repository with ats-hook as its post-receive hook")?;
+    writeln!(
+        out,
+        "1. the server: a bare repository with ats-hook as its post-receive hook"
+    )?;
     std::fs::create_dir_all(&bare)?;
-    git(&base, &["init", "--quiet", "--bare", "-b", "main", path_str(&bare)?])?;
+    git(
+        &base,
+        &["init", "--quiet", "--bare", "-b", "main", path_str(&bare)?],
+    )?;
     let hook = bare.join("hooks/post-receive");
     std::os::unix::fs::symlink(&exe, &hook)
         .with_context(|| format!("failed to link `{}` to `{}`", hook.display(), exe.display()))?;
     let config = CONFIG.replace("ROOT", path_str(&root)?);
     std::fs::write(bare.join(crate::config::FILE_NAME), config)?;
     writeln!(out, "   {} -> {}", hook.display(), exe.display())?;
-    writeln!(out, "   {}\n", bare.join(crate::config::FILE_NAME).display())?;
+    writeln!(
+        out,
+        "   {}\n",
+        bare.join(crate::config::FILE_NAME).display()
+    )?;
 
-    writeln!(out, "2. the laptop: a sample app with an install and a migrate step")?;
+    writeln!(
+        out,
+        "2. the laptop: a sample app with an install and a migrate step"
+    )?;
     for (path, text, executable) in SAMPLE_APP {
         let file = clone.join(path);
         std::fs::create_dir_all(file.parent().expect("sample paths have a folder"))?;
@@ -108,12 +125,18 @@ pub fn run(dir: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode> {
     }
     git(&clone, &["init", "--quiet", "-b", "main"])?;
     git(&clone, &["add", "."])?;
-    git(&clone, &["commit", "--quiet", "-m", "First version of the demo app"])?;
+    git(
+        &clone,
+        &["commit", "--quiet", "-m", "First version of the demo app"],
+    )?;
     git(&clone, &["remote", "add", "staging", path_str(&bare)?])?;
     writeln!(out, "   {}\n", clone.display())?;
 
     writeln!(out, "3. git push staging main\n")?;
-    let push = Cmd::new("git").args(["push", "staging", "main"]).dir(&clone).envs(author_env());
+    let push = Cmd::new("git")
+        .args(["push", "staging", "main"])
+        .dir(&clone)
+        .envs(author_env());
     let finished = push.stream(&mut |line| {
         let _ = writeln!(out, "   {}", line.trim_end());
     })?;
@@ -121,16 +144,29 @@ pub fn run(dir: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode> {
         bail!("`git push staging main` failed ({})", finished.exit);
     }
     let current = root.join("current");
-    let live = std::fs::read_link(&current)
-        .with_context(|| format!("the push did not deploy: `{}` does not exist", current.display()))?;
+    let live = std::fs::read_link(&current).with_context(|| {
+        format!(
+            "the push did not deploy: `{}` does not exist",
+            current.display()
+        )
+    })?;
     let version = std::fs::read_to_string(current.join("build/version.txt"))
-        .with_context(|| format!("the live release has no `build/version.txt`"))?;
+        .context("the live release has no `build/version.txt`")?;
 
-    writeln!(out, "\n4. live: {} -> {}", current.display(), live.display())?;
+    writeln!(
+        out,
+        "\n4. live: {} -> {}",
+        current.display(),
+        live.display()
+    )?;
     writeln!(out, "   build/version.txt holds {}", version.trim())?;
     writeln!(out, "\nWhere to look:")?;
     writeln!(out, "   {}    releases, `current`, shared/", root.display())?;
-    writeln!(out, "   {}    the deploy history", root.join(".ats-hook/deploys.jsonl").display())?;
+    writeln!(
+        out,
+        "   {}    the deploy history",
+        root.join(".ats-hook/deploys.jsonl").display()
+    )?;
     writeln!(out, "   {} status --repo {}", exe.display(), bare.display())?;
     writeln!(out, "\nPush again:")?;
     writeln!(
@@ -142,7 +178,8 @@ pub fn run(dir: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode> {
 }
 
 fn path_str(path: &Path) -> Result<&str> {
-    path.to_str().with_context(|| format!("`{}` is not UTF-8", path.display()))
+    path.to_str()
+        .with_context(|| format!("`{}` is not UTF-8", path.display()))
 }
 
 /// An author for the demo's commit, so it works where git has no identity configured.

@@ -46,12 +46,14 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             release,
         }
     });
+    let mut releases = layout.release_ids()?;
+    record::sort_chronologically(&mut releases, &records);
     let status = Status {
         root: layout.root().display().to_string(),
         live,
         last_deploy: records.last().cloned(),
         lock: lock::current_holder(&layout.lock_file())?,
-        releases: layout.release_ids()?,
+        releases,
     };
     if json {
         serde_json::to_writer_pretty(&mut *out, &status).context("failed to write status")?;
@@ -63,7 +65,9 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         None => writeln!(out, "live:        nothing yet")?,
         Some(live) => {
             let what = match (&live.commit, &live.git_ref) {
-                (Some(commit), Some(git_ref)) => format!(" ({} of {})", short(commit), short_ref(git_ref)),
+                (Some(commit), Some(git_ref)) => {
+                    format!(" ({} of {})", short(commit), short_ref(git_ref))
+                }
                 _ => String::new(),
             };
             writeln!(out, "live:        {}{what}", live.release)?;

@@ -1,0 +1,375 @@
+//! The test helper: a temporary server (a bare repository with ats-hook as its hook, and a
+//! deploy root) and clones that push to it with the real `git` client.
+//!
+//! Every process runs in a hermetic environment: no system or global git config, a fixed
+//! identity, a `HOME` inside the test's folder, and none of the caller's `GIT_*` variables.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pretty_assertions::assert_eq;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ats-hook");
+
+/// A command with the hermetic environment.
+pub fn command(program: impl AsRef<std::ffi::OsStr>, home: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("USER", "tester")
+        .env("LANG", "C")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Test Author")
+        .env("GIT_AUTHOR_EMAIL", "author@example.com")
+        .env("GIT_COMMITTER_NAME", "Test Committer")
+        .env("GIT_COMMITTER_EMAIL", "committer@example.com")
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z");
+    cmd
+}
+
+/// What a finished process left: its status and output, with assertions that print both.
+#[derive(Debug)]
+pub struct Run {
+    pub what: String,
+    pub output: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    fn show(&self) -> String {
+        format!(
+            "{} -> {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.what,
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+    #[track_caller]
+    pub fn success(&self) -> &Self {
+        assert!(
+            self.output.status.success(),
+            "expected success:\n{}",
+            self.show()
+        );
+        self
+    }
+    #[track_caller]
+    pub fn failure(&self) -> &Self {
+        assert!(
+            !self.output.status.success(),
+            "expected failure:\n{}",
+            self.show()
+        );
+        self
+    }
+    #[track_caller]
+    pub fn code(&self, code: i32) -> &Self {
+        assert_eq!(self.output.status.code(), Some(code), "{}", self.show());
+        self
+    }
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr().contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.show()
+        );
+        self
+    }
+    #[track_caller]
+    pub fn stderr_lacks(&self, needle: &str) -> &Self {
+        assert!(
+            !self.stderr().contains(needle),
+            "stderr has {needle:?}:\n{}",
+            self.show()
+        );
+        self
+    }
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout().contains(needle),
+            "stdout lacks {needle:?}:\n{}",
+            self.show()
+        );
+        self
+    }
+    /// The `remote:` lines git showed the pusher, without the prefix and git's padding.
+    pub fn remote_lines(&self) -> Vec<String> {
+        self.stderr()
+            .lines()
+            .filter_map(|line| line.strip_prefix("remote: "))
+            .map(|line| line.trim_end().to_string())
+            .collect()
+    }
+    /// The last line ats-hook printed.
+    pub fn summary(&self) -> String {
+        let lines = self.remote_lines();
+        let from_remote = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("ats-hook: "))
+            .cloned();
+        from_remote.unwrap_or_else(|| {
+            self.stderr()
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("ats-hook: "))
+                .unwrap_or("")
+                .to_string()
+        })
+    }
+}
+
+pub fn run(cmd: &mut Command, what: impl Into<String>) -> Run {
+    let output = cmd.stdin(Stdio::null()).output().expect("failed to spawn");
+    Run {
+        what: what.into(),
+        output,
+    }
+}
+
+/// A server: `app.git` with ats-hook as `hooks/post-receive`, deploying into `app/`.
+pub struct Server {
+    pub tmp: TempDir,
+    pub bare: PathBuf,
+    pub root: PathBuf,
+}
+
+pub const BASIC_CONFIG: &str = r#"
+[deploy]
+root = "ROOT"
+"#;
+
+impl Server {
+    pub fn new() -> Server {
+        let tmp = tempfile::Builder::new()
+            .prefix("ats-hook-test-")
+            .tempdir()
+            .unwrap();
+        let bare = tmp.path().join("app.git");
+        let root = tmp.path().join("app");
+        run(
+            command("git", tmp.path())
+                .args(["init", "--quiet", "--bare", "-b", "main"])
+                .arg(&bare),
+            "git init --bare",
+        )
+        .success();
+        std::os::unix::fs::symlink(BIN, bare.join("hooks/post-receive")).unwrap();
+        let server = Server { tmp, bare, root };
+        server.config(BASIC_CONFIG);
+        server
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Writes `ats-hook.toml`; `ROOT` stands for the deploy root.
+    pub fn config(&self, toml: &str) -> &Self {
+        let text = toml.replace("ROOT", self.root.to_str().unwrap());
+        std::fs::write(self.bare.join("ats-hook.toml"), text).unwrap();
+        self
+    }
+
+    /// A new clone with the remote `staging`.
+    pub fn clone(&self, name: &str) -> Clone {
+        let dir = self.tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let clone = Clone {
+            dir,
+            home: self.tmp.path().to_path_buf(),
+        };
+        clone.git(&["init", "--quiet", "-b", "main"]).success();
+        clone
+            .git(&["remote", "add", "staging", self.bare.to_str().unwrap()])
+            .success();
+        clone
+    }
+
+    /// `ats-hook ARGS --repo app.git`.
+    pub fn ats(&self, args: &[&str]) -> Run {
+        let mut cmd = command(BIN, self.path());
+        cmd.args(args).arg("--repo").arg(&self.bare);
+        run(&mut cmd, format!("ats-hook {}", args.join(" ")))
+    }
+
+    /// `ats-hook post-receive` with `stdin` as git would feed it, in git's hook environment.
+    pub fn hook_with_stdin(&self, stdin: &[u8]) -> Run {
+        use std::io::Write;
+        let mut child = command(BIN, self.path())
+            .arg("post-receive")
+            .env("GIT_DIR", ".")
+            .current_dir(&self.bare)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The hook may stop reading early (a line too long): a broken pipe is fine.
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        let output = child.wait_with_output().unwrap();
+        Run {
+            what: "ats-hook post-receive".into(),
+            output,
+        }
+    }
+
+    /// The id of the live release.
+    pub fn live(&self) -> Option<String> {
+        std::fs::read_link(self.root.join("current"))
+            .ok()
+            .map(|target| target.file_name().unwrap().to_string_lossy().into_owned())
+    }
+
+    #[track_caller]
+    pub fn live_file(&self, path: &str) -> String {
+        std::fs::read_to_string(self.root.join("current").join(path))
+            .unwrap_or_else(|err| panic!("current/{path}: {err}"))
+    }
+
+    pub fn releases(&self) -> Vec<String> {
+        let mut ids: Vec<String> = match std::fs::read_dir(self.root.join("releases")) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        ids.sort();
+        ids
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        match std::fs::read_to_string(self.root.join(".ats-hook/deploys.jsonl")) {
+            Ok(text) => text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn last_record(&self) -> Value {
+        self.records().pop().expect("no deploy recorded")
+    }
+}
+
+/// A working clone that commits and pushes.
+pub struct Clone {
+    pub dir: PathBuf,
+    home: PathBuf,
+}
+
+impl Clone {
+    pub fn git(&self, args: &[&str]) -> Run {
+        let mut cmd = command("git", &self.home);
+        cmd.args(args).current_dir(&self.dir);
+        run(&mut cmd, format!("git {}", args.join(" ")))
+    }
+
+    pub fn write(&self, path: &str, content: &str) -> &Self {
+        let file = self.dir.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, content).unwrap();
+        self
+    }
+
+    pub fn executable(&self, path: &str, content: &str) -> &Self {
+        use std::os::unix::fs::PermissionsExt;
+        self.write(path, content);
+        std::fs::set_permissions(self.dir.join(path), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        self
+    }
+
+    /// Commits everything; returns the new sha.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]).success();
+        self.git(&["commit", "--quiet", "--allow-empty", "-m", message])
+            .success();
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+            .success()
+            .stdout()
+            .trim()
+            .to_string()
+    }
+
+    /// `git push staging main`.
+    pub fn push(&self) -> Run {
+        self.git(&["push", "staging", "main"])
+    }
+
+    /// `git push staging ARGS...`.
+    pub fn push_args(&self, args: &[&str]) -> Run {
+        let mut all = vec!["push", "staging"];
+        all.extend_from_slice(args);
+        self.git(&all)
+    }
+
+    /// Starts `git push staging ARGS...` without waiting.
+    pub fn spawn_push(&self, args: &[&str]) -> std::process::Child {
+        command("git", &self.home)
+            .arg("push")
+            .arg("staging")
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Waits (bounded) until `check` holds.
+#[track_caller]
+pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process is running (a zombie counts as gone).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether CI demands that every component be present.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
