@@ -16,20 +16,26 @@ run = "if [ -e slow ]; then touch \"$ATS_DEPLOY_ROOT/first-started\"; while [ ! 
 timeout = "2m"
 "#;
 
-#[test]
-fn a_second_push_waits_for_the_first_and_deploys_after_it() {
-    let server = Server::new();
-    server.config(&SLOW_STEP.replace("LOCK_TIMEOUT", "2m"));
+/// Commits a slow first and a quick second commit, and starts pushing the first; returns once
+/// its step runs (holding the lock until `go` exists in the deploy root).
+fn start_slow_deploy(server: &Server) -> (Clone, String, String, std::process::Child) {
     let clone = server.clone("work");
     clone.write("slow", "");
     let first = clone.commit("first");
     std::fs::remove_file(clone.dir.join("slow")).unwrap();
     let second = clone.commit("second");
-
     let push_first = clone.spawn_push(&[&format!("{first}:refs/heads/main")]);
     wait_for("the first deploy's step", Duration::from_secs(30), || {
         server.root.join("first-started").exists()
     });
+    (clone, first, second, push_first)
+}
+
+#[test]
+fn a_second_push_waits_for_the_first_and_deploys_after_it() {
+    let server = Server::new();
+    server.config(&SLOW_STEP.replace("LOCK_TIMEOUT", "2m"));
+    let (clone, first, second, push_first) = start_slow_deploy(&server);
     let push_second = clone.spawn_push(&[&format!("{second}:refs/heads/main")]);
     // The second hook is waiting: let it say so, then let the first finish.
     let lock = server.root.join(".ats-hook/lock");
@@ -79,16 +85,7 @@ fn a_second_push_waits_for_the_first_and_deploys_after_it() {
 fn a_push_gives_up_after_the_lock_timeout() {
     let server = Server::new();
     server.config(&SLOW_STEP.replace("LOCK_TIMEOUT", "1s"));
-    let clone = server.clone("work");
-    clone.write("slow", "");
-    let first = clone.commit("first");
-    std::fs::remove_file(clone.dir.join("slow")).unwrap();
-    let second = clone.commit("second");
-
-    let push_first = clone.spawn_push(&[&format!("{first}:refs/heads/main")]);
-    wait_for("the first deploy's step", Duration::from_secs(30), || {
-        server.root.join("first-started").exists()
-    });
+    let (clone, first, second, push_first) = start_slow_deploy(&server);
     let push = clone.push_args(&[&format!("{second}:refs/heads/main")]);
     push.success()
         .stderr_has("ats-hook: error: gave up after 1s waiting for the deploy lock held by pid");

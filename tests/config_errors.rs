@@ -19,8 +19,7 @@ fn check_fails(toml: Option<&str>, needles: &[&str]) {
     }
     // The pusher reads the same message, and nothing is deployed.
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     let push = clone.push();
     push.success();
     for needle in needles {
@@ -91,8 +90,7 @@ fn missing_env_file_fails_the_deploy_before_any_step() {
         .success()
         .stdout_has("MISSING: deploys will fail until it exists");
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     let push = clone.push();
     push.success().stderr_has("failed to read env file");
     assert_eq!(

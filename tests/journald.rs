@@ -68,8 +68,7 @@ fn deploy_events_reach_the_journal_with_their_fields() {
     let server = Server::new();
     server.config("[deploy]\nroot = \"ROOT\"\n[[step]]\nname = \"install\"\nrun = \"echo journal-probe-line\"\n");
     let clone = server.clone("work");
-    clone.write("a", "a");
-    let sha = clone.commit("a");
+    let sha = clone.commit_file("a", "a");
     clone.push().success();
     let id = server.live().unwrap();
 

@@ -219,8 +219,7 @@ fn old_releases_are_pruned_but_never_the_live_or_rollback_one() {
 fn refs_that_are_not_selected_are_ignored() {
     let server = Server::new();
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     clone.git(&["checkout", "-q", "-b", "feature"]).success();
     let push = clone.push_args(&["feature"]);
     push.success();
@@ -237,8 +236,7 @@ fn refs_that_are_not_selected_are_ignored() {
 fn deleting_the_deployed_branch_deploys_nothing() {
     let server = Server::new();
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     clone.push().success();
     let live = server.live().unwrap();
     // A bare repository refuses to delete its HEAD branch unless told otherwise.
@@ -288,8 +286,7 @@ fn tags_matching_the_glob_deploy_and_are_peeled() {
     let server = Server::new();
     server.config("[deploy]\nroot = \"ROOT\"\nbranches = []\ntags = \"[0-9]*.[0-9]*.[0-9]*\"\n");
     let clone = server.clone("work");
-    clone.write("a", "a");
-    let sha = clone.commit("a");
+    let sha = clone.commit_file("a", "a");
     clone
         .push()
         .success()
@@ -350,8 +347,7 @@ fn steps_do_not_inherit_git_hook_variables() {
     let server = Server::new();
     server.config("[deploy]\nroot = \"ROOT\"\n[[step]]\nname = \"env\"\nrun = \"env > env.txt\"\n");
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     clone.push().success();
     let env = server.live_file("env.txt");
     let leaked: Vec<&str> = env.lines().filter(|l| l.starts_with("GIT_")).collect();
@@ -385,8 +381,7 @@ fn restart_sends_the_signal_to_the_pidfile_process() {
         pidfile.display()
     ));
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     let push = clone.push();
     wait_for(
         "the HUP to arrive",
@@ -441,8 +436,7 @@ fn a_current_that_is_a_folder_is_refused_before_anything_runs() {
     std::fs::create_dir_all(server.root.join("current")).unwrap();
     std::fs::write(server.root.join("current/index.php"), "old site").unwrap();
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     clone
         .push()
         .success()

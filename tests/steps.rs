@@ -61,8 +61,7 @@ fn the_first_deploy_failing_says_nothing_is_live() {
     let server = Server::new();
     server.config(&config_with_step("exit 1", "1m"));
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     let push = clone.push();
     assert_eq!(
         push.summary(),
@@ -79,8 +78,7 @@ fn a_step_past_its_timeout_is_killed_with_its_children() {
         "1s",
     ));
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     let started = std::time::Instant::now();
     let push = clone.push();
     assert!(
@@ -92,11 +90,7 @@ fn a_step_past_its_timeout_is_killed_with_its_children() {
     assert!(push
         .summary()
         .starts_with("ats-hook: deploy FAILED at step migrate (timed out after 1s)"));
-    let pid: i32 = std::fs::read_to_string(server.root.join("background.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = pid_in(&server.root.join("background.pid"));
     wait_for(
         "the background child to die",
         Duration::from_secs(10),
@@ -124,20 +118,8 @@ fn a_hook_killed_mid_step_leaves_no_stale_lock_nor_a_half_release_live() {
     clone.write("slow", "");
     let slow = clone.commit("slow");
     let push = clone.spawn_push(&["main"]);
-    let hook_pid = server.root.join("hook.pid");
-    wait_for("the slow step to start", Duration::from_secs(30), || {
-        std::fs::read_to_string(&hook_pid).is_ok_and(|t| t.ends_with('\n'))
-    });
-    let hook: i32 = std::fs::read_to_string(&hook_pid)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let step: i32 = std::fs::read_to_string(server.root.join("step.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let hook = pid_in(&server.root.join("hook.pid"));
+    let step = pid_in(&server.root.join("step.pid"));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(hook),
         nix::sys::signal::Signal::SIGKILL,
@@ -185,18 +167,9 @@ fn sigterm_stops_the_step_and_records_the_deploy_as_interrupted() {
         "10m",
     ));
     let clone = server.clone("work");
-    clone.write("a", "a");
-    clone.commit("a");
+    clone.commit_file("a", "a");
     let push = clone.spawn_push(&["main"]);
-    let hook_pid = server.root.join("hook.pid");
-    wait_for("the step to start", Duration::from_secs(30), || {
-        std::fs::read_to_string(&hook_pid).is_ok_and(|t| t.ends_with('\n'))
-    });
-    let hook: i32 = std::fs::read_to_string(&hook_pid)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let hook = pid_in(&server.root.join("hook.pid"));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(hook),
         nix::sys::signal::Signal::SIGTERM,
@@ -208,11 +181,7 @@ fn sigterm_stops_the_step_and_records_the_deploy_as_interrupted() {
         stderr.contains("deploy INTERRUPTED during step migrate; nothing is live yet"),
         "{stderr}"
     );
-    let bg: i32 = std::fs::read_to_string(server.root.join("bg.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let bg = pid_in(&server.root.join("bg.pid"));
     wait_for("the step's child to die", Duration::from_secs(10), || {
         !alive(bg)
     });

@@ -305,6 +305,12 @@ impl Clone {
         self.head()
     }
 
+    /// Writes one file and commits it; returns the new sha.
+    pub fn commit_file(&self, path: &str, content: &str) -> String {
+        self.write(path, content);
+        self.commit(&format!("write {path}"))
+    }
+
     pub fn head(&self) -> String {
         self.git(&["rev-parse", "HEAD"])
             .success()
@@ -351,6 +357,21 @@ pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits (bounded) for a step to write a pid into `path`, then reads it.
+#[track_caller]
+pub fn pid_in(path: &Path) -> i32 {
+    wait_for(
+        &format!("a pid in {}", path.display()),
+        Duration::from_secs(30),
+        || std::fs::read_to_string(path).is_ok_and(|t| t.ends_with('\n')),
+    );
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Whether a process is running (a zombie counts as gone).
