@@ -38,6 +38,10 @@ pub enum Command {
     /// Hook mode: read git's ref lines on stdin and deploy (what `hooks/post-receive` runs)
     PostReceive(#[command(flatten)] Location),
 
+    /// Gate mode: deploy before git updates the refs, rejecting the push if the deploy fails
+    /// (what `hooks/pre-receive` runs)
+    PreReceive(#[command(flatten)] Location),
+
     /// Deploy a commit by hand, through the same pipeline as a push
     Deploy {
         /// The commit to deploy (default: the tip of `--ref`)
@@ -45,6 +49,37 @@ pub enum Command {
         /// The ref the deploy is for (default: the first configured branch)
         #[arg(long = "ref", value_name = "REF")]
         git_ref: Option<String>,
+        /// Print the plan (release, steps, restart, health) and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        location: Location,
+    },
+
+    /// Make an older release live again: the previous good one, or RELEASE
+    Rollback {
+        /// A release id (see `ats-hook releases`)
+        release: Option<String>,
+        #[command(flatten)]
+        location: Location,
+    },
+
+    /// The releases on disk: id, commit, ref, state, created, which is live
+    Releases {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        location: Location,
+    },
+
+    /// The deploy history, or one deploy's full output
+    Log {
+        /// A deploy id (see `ats-hook log`)
+        id: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         location: Location,
     },
@@ -79,7 +114,7 @@ fn hook_args(mut args: Vec<OsString>) -> Vec<OsString> {
         .first()
         .and_then(|arg0| std::path::Path::new(arg0).file_name())
         .map(|name| name.to_string_lossy().into_owned());
-    if let Some(hook @ "post-receive") = invoked_as.as_deref() {
+    if let Some(hook @ ("post-receive" | "pre-receive")) = invoked_as.as_deref() {
         args[0] = "ats-hook".into();
         args.insert(1, hook.into());
     }
@@ -101,6 +136,11 @@ mod tests {
         let args = hook_args(vec!["/srv/app.git/hooks/post-receive".into()]);
         let cli = Cli::parse_from(args);
         assert!(matches!(cli.command, Command::PostReceive(_)));
+        let args = hook_args(vec!["hooks/pre-receive".into()]);
+        assert!(matches!(
+            Cli::parse_from(args).command,
+            Command::PreReceive(_)
+        ));
         let args = hook_args(vec!["ats-hook".into(), "status".into()]);
         assert!(matches!(
             Cli::parse_from(args).command,

@@ -30,6 +30,7 @@ pub struct Config {
     pub steps: Vec<Step>,
     #[serde(default)]
     pub restart: Restart,
+    pub health: Option<Health>,
     /// Where this config was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -71,6 +72,36 @@ pub struct Step {
     pub run: String,
     #[serde(default = "default_step_timeout")]
     pub timeout: Duration,
+    /// Run once the release is live (restarted and healthy) instead of before the switch:
+    /// cache clears, notifications.
+    #[serde(default)]
+    pub after_switch: bool,
+    /// For an `after_switch` step: whether its failure switches back to the previous release.
+    #[serde(default)]
+    pub rollback_on_failure: bool,
+}
+
+/// `[health]`: how to tell that the new release really serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// An `http://` URL to GET.
+    pub url: Option<String>,
+    /// Or a shell command, run in the live release, that exits 0 when healthy.
+    pub command: Option<String>,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    /// Text the body must contain; `{commit}` and `{short_commit}` stand for the deployed commit.
+    pub expect_body: Option<String>,
+    /// How long to keep probing before the release is declared unhealthy.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Duration,
+    /// The pause between probes.
+    #[serde(default = "default_health_interval")]
+    pub interval: Duration,
+    /// The limit for one probe.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +192,18 @@ fn default_step_timeout() -> Duration {
 fn default_restart_timeout() -> Duration {
     Duration(std::time::Duration::from_secs(120))
 }
+fn default_expect_status() -> u16 {
+    200
+}
+fn default_health_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(30))
+}
+fn default_health_interval() -> Duration {
+    Duration(std::time::Duration::from_secs(1))
+}
+fn default_probe_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(5))
+}
 fn default_signal() -> SignalName {
     SignalName(nix::sys::signal::Signal::SIGHUP)
 }
@@ -214,6 +257,12 @@ impl Config {
             if step.run.trim().is_empty() {
                 bail!("`step.run` of step `{}` is empty", step.name);
             }
+            if step.rollback_on_failure && !step.after_switch {
+                bail!(
+                    "`step.rollback_on_failure` of step `{}` needs `after_switch = true`: a step before the switch never changes what is live",
+                    step.name
+                );
+            }
         }
         if self.deploy.keep_releases < 2 {
             bail!(
@@ -221,12 +270,32 @@ impl Config {
                 self.deploy.keep_releases
             );
         }
+        if let Some(health) = &self.health {
+            match (&health.url, &health.command) {
+                (Some(_), Some(_)) => bail!("`health`: set `url` or `command`, not both"),
+                (None, None) => bail!("`health`: set `url` or `command`"),
+                (Some(url), None) if !url.starts_with("http://") => bail!(
+                    "`health.url` `{url}` must start with `http://`: probe the app itself, on loopback"
+                ),
+                _ => {}
+            }
+        }
         for unit in &self.restart.systemctl {
             if unit.is_empty() || unit.starts_with('-') || unit.contains(char::is_whitespace) {
                 bail!("`restart.systemctl`: `{unit}` is not a unit name");
             }
         }
         Ok(())
+    }
+
+    /// Steps that run before the switch, in order.
+    pub fn steps_before_switch(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|step| !step.after_switch)
+    }
+
+    /// Steps that run once the release is live, in order.
+    pub fn steps_after_switch(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|step| step.after_switch)
     }
 
     /// The env file's path, resolved against the deploy root.
@@ -556,6 +625,32 @@ mod tests {
             parse("[deploy]\nroot = \"/a\"\n[env]\nPORT = 8000\nfile = \"shared/.env\"\n").unwrap();
         assert_eq!(config.env.vars["PORT"], "8000");
         assert_eq!(config.env_file().unwrap(), Path::new("/a/shared/.env"));
+    }
+
+    #[test]
+    fn health_needs_one_http_url_or_command() {
+        let base = "[deploy]\nroot = \"/a\"\n[health]\n";
+        for (body, needle) in [
+            ("", "set `url` or `command`"),
+            ("url = \"https://x/\"\n", "must start with `http://`"),
+            ("url = \"http://x/\"\ncommand = \"true\"\n", "not both"),
+        ] {
+            let err = parse(&format!("{base}{body}")).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{err:#}");
+        }
+        let config = parse(&format!("{base}url = \"http://127.0.0.1:1/\"\n")).unwrap();
+        let health = config.health.unwrap();
+        assert_eq!(health.expect_status, 200);
+        assert_eq!(health.timeout.0, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn rollback_on_failure_needs_after_switch() {
+        let err = parse(
+            "[deploy]\nroot = \"/a\"\n[[step]]\nname = \"x\"\nrun = \"true\"\nrollback_on_failure = true\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("needs `after_switch = true`"));
     }
 
     #[test]

@@ -1,27 +1,48 @@
-//! The pipeline: lock, materialize, link shared, steps, switch, restart, record, prune.
+//! The pipeline: lock, materialize, link shared, steps, switch, restart, health, record, prune.
 //!
 //! The live site is only ever changed by the switch of `current`, and only after every step
-//! passed. Anything that fails before the switch leaves the live release untouched; a restart
-//! that fails after it switches back and restarts the old release. Whatever happens, the deploy
-//! is recorded and the last line the pusher reads says what is live.
+//! passed. Anything that fails before the switch leaves the live release untouched; a restart,
+//! health check or rolling-back step that fails after it switches back and restarts the old
+//! release. Whatever happens, the deploy is recorded and the last line the pusher reads says
+//! what is live. `rollback` shares the second half (switch, restart, health) and the session
+//! (lock, log, record, prune).
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
-use git2::Repository;
+use anyhow::{bail, Context, Result};
+use git2::{Oid, Repository};
 
 use crate::config::Config;
 use crate::layout::Layout;
-use crate::lock::{self, Holder};
+use crate::lock::{self, DeployLock, Holder};
 use crate::output::{self, seconds, short};
 use crate::process::{self, Exit};
-use crate::record::{self, DeployRecord, State, StepRecord};
+use crate::record::{self, Action, DeployRecord, State, StepRecord};
 use crate::refs::short_ref;
-use crate::release;
-use crate::restart;
 use crate::select::Target;
 use crate::steps::{self, DeployVars};
+use crate::{health, release, restart};
+
+/// What started a deploy; recorded, and gate mode checks the pushed base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    PostReceive,
+    /// Gate mode: the push is accepted only if the deploy succeeds.
+    PreReceive,
+    Manual,
+}
+
+impl Trigger {
+    fn hook_name(self) -> Option<String> {
+        match self {
+            Trigger::PostReceive => Some("post-receive".into()),
+            Trigger::PreReceive => Some("pre-receive".into()),
+            Trigger::Manual => None,
+        }
+    }
+}
 
 /// Why a deploy stopped short.
 enum Stop {
@@ -33,7 +54,9 @@ enum Stop {
         during: String,
     },
     Error(anyhow::Error),
-    RestartFailed {
+    /// Something failed once the release was live; `current` was switched back (or not).
+    AfterSwitch {
+        stage: String,
         error: anyhow::Error,
         restored: Result<()>,
     },
@@ -45,12 +68,84 @@ impl From<anyhow::Error> for Stop {
     }
 }
 
-/// Everything one deploy learns as it goes, for the record and the summary.
-struct Run {
-    id: String,
-    steps: Vec<StepRecord>,
-    /// (stage, seconds) in order, for the summary line.
-    timings: Vec<(String, std::time::Duration)>,
+impl Stop {
+    /// (state, failed step or stage, error) for the record.
+    fn describe(&self) -> (State, Option<String>, Option<String>) {
+        match self {
+            Stop::Step { name, exit } => (
+                if *exit == Exit::Interrupted {
+                    State::Interrupted
+                } else {
+                    State::Failed
+                },
+                Some(name.clone()),
+                Some(format!("step `{name}` failed ({exit})")),
+            ),
+            Stop::Interrupted { during } => (
+                State::Interrupted,
+                None,
+                Some(format!("interrupted during {during}")),
+            ),
+            Stop::Error(err) => (State::Failed, None, Some(format!("{err:#}"))),
+            Stop::AfterSwitch {
+                stage,
+                error,
+                restored,
+            } => (
+                if restored.is_ok() {
+                    State::RolledBack
+                } else {
+                    State::Failed
+                },
+                Some(stage.clone()),
+                Some(format!("{error:#}")),
+            ),
+        }
+    }
+
+    /// The summary line for a stop; `what` is `deploy` or `rollback`.
+    fn summary(self, what: &str, was_live: Option<&str>, attempted: &str) -> String {
+        let still_live = match was_live {
+            Some(live) => format!("{live} is still live"),
+            None => "nothing is live yet".to_string(),
+        };
+        match self {
+            Stop::Step {
+                name,
+                exit: Exit::Interrupted,
+            } => {
+                format!("{what} INTERRUPTED during step {name}; {still_live}")
+            }
+            Stop::Step { name, exit } => {
+                format!("{what} FAILED at step {name} ({exit}); {still_live}")
+            }
+            Stop::Interrupted { during } => {
+                format!("{what} INTERRUPTED during {during}; {still_live}")
+            }
+            Stop::Error(err) => {
+                output::error(format!("{err:#}"));
+                format!("{what} FAILED; {still_live}")
+            }
+            Stop::AfterSwitch {
+                stage,
+                restored: Ok(()),
+                ..
+            } => match was_live {
+                Some(live) => {
+                    format!("{what} FAILED at {stage}; switched back, {live} is live again")
+                }
+                None => format!("{what} FAILED at {stage}; nothing is live"),
+            },
+            Stop::AfterSwitch {
+                stage,
+                restored: Err(err),
+                ..
+            } => {
+                output::error(format!("switching back failed too: {err:#}"));
+                format!("{what} FAILED at {stage} and could not switch back; {attempted} is live")
+            }
+        }
+    }
 }
 
 /// Who pushed: set by the SSH gate when known, else the account running the hook.
@@ -69,249 +164,320 @@ pub fn pusher() -> String {
         .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
 }
 
-fn now_rfc3339(time: SystemTime) -> String {
+fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// One run under the deploy lock: its id, log, history and timings.
+struct Session {
+    layout: Layout,
+    lock: DeployLock,
+    holder: Holder,
+    id: String,
+    started: SystemTime,
+    clock: Instant,
+    records: Vec<DeployRecord>,
+    /// What was live when the lock was taken.
+    previous_release: Option<String>,
+    previous_commit: Option<String>,
+    timings: Vec<(String, Duration)>,
+    _output: Option<output::DeployGuard>,
+}
+
+impl Session {
+    /// Takes the deploy lock (waiting, and saying for whom), and records a deploy that died
+    /// holding it.
+    fn lock(config: &Config, commit: &str, git_ref: &str) -> Result<Session> {
+        let layout = Layout::new(&config.deploy.root);
+        layout.create()?;
+        // Refuse early, before anything runs, when `current` is not ours to switch.
+        layout.live_release()?;
+        process::install_signal_handlers()?;
+        let holder = Holder {
+            pid: std::process::id(),
+            commit: commit.to_string(),
+            git_ref: git_ref.to_string(),
+            release: String::new(),
+            since: rfc3339(SystemTime::now()),
+            pusher: pusher(),
+        };
+        let mut lock = lock::acquire(
+            &layout.lock_file(),
+            config.deploy.lock_timeout.0,
+            &holder,
+            |holder, waited| {
+                let waited = if waited.as_secs() > 0 {
+                    format!(" (waited {})", seconds(waited))
+                } else {
+                    String::new()
+                };
+                match holder {
+                    Some(holder) => output::say(format!(
+                        "waiting for the deploy lock held by {holder}{waited}"
+                    )),
+                    None => output::say(format!("waiting for the deploy lock{waited}")),
+                }
+            },
+        )?;
+        if let Some(dead) = lock.interrupted.take() {
+            record_interrupted(&layout, &dead)?;
+        }
+        let records = record::read_all(&layout.deploys_file())?;
+        let previous_release = layout.live_release()?;
+        let previous_commit = previous_release
+            .as_deref()
+            .and_then(|live| record::live_record(&records, live))
+            .map(|r| r.commit.clone());
+        Ok(Session {
+            layout,
+            lock,
+            holder,
+            id: String::new(),
+            started: SystemTime::now(),
+            clock: Instant::now(),
+            records,
+            previous_release,
+            previous_commit,
+            timings: Vec::new(),
+            _output: None,
+        })
+    }
+
+    /// Names the run, opens its log, and tags every line after this with it.
+    fn start(&mut self, id: String) -> Result<()> {
+        self.started = SystemTime::now();
+        self.clock = Instant::now();
+        self.holder.release = id.clone();
+        self.holder.since = rfc3339(self.started);
+        self.lock.update(&self.holder)?;
+        let log_path = self.layout.log_file(&id);
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("failed to create deploy log `{}`", log_path.display()))?;
+        self._output = Some(output::begin_deploy(
+            &id,
+            &self.holder.commit,
+            &self.holder.git_ref,
+            Some(log),
+        ));
+        self.id = id;
+        Ok(())
+    }
+
+    /// What was live before, as a summary names it.
+    fn was_live(&self) -> Option<String> {
+        self.previous_commit
+            .as_deref()
+            .map(|c| short(c).to_string())
+            .or(self.previous_release.clone())
+    }
+
+    fn record(
+        &self,
+        action: Action,
+        trigger: Trigger,
+        release: &str,
+        old: Option<Oid>,
+    ) -> DeployRecord {
+        DeployRecord {
+            id: self.id.clone(),
+            action,
+            hook: trigger.hook_name(),
+            git_ref: self.holder.git_ref.clone(),
+            old_commit: old.map(|oid| oid.to_string()),
+            commit: self.holder.commit.clone(),
+            release: release.to_string(),
+            previous_release: self.previous_release.clone(),
+            state: State::Succeeded,
+            failed_step: None,
+            error: None,
+            steps: Vec::new(),
+            pusher: self.holder.pusher.clone(),
+            started_at: rfc3339(self.started),
+            finished_at: rfc3339(SystemTime::now()),
+            duration_ms: self.clock.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Records the run, prunes, lets the next deploy in, and prints the summary: the last line,
+    /// still tagged with this run and kept in its log.
+    fn finish(self, config: &Config, entry: &DeployRecord, summary: String) -> Result<()> {
+        record::append(&self.layout.deploys_file(), entry)?;
+        let pruned = prune(config, &self.layout, &self.id);
+        self.lock.release()?;
+        if let Err(err) = pruned {
+            output::warn(format!("{err:#}"));
+        }
+        output::say(summary);
+        Ok(())
+    }
+
+    fn stages(&self) -> String {
+        let stages: Vec<String> = self
+            .timings
+            .iter()
+            .map(|(stage, took)| format!("{stage} {}", seconds(*took)))
+            .collect();
+        stages.join(", ")
+    }
+}
+
+/// The environment of steps and restart commands for one release.
+fn environment(
+    config: &Config,
+    layout: &Layout,
+    release: &str,
+    commit: &str,
+    previous_commit: Option<&str>,
+    git_ref: &str,
+) -> Result<BTreeMap<String, String>> {
+    steps::environment(
+        config,
+        &DeployVars {
+            release_dir: &layout.release(release),
+            release_id: release,
+            commit,
+            previous_commit,
+            git_ref,
+            deploy_root: layout.root(),
+        },
+    )
 }
 
 /// Runs one deploy of `target`. Returns the exit code for the hook: failure when the deploy
 /// failed, after saying so.
-pub fn deploy(repo: &Repository, config: &Config, target: &Target) -> Result<ExitCode> {
-    let layout = Layout::new(&config.deploy.root);
-    layout.create()?;
-    // Refuse early, before anything runs, when `current` is not ours to switch.
-    layout.live_release()?;
-    process::install_signal_handlers()?;
-
+pub fn deploy(
+    repo: &Repository,
+    config: &Config,
+    target: &Target,
+    trigger: Trigger,
+) -> Result<ExitCode> {
     let commit = target.commit.to_string();
-    let mut me = Holder {
-        pid: std::process::id(),
-        commit: commit.clone(),
-        git_ref: target.git_ref.clone(),
-        release: String::new(),
-        since: now_rfc3339(SystemTime::now()),
-        pusher: pusher(),
-    };
-    let mut lock = lock::acquire(
-        &layout.lock_file(),
-        config.deploy.lock_timeout.0,
-        &me,
-        |holder, waited| {
-            let waited = if waited.as_secs() > 0 {
-                format!(" (waited {})", seconds(waited))
-            } else {
-                String::new()
-            };
-            match holder {
-                Some(holder) => output::say(format!(
-                    "waiting for the deploy lock held by {holder}{waited}"
-                )),
-                None => output::say(format!("waiting for the deploy lock{waited}")),
-            }
-        },
-    )?;
-    if let Some(dead) = lock.interrupted.take() {
-        record_interrupted(&layout, &dead)?;
-    }
-
-    let started = SystemTime::now();
-    let clock = Instant::now();
-    let id = release::new_id(&layout, target.commit, started);
-    me.release = id.clone();
-    me.since = now_rfc3339(started);
-    lock.update(&me)?;
-
-    let log_path = layout.log_file(&id);
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("failed to create deploy log `{}`", log_path.display()))?;
-    let _context = output::begin_deploy(&id, &commit, &target.git_ref, Some(log));
-    tracing::debug!(pid = me.pid, "lock taken");
+    let mut session = Session::lock(config, &commit, &target.git_ref)?;
+    session.start(release::new_id(
+        &session.layout,
+        target.commit,
+        SystemTime::now(),
+    ))?;
+    let id = session.id.clone();
     output::say(format!(
         "deploying {} ({}) as {id}",
         short(&commit),
         short_ref(&target.git_ref)
     ));
 
-    let records = record::read_all(&layout.deploys_file())?;
-    let previous_release = layout.live_release()?;
-    let previous_commit = previous_release
-        .as_deref()
-        .and_then(|live| record::live_record(&records, live))
-        .map(|r| r.commit.clone());
-
-    let mut run = Run {
-        id: id.clone(),
-        steps: Vec::new(),
-        timings: Vec::new(),
+    let mut steps = Vec::new();
+    let mut outcome = match trigger {
+        Trigger::PreReceive => check_gate_base(repo, &session.records, target).map_err(Stop::Error),
+        _ => Ok(()),
     };
-    let outcome = pipeline(
-        repo,
-        config,
-        &layout,
-        target,
-        previous_release.as_deref(),
-        previous_commit.as_deref(),
-        &mut run,
-    );
-
-    let (state, failed_step, error) = match &outcome {
-        Ok(()) => (State::Succeeded, None, None),
-        Err(Stop::Step { name, exit }) => (
-            if *exit == Exit::Interrupted {
-                State::Interrupted
-            } else {
-                State::Failed
-            },
-            Some(name.clone()),
-            Some(format!("step `{name}` failed ({exit})")),
-        ),
-        Err(Stop::Interrupted { during }) => (
-            State::Interrupted,
-            None,
-            Some(format!("interrupted during {during}")),
-        ),
-        Err(Stop::Error(err)) => (State::Failed, None, Some(format!("{err:#}"))),
-        Err(Stop::RestartFailed { error, restored }) => (
-            if restored.is_ok() {
-                State::RolledBack
-            } else {
-                State::Failed
-            },
-            Some("restart".to_string()),
-            Some(format!("{error:#}")),
-        ),
-    };
-    let finished = SystemTime::now();
-    let entry = DeployRecord {
-        id: id.clone(),
-        git_ref: target.git_ref.clone(),
-        old_commit: target.old.map(|oid| oid.to_string()),
-        commit: commit.clone(),
-        release: id.clone(),
-        previous_release: previous_release.clone(),
-        state,
-        failed_step,
-        error,
-        steps: run.steps.clone(),
-        pusher: me.pusher.clone(),
-        started_at: now_rfc3339(started),
-        finished_at: now_rfc3339(finished),
-        duration_ms: clock.elapsed().as_millis() as u64,
-    };
-    record::append(&layout.deploys_file(), &entry)?;
-
-    let pruned = prune(config, &layout, &id);
-    lock.release()?;
-    if let Err(err) = pruned {
-        output::warn(format!("{err:#}"));
+    if outcome.is_ok() {
+        outcome = pipeline(repo, config, &mut session, target, &mut steps);
     }
 
-    // What was live before this deploy, as the summary names it.
-    let was_live = previous_commit
-        .as_deref()
-        .map(|c| short(c).to_string())
-        .or(previous_release.clone());
-    let still_live = match &was_live {
-        Some(live) => format!("{live} is still live"),
-        None => "nothing is live yet".to_string(),
-    };
+    let mut entry = session.record(Action::Deploy, trigger, &id, target.old);
+    entry.steps = steps;
+    if let Err(stop) = &outcome {
+        (entry.state, entry.failed_step, entry.error) = stop.describe();
+    }
+    let was_live = session.was_live();
     let summary = match outcome {
-        Ok(()) => {
-            let stages: Vec<String> = run
-                .timings
-                .iter()
-                .map(|(stage, took)| format!("{stage} {}", seconds(*took)))
-                .collect();
-            output::say(format!(
-                "deployed {} ({}) as {} in {} — {}",
-                short(&commit),
-                short_ref(&target.git_ref),
-                run.id,
-                seconds(clock.elapsed()),
-                stages.join(", ")
-            ));
-            return Ok(ExitCode::SUCCESS);
-        }
-        Err(Stop::Step {
-            name,
-            exit: Exit::Interrupted,
-        }) => {
-            format!("deploy INTERRUPTED during step {name}; {still_live}")
-        }
-        Err(Stop::Step { name, exit }) => {
-            format!("deploy FAILED at step {name} ({exit}); {still_live}")
-        }
-        Err(Stop::Interrupted { during }) => {
-            format!("deploy INTERRUPTED during {during}; {still_live}")
-        }
-        Err(Stop::Error(err)) => {
-            output::error(format!("{err:#}"));
-            format!("deploy FAILED; {still_live}")
-        }
-        Err(Stop::RestartFailed {
-            restored: Ok(()), ..
-        }) => match &was_live {
-            Some(live) => format!("deploy FAILED at restart; switched back, {live} is live again"),
-            None => "deploy FAILED at restart; nothing is live".to_string(),
-        },
-        Err(Stop::RestartFailed {
-            restored: Err(err), ..
-        }) => {
-            output::error(format!("switching back failed too: {err:#}"));
-            format!("deploy FAILED at restart and could not switch back; {id} is live")
-        }
+        Ok(()) => format!(
+            "deployed {} ({}) as {id} in {} — {}",
+            short(&commit),
+            short_ref(&target.git_ref),
+            seconds(session.clock.elapsed()),
+            session.stages()
+        ),
+        Err(stop) => stop.summary("deploy", was_live.as_deref(), &id),
     };
-    output::say(summary);
-    Ok(ExitCode::FAILURE)
+    session.finish(config, &entry, summary)?;
+    Ok(if entry.state == State::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// In gate mode, git updates the ref only after the hook succeeds, so a push that waited for
+/// the lock may be based on a commit that is no longer the branch's: deploying it would leave
+/// the branch and what is live apart. Refuse it instead.
+fn check_gate_base(repo: &Repository, records: &[DeployRecord], target: &Target) -> Result<()> {
+    // A gate deploy that just finished may still be waiting for git to move the ref.
+    if let Some(last) = records.last().filter(|r| {
+        r.hook.as_deref() == Some("pre-receive")
+            && r.state == State::Succeeded
+            && r.git_ref == target.git_ref
+    }) {
+        let landed = Oid::from_str(&last.commit).ok();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while repo.refname_to_id(&target.git_ref).ok() != landed && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let now = repo.refname_to_id(&target.git_ref).ok();
+    if now != target.old {
+        let name = |oid: Option<Oid>| {
+            oid.map_or("nothing".to_string(), |oid| {
+                short(&oid.to_string()).to_string()
+            })
+        };
+        bail!(
+            "`{}` is at {} now, but this push was based on {}: another push landed first; fetch, then push again",
+            target.git_ref,
+            name(now),
+            name(target.old)
+        );
+    }
+    Ok(())
 }
 
 fn pipeline(
     repo: &Repository,
     config: &Config,
-    layout: &Layout,
+    session: &mut Session,
     target: &Target,
-    previous_release: Option<&str>,
-    previous_commit: Option<&str>,
-    run: &mut Run,
+    steps: &mut Vec<StepRecord>,
 ) -> Result<(), Stop> {
-    let id = run.id.clone();
+    let layout = session.layout.clone();
+    let id = session.id.clone();
     let dir = layout.release(&id);
     let commit = target.commit.to_string();
 
     let clock = Instant::now();
     let checkout = release::materialize(repo, target.commit, &dir, &layout.index_file(&id))?;
-    run.timings.push(("checkout".into(), clock.elapsed()));
+    session.timings.push(("checkout".into(), clock.elapsed()));
     output::say(format!(
         "checked out {} files ({}) in {}",
         checkout.files,
         output::size(checkout.bytes),
         seconds(clock.elapsed())
     ));
-    for note in release::link_shared(layout, &dir, &config.shared.paths)? {
+    for note in release::link_shared(&layout, &dir, &config.shared.paths)? {
         output::say(note);
     }
 
-    let vars = DeployVars {
-        release_dir: &dir,
-        release_id: &id,
-        commit: &commit,
-        previous_commit,
-        git_ref: &target.git_ref,
-        deploy_root: layout.root(),
-    };
-    let env = steps::environment(config, &vars)?;
+    let previous_commit = session.previous_commit.clone();
+    let env = environment(
+        config,
+        &layout,
+        &id,
+        &commit,
+        previous_commit.as_deref(),
+        &target.git_ref,
+    )?;
     let width = steps::prefix_width(config);
-    for step in &config.steps {
+    for step in config.steps_before_switch() {
         if process::stop_requested() {
             return Err(Stop::Interrupted {
                 during: format!("the steps, before `{}`", step.name),
             });
         }
         let (record, exit) = steps::run(step, &dir, &env, width)?;
-        run.timings.push((
+        session.timings.push((
             step.name.to_string(),
-            std::time::Duration::from_millis(record.duration_ms),
+            Duration::from_millis(record.duration_ms),
         ));
-        run.steps.push(record);
+        steps.push(record);
         if !exit.success() {
             return Err(Stop::Step {
                 name: step.name.to_string(),
@@ -325,58 +491,214 @@ fn pipeline(
         });
     }
 
-    release::switch_current(layout, &id)?;
-    output::say(format!("switched current to {id}"));
+    go_live(config, session, &id, &commit, &env)?;
 
-    if config.restart.is_empty() {
-        return Ok(());
-    }
-    let clock = Instant::now();
-    let restarted = restart::run(&config.restart, layout, &layout.current(), &env, width);
-    run.timings.push(("restart".into(), clock.elapsed()));
-    if let Err(error) = restarted {
-        output::error(format!("restart failed: {error:#}"));
-        let restored = switch_back(config, layout, previous_release, &env, width);
-        return Err(Stop::RestartFailed { error, restored });
+    for step in config.steps_after_switch() {
+        let (record, exit) = steps::run(step, &layout.current(), &env, width)?;
+        session.timings.push((
+            step.name.to_string(),
+            Duration::from_millis(record.duration_ms),
+        ));
+        steps.push(record);
+        if exit.success() {
+            continue;
+        }
+        if step.rollback_on_failure {
+            let error = anyhow::anyhow!("step `{}` failed ({exit})", step.name);
+            let restored = switch_back(config, session);
+            return Err(Stop::AfterSwitch {
+                stage: format!("step {}", step.name),
+                error,
+                restored,
+            });
+        }
+        output::warn(format!(
+            "step `{}` failed after the switch; {id} stays live",
+            step.name
+        ));
     }
     Ok(())
 }
 
-/// After a failed restart: `current` goes back to the previous release, which is restarted too.
-fn switch_back(
+/// Switches `current` to `release`, restarts, checks health; on failure switches back.
+fn go_live(
     config: &Config,
-    layout: &Layout,
-    previous: Option<&str>,
-    env: &std::collections::BTreeMap<String, String>,
-    width: usize,
-) -> Result<()> {
+    session: &mut Session,
+    release: &str,
+    commit: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<(), Stop> {
+    let layout = session.layout.clone();
+    release::switch_current(&layout, release)?;
+    output::say(format!("switched current to {release}"));
+    let width = steps::prefix_width(config);
+
+    if !config.restart.is_empty() {
+        let clock = Instant::now();
+        let restarted = restart::run(&config.restart, &layout, &layout.current(), env, width);
+        session.timings.push(("restart".into(), clock.elapsed()));
+        if let Err(error) = restarted {
+            output::error(format!("restart failed: {error:#}"));
+            let restored = switch_back(config, session);
+            return Err(Stop::AfterSwitch {
+                stage: "restart".into(),
+                error,
+                restored,
+            });
+        }
+    }
+    if let Some(check) = &config.health {
+        let clock = Instant::now();
+        let healthy = health::check(check, commit, &layout.current(), env);
+        session.timings.push(("health".into(), clock.elapsed()));
+        if let Err(error) = healthy {
+            output::error(format!("{error:#}"));
+            let restored = switch_back(config, session);
+            return Err(Stop::AfterSwitch {
+                stage: "health check".into(),
+                error,
+                restored,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// After a failure once live: `current` goes back to the release that was live before, which
+/// is restarted too.
+fn switch_back(config: &Config, session: &Session) -> Result<()> {
+    let layout = &session.layout;
+    let previous = session.previous_release.as_deref();
     release::restore_current(layout, previous)?;
     let Some(previous) = previous else {
-        output::say("removed `current`: nothing was live before this deploy");
+        output::say("removed `current`: nothing was live before");
         return Ok(());
     };
     output::say(format!("switched current back to {previous}"));
+    if config.restart.is_empty() {
+        return Ok(());
+    }
+    let commit = session.previous_commit.clone().unwrap_or_default();
+    let git_ref = record::live_record(&session.records, previous)
+        .map(|r| r.git_ref.clone())
+        .unwrap_or_default();
+    let env = environment(config, layout, previous, &commit, None, &git_ref)?;
     restart::run(
         &config.restart,
         layout,
-        &layout.release(previous),
-        env,
-        width,
+        &layout.current(),
+        &env,
+        steps::prefix_width(config),
     )
     .context("restarting the previous release failed")
 }
 
-fn prune(config: &Config, layout: &Layout, this_deploy: &str) -> Result<()> {
+/// Makes an older release live again: the previous good one, or the one named.
+pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
+    let layout = Layout::new(&config.deploy.root);
+    let records = record::read_all(&layout.deploys_file())?;
+    let target = rollback_target(&layout, &records, named)?;
+    let made = record::deploy_of(&records, &target).expect("rollback targets went live");
+    let (commit, git_ref) = (made.commit.clone(), made.git_ref.clone());
+
+    let mut session = Session::lock(config, &commit, &git_ref)?;
+    // Under the lock, the answer may have changed (a deploy that finished while we waited).
+    let target = rollback_target(&session.layout, &session.records, named)?;
+    let made = record::deploy_of(&session.records, &target).expect("rollback targets went live");
+    let (commit, git_ref) = (made.commit.clone(), made.git_ref.clone());
+    session.holder.commit = commit.clone();
+    session.holder.git_ref = git_ref.clone();
+    let stamp: String = rfc3339(SystemTime::now())
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    session.start(format!("{stamp}-rollback-{}", short(&commit)))?;
+    let was = session
+        .previous_release
+        .clone()
+        .unwrap_or_else(|| "nothing".into());
+    output::say(format!(
+        "rolling back from {was} to {target} ({} of {})",
+        short(&commit),
+        short_ref(&git_ref)
+    ));
+
+    let env = environment(
+        config,
+        &session.layout,
+        &target,
+        &commit,
+        session.previous_commit.as_deref(),
+        &git_ref,
+    )?;
+    let outcome = go_live(config, &mut session, &target, &commit, &env);
+    let mut entry = session.record(Action::Rollback, Trigger::Manual, &target, None);
+    if let Err(stop) = &outcome {
+        (entry.state, entry.failed_step, entry.error) = stop.describe();
+    }
+    let was_live = session.was_live();
+    let summary = match outcome {
+        Ok(()) => format!(
+            "rolled back to {} ({}), release {target}, in {}{}",
+            short(&commit),
+            short_ref(&git_ref),
+            seconds(session.clock.elapsed()),
+            if session.timings.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", session.stages())
+            }
+        ),
+        Err(stop) => stop.summary("rollback", was_live.as_deref(), &target),
+    };
+    session.finish(config, &entry, summary)?;
+    Ok(if entry.state == State::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn rollback_target(
+    layout: &Layout,
+    records: &[DeployRecord],
+    named: Option<&str>,
+) -> Result<String> {
+    let mut on_disk = layout.release_ids()?;
+    record::sort_chronologically(&mut on_disk, records);
+    let live = layout.live_release()?;
+    match named {
+        Some(id) => {
+            if !on_disk.iter().any(|r| r == id) {
+                bail!("no release `{id}` on disk (pruned, or never made); `ats-hook releases` lists them");
+            }
+            if live.as_deref() == Some(id) {
+                bail!("`{id}` is already live");
+            }
+            if !record::went_live(records, id) {
+                bail!("`{id}` never went live successfully (its deploy did not succeed); refusing to switch to it");
+            }
+            Ok(id.to_string())
+        }
+        None => record::rollback_target(records, live.as_deref(), &on_disk).cloned().with_context(|| {
+            match &live {
+                Some(live) => format!("nothing to roll back to: no release older than `{live}` went live and is still on disk"),
+                None => "nothing to roll back to: no release went live yet".to_string(),
+            }
+        }),
+    }
+}
+
+fn prune(config: &Config, layout: &Layout, this_run: &str) -> Result<()> {
     let records = record::read_all(&layout.deploys_file())?;
     let live = layout.live_release()?;
     let mut on_disk = layout.release_ids()?;
     record::sort_chronologically(&mut on_disk, &records);
-    let rollback =
-        record::rollback_target(&records, live.as_deref(), &on_disk).map(|r| r.release.clone());
-    let mut protected = vec![this_deploy];
+    let rollback = record::rollback_target(&records, live.as_deref(), &on_disk).cloned();
+    let mut protected = vec![this_run];
     protected.extend(live.as_deref());
     protected.extend(rollback.as_deref());
-    let went_live = |id: &str| record::live_record(&records, id).is_some();
+    let went_live = |id: &str| record::went_live(&records, id);
     let removed = release::prune(
         layout,
         &on_disk,
@@ -399,7 +721,6 @@ fn record_interrupted(layout: &Layout, dead: &Holder) -> Result<()> {
     output::warn(format!(
         "the previous deploy, {dead}, did not finish (its process died); recording it as interrupted"
     ));
-    let now = now_rfc3339(SystemTime::now());
     let release = if dead.release.is_empty() {
         "unknown".to_string()
     } else {
@@ -409,6 +730,8 @@ fn record_interrupted(layout: &Layout, dead: &Holder) -> Result<()> {
         &layout.deploys_file(),
         &DeployRecord {
             id: release.clone(),
+            action: Action::Deploy,
+            hook: None,
             git_ref: dead.git_ref.clone(),
             old_commit: None,
             commit: dead.commit.clone(),
@@ -423,8 +746,27 @@ fn record_interrupted(layout: &Layout, dead: &Holder) -> Result<()> {
             steps: Vec::new(),
             pusher: dead.pusher.clone(),
             started_at: dead.since.clone(),
-            finished_at: now,
+            finished_at: rfc3339(SystemTime::now()),
             duration_ms: 0,
         },
     )
+}
+
+/// `deploy --dry-run`: what a deploy of `target` would do, changing nothing.
+pub fn plan(config: &Config, target: &Target, out: &mut dyn std::io::Write) -> Result<()> {
+    let layout = Layout::new(&config.deploy.root);
+    let live = layout.live_release()?;
+    let id = release::new_id(&layout, target.commit, SystemTime::now());
+    writeln!(
+        out,
+        "would deploy {} ({}) as {}",
+        short(&target.commit.to_string()),
+        short_ref(&target.git_ref),
+        layout.release(&id).display()
+    )?;
+    writeln!(out, "live now:  {}", live.as_deref().unwrap_or("nothing"))?;
+    if let Some(lock) = lock::current_holder(&layout.lock_file())? {
+        writeln!(out, "lock:      held by {lock}; the deploy would wait")?;
+    }
+    crate::cmd::write_plan(config, out)
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod deploy;
+pub mod health;
 pub mod layout;
 pub mod lock;
 pub mod output;

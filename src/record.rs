@@ -50,9 +50,25 @@ pub struct StepRecord {
     pub duration_ms: u64,
 }
 
+/// What a history entry did.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// A new release went (or tried to go) live.
+    #[default]
+    Deploy,
+    /// An existing release was made live again.
+    Rollback,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeployRecord {
     pub id: String,
+    #[serde(default)]
+    pub action: Action,
+    /// The hook that ran it (`post-receive`, `pre-receive`); absent for a command run by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub old_commit: Option<String>,
@@ -116,18 +132,33 @@ pub fn live_record<'a>(records: &'a [DeployRecord], release: &str) -> Option<&'a
         .find(|r| r.release == release && r.state == State::Succeeded)
 }
 
-/// Where a rollback from `live` would go: the newest release, other than `live`, that went live
-/// successfully and is still on disk.
+/// Where a rollback from `live` goes: the newest release older than `live` that went live
+/// successfully (failed and rolled-back releases are skipped). `on_disk` is oldest first.
 pub fn rollback_target<'a>(
-    records: &'a [DeployRecord],
+    records: &[DeployRecord],
     live: Option<&str>,
-    on_disk: &[String],
-) -> Option<&'a DeployRecord> {
-    records.iter().rev().find(|r| {
-        r.state == State::Succeeded
-            && Some(r.release.as_str()) != live
-            && on_disk.contains(&r.release)
-    })
+    on_disk: &'a [String],
+) -> Option<&'a String> {
+    let older = match live.and_then(|live| on_disk.iter().position(|id| id == live)) {
+        Some(position) => &on_disk[..position],
+        None => on_disk,
+    };
+    older.iter().rev().find(|id| went_live(records, id))
+}
+
+/// Whether a release's own deploy put it live successfully.
+pub fn went_live(records: &[DeployRecord], release: &str) -> bool {
+    records
+        .iter()
+        .any(|r| r.action == Action::Deploy && r.release == release && r.state == State::Succeeded)
+}
+
+/// The deploy that made a release (the newest one, should an id repeat).
+pub fn deploy_of<'a>(records: &'a [DeployRecord], release: &str) -> Option<&'a DeployRecord> {
+    records
+        .iter()
+        .rev()
+        .find(|r| r.action == Action::Deploy && r.release == release)
 }
 
 /// Orders release ids oldest first: by their timestamp, and within one second by the order the

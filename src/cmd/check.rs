@@ -40,10 +40,10 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
         };
         writeln!(out, "env file:  {} ({state})", file.display())?;
     }
-    if config.steps.is_empty() {
+    if config.steps_before_switch().next().is_none() {
         writeln!(out, "steps:     none")?;
     }
-    for (n, step) in config.steps.iter().enumerate() {
+    for (n, step) in config.steps_before_switch().enumerate() {
         writeln!(
             out,
             "step {}:    {} (timeout {}): {}",
@@ -83,6 +83,35 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
     }
     if let Some(command) = &restart.command {
         writeln!(out, "restart:   {command}")?;
+    }
+    if let Some(health) = &config.health {
+        let probe = match (&health.url, &health.command) {
+            (Some(url), _) => format!("GET {url}, expect {}", health.expect_status),
+            (_, Some(command)) => command.clone(),
+            (None, None) => String::new(),
+        };
+        let body = health
+            .expect_body
+            .as_ref()
+            .map(|b| format!(" with `{b}` in the body"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "health:    {probe}{body}, every {} for up to {}; on failure switch back",
+            health.interval, health.timeout
+        )?;
+    }
+    for step in config.steps_after_switch() {
+        let on_failure = if step.rollback_on_failure {
+            "switch back"
+        } else {
+            "keep the release"
+        };
+        writeln!(
+            out,
+            "after:     {} (timeout {}; on failure {on_failure}): {}",
+            step.name, step.timeout, step.run
+        )?;
     }
     Ok(())
 }

@@ -1,14 +1,21 @@
 //! `ats-hook deploy [REV] [--ref REF]`: a deploy by hand, through the same pipeline as a push.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
 use crate::cli::Location;
-use crate::deploy;
+use crate::deploy::{self, Trigger};
 use crate::select::Target;
 
-pub fn run(location: &Location, rev: Option<&str>, git_ref: Option<&str>) -> Result<ExitCode> {
+pub fn run(
+    location: &Location,
+    rev: Option<&str>,
+    git_ref: Option<&str>,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
     let (repo, config) = super::open(location)?;
     let git_ref = match git_ref {
         Some(name) if name.starts_with("refs/") => name.to_string(),
@@ -28,13 +35,14 @@ pub fn run(location: &Location, rev: Option<&str>, git_ref: Option<&str>) -> Res
             )
         })?;
     let old = repo.refname_to_id(&git_ref).ok();
-    deploy::deploy(
-        &repo,
-        &config,
-        &Target {
-            git_ref,
-            old,
-            commit: commit.id(),
-        },
-    )
+    let target = Target {
+        git_ref,
+        old,
+        commit: commit.id(),
+    };
+    if dry_run {
+        deploy::plan(&config, &target, out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    deploy::deploy(&repo, &config, &target, Trigger::Manual)
 }

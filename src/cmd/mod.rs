@@ -4,8 +4,12 @@
 mod check;
 mod deploy;
 mod hook;
+mod log;
 mod quickstart;
+mod releases;
 mod status;
+
+pub(crate) use check::write_plan;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,16 +19,37 @@ use git2::Repository;
 
 use crate::cli::{Command, Location};
 use crate::config::Config;
+use crate::deploy::Trigger;
 
 pub fn run(command: Command) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     match command {
-        Command::PostReceive(location) => hook::run(&location, std::io::stdin().lock()),
+        Command::PostReceive(location) => {
+            hook::run(&location, Trigger::PostReceive, std::io::stdin().lock())
+        }
+        Command::PreReceive(location) => {
+            hook::run(&location, Trigger::PreReceive, std::io::stdin().lock())
+        }
         Command::Deploy {
             rev,
             git_ref,
+            dry_run,
             location,
-        } => deploy::run(&location, rev.as_deref(), git_ref.as_deref()),
+        } => deploy::run(
+            &location,
+            rev.as_deref(),
+            git_ref.as_deref(),
+            dry_run,
+            &mut stdout,
+        ),
+        Command::Rollback { release, location } => {
+            let (_repo, config) = open(&location)?;
+            crate::deploy::rollback(&config, release.as_deref())
+        }
+        Command::Releases { json, location } => releases::run(&location, json, &mut stdout),
+        Command::Log { id, json, location } => {
+            log::run(&location, id.as_deref(), json, &mut stdout)
+        }
         Command::Status { json, location } => status::run(&location, json, &mut stdout),
         Command::Check(location) => check::run(&location, &mut stdout),
         Command::Quickstart { dir } => quickstart::run(dir.as_deref(), &mut stdout),

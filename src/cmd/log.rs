@@ -1,0 +1,82 @@
+//! `ats-hook log [ID] [--json]`: the deploy history, or one deploy's full output.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::Location;
+use crate::layout::Layout;
+use crate::output::short;
+use crate::record::{self, Action};
+use crate::refs::short_ref;
+
+pub fn run(
+    location: &Location,
+    id: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let (_repo, config) = super::open(location)?;
+    let layout = Layout::new(&config.deploy.root);
+    let records = record::read_all(&layout.deploys_file())?;
+    let Some(id) = id else {
+        if json {
+            serde_json::to_writer_pretty(&mut *out, &records)
+                .context("failed to write the history")?;
+            writeln!(out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if records.is_empty() {
+            writeln!(out, "no deploys yet")?;
+        }
+        for r in &records {
+            let what = match r.action {
+                Action::Deploy => "deploy  ",
+                Action::Rollback => "rollback",
+            };
+            let why = r
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{}  {what}  {:11}  {} ({})  by {}  {:.1}s{why}",
+                r.id,
+                r.state.as_str(),
+                short(&r.commit),
+                short_ref(&r.git_ref),
+                r.pusher,
+                r.duration_ms as f64 / 1000.0
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let record = records.iter().rev().find(|r| r.id == id);
+    let log_path = layout.log_file(id);
+    let output = match std::fs::read_to_string(&log_path) {
+        Ok(text) => Some(text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => {
+            return Err(err).with_context(|| format!("failed to read `{}`", log_path.display()))
+        }
+    };
+    if record.is_none() && output.is_none() {
+        bail!(
+            "no deploy `{id}` in the history of `{}`; `ats-hook log` lists them",
+            layout.root().display()
+        );
+    }
+    if json {
+        let value = serde_json::json!({ "record": record, "output": output });
+        serde_json::to_writer_pretty(&mut *out, &value).context("failed to write the deploy")?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match output {
+        Some(text) => out.write_all(text.as_bytes())?,
+        None => writeln!(out, "(no output kept for `{id}`)")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

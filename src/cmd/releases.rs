@@ -1,0 +1,86 @@
+//! `ats-hook releases [--json]`: the releases on disk, oldest first, with what made them.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cli::Location;
+use crate::layout::Layout;
+use crate::output::short;
+use crate::record;
+use crate::refs::short_ref;
+
+#[derive(Debug, Serialize)]
+struct ReleaseInfo {
+    id: String,
+    commit: Option<String>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    /// The state of the deploy that made it; `unknown` when the history has no such deploy.
+    state: String,
+    created: Option<String>,
+    live: bool,
+    rollback_target: bool,
+}
+
+pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
+    let (_repo, config) = super::open(location)?;
+    let layout = Layout::new(&config.deploy.root);
+    let records = record::read_all(&layout.deploys_file())?;
+    let mut ids = layout.release_ids()?;
+    record::sort_chronologically(&mut ids, &records);
+    let live = layout.live_release()?;
+    let rollback = record::rollback_target(&records, live.as_deref(), &ids).cloned();
+    let releases: Vec<ReleaseInfo> = ids
+        .iter()
+        .map(|id| {
+            let made = record::deploy_of(&records, id);
+            ReleaseInfo {
+                id: id.clone(),
+                commit: made.map(|r| r.commit.clone()),
+                git_ref: made.map(|r| r.git_ref.clone()),
+                state: made.map_or("unknown", |r| r.state.as_str()).to_string(),
+                created: made.map(|r| r.started_at.clone()),
+                live: live.as_deref() == Some(id),
+                rollback_target: rollback.as_deref() == Some(id),
+            }
+        })
+        .collect();
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &releases).context("failed to write releases")?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if releases.is_empty() {
+        writeln!(out, "no releases in {}", layout.releases().display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = releases.iter().map(|r| r.id.len()).max().unwrap_or(0);
+    writeln!(
+        out,
+        "  {:width$}  {:7}  {:12}  {:11}  CREATED",
+        "RELEASE", "COMMIT", "REF", "STATE"
+    )?;
+    for release in &releases {
+        let marker = if release.live { "*" } else { " " };
+        let note = if release.live {
+            "  (live)"
+        } else if release.rollback_target {
+            "  (rollback target)"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "{marker} {:width$}  {:7}  {:12}  {:11}  {}{note}",
+            release.id,
+            release.commit.as_deref().map(short).unwrap_or("-"),
+            release.git_ref.as_deref().map(short_ref).unwrap_or("-"),
+            release.state,
+            release.created.as_deref().unwrap_or("-"),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

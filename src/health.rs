@@ -1,0 +1,148 @@
+//! The health check: does the release that just went live really serve, and serve this commit?
+//!
+//! Probes (an HTTP GET or a command) repeat until one passes or the deadline passes. An HTTP
+//! probe can require a status and a text in the body; `{commit}` in that text stands for the
+//! deployed commit, which is how ats-hook notices an app server still serving the old code after
+//! a "successful" restart.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::config::Health;
+use crate::output::{self, short};
+use crate::process::{self, Cmd};
+
+/// How much of a body is read and quoted.
+const BODY_LIMIT: u64 = 64 * 1024;
+const QUOTE: usize = 120;
+
+/// Probes until healthy; the error says how many probes ran and what the last one answered.
+pub fn check(
+    health: &Health,
+    commit: &str,
+    release_dir: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<()> {
+    let expect_body = health.expect_body.as_ref().map(|text| {
+        text.replace("{commit}", commit)
+            .replace("{short_commit}", short(commit))
+    });
+    let started = Instant::now();
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        let answer = match (&health.url, &health.command) {
+            (Some(url), _) => probe_http(url, health, expect_body.as_deref()),
+            (None, Some(command)) => probe_command(command, health, release_dir, env),
+            (None, None) => unreachable!("the config requires a url or a command"),
+        };
+        match answer {
+            Ok(answer) => {
+                output::say(format!(
+                    "health: ok after {probes} probe(s) in {}: {answer}",
+                    output::seconds(started.elapsed())
+                ));
+                return Ok(());
+            }
+            Err(answer) => {
+                tracing::debug!(probes, "health probe failed: {answer}");
+                if started.elapsed() + health.interval.0 >= health.timeout.0
+                    || process::stop_requested()
+                {
+                    bail!(
+                        "health check failed after {probes} probe(s) in {}; last answer: {answer}",
+                        output::seconds(started.elapsed())
+                    );
+                }
+            }
+        }
+        std::thread::sleep(health.interval.0);
+    }
+}
+
+/// One GET. `Ok` holds a short description of a passing answer, `Err` of a failing one.
+fn probe_http(url: &str, health: &Health, expect_body: Option<&str>) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(health.probe_timeout.0))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
+        .call()
+        .map_err(|err| describe_error(&err, health.probe_timeout.0))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(BODY_LIMIT)
+        .read_to_string()
+        .map_err(|err| format!("HTTP {status}, body unreadable: {err}"))?;
+    let quoted = quote(&body);
+    if status != health.expect_status {
+        return Err(format!(
+            "HTTP {status} (expected {}): {quoted}",
+            health.expect_status
+        ));
+    }
+    if let Some(expected) = expect_body {
+        if !body.contains(expected) {
+            return Err(format!(
+                "HTTP {status} without `{expected}` in the body: {quoted}"
+            ));
+        }
+    }
+    Ok(format!("HTTP {status}"))
+}
+
+fn describe_error(err: &ureq::Error, limit: Duration) -> String {
+    match err {
+        ureq::Error::Timeout(_) => {
+            format!("no answer within {}", humantime::format_duration(limit))
+        }
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn probe_command(
+    command: &str,
+    health: &Health,
+    release_dir: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let finished = Cmd::shell(command)
+        .dir(release_dir)
+        .envs(env)
+        .timeout(health.probe_timeout.0)
+        .stream(&mut |line| tracing::debug!("health | {line}"))
+        .map_err(|err| format!("{err:#}"))?;
+    let last = finished
+        .tail
+        .last()
+        .map(|line| format!(": {}", quote(line)))
+        .unwrap_or_default();
+    if finished.exit.success() {
+        Ok(format!("`{command}` passed{last}"))
+    } else {
+        Err(format!("`{command}` failed ({}){last}", finished.exit))
+    }
+}
+
+/// The start of a body, on one line, for a message.
+fn quote(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.is_empty() {
+        return "(empty body)".to_string();
+    }
+    match flat.char_indices().nth(QUOTE) {
+        Some((cut, _)) => format!("{:?}…", &flat[..cut]),
+        None => format!("{flat:?}"),
+    }
+}
