@@ -230,6 +230,25 @@ impl Server {
         }
     }
 
+    /// Gate mode: ats-hook runs as `hooks/pre-receive` instead of `post-receive`.
+    pub fn gate(&self) -> &Self {
+        std::fs::remove_file(self.bare.join("hooks/post-receive")).unwrap();
+        std::os::unix::fs::symlink(BIN, self.bare.join("hooks/pre-receive")).unwrap();
+        self
+    }
+
+    /// Where a ref of the bare repository points, if it exists.
+    pub fn tip(&self, git_ref: &str) -> Option<String> {
+        let mut cmd = command("git", self.path());
+        cmd.args(["rev-parse", "--verify", "--quiet", git_ref])
+            .current_dir(&self.bare);
+        let run = run(&mut cmd, "git rev-parse");
+        run.output
+            .status
+            .success()
+            .then(|| run.stdout().trim().to_string())
+    }
+
     /// The id of the live release.
     pub fn live(&self) -> Option<String> {
         std::fs::read_link(self.root.join("current"))
@@ -393,4 +412,78 @@ pub fn alive(pid: i32) -> bool {
 /// Whether CI demands that every component be present.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A small HTTP server on loopback, for health checks, stopped when dropped.
+pub struct HttpServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+/// `python3 - MODE [DIR]`: `files` serves DIR (re-read at every request, so a `current` symlink
+/// is followed), or the folder it was started in when DIR is absent (so it keeps serving the
+/// release it started in, as an app server that resolved `current` once does); `500` answers
+/// every request with an error; `hang` accepts connections and never answers.
+const HTTP_SERVER: &str = r#"
+import functools, http.server, socket, sys, time
+mode = sys.argv[1]
+if mode == "hang":
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(64)
+    print(s.getsockname()[1], flush=True)
+    time.sleep(600)
+    sys.exit(0)
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if mode == "500":
+            self.send_response(500); self.end_headers(); self.wfile.write(b"boom"); return
+        super().do_GET()
+    def log_message(self, *args):
+        pass
+directory = sys.argv[2] if len(sys.argv) > 2 else None
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=directory))
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+impl HttpServer {
+    pub fn start(mode: &str, dir: Option<&Path>, cwd: &Path) -> HttpServer {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(HTTP_SERVER).arg(mode);
+        if let Some(dir) = dir {
+            cmd.arg(dir);
+        }
+        let mut child = cmd
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is needed for the health-check tests (tests/run installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no port from the test server: {line:?}"));
+        HttpServer { child, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }

@@ -1,0 +1,136 @@
+//! Health checks against a real HTTP server: a release that does not serve, or serves the old
+//! commit, is switched back.
+
+use pretty_assertions::assert_eq;
+
+use crate::support::*;
+
+fn config(health: &str) -> String {
+    format!(
+        "[deploy]\nroot = \"ROOT\"\n[[step]]\nname = \"build\"\nrun = 'printf \"%s\\n\" \"$ATS_COMMIT\" > version.txt'\n[restart]\ncommand = 'echo restarted \"$ATS_RELEASE_ID\" >> \"$ATS_DEPLOY_ROOT/restarts\"'\n[health]\n{health}"
+    )
+}
+
+#[test]
+fn a_release_that_serves_its_commit_passes() {
+    let server = Server::new();
+    let http = HttpServer::start("files", Some(&server.root.join("current")), server.path());
+    server.config(&config(&format!(
+        "url = \"{}\"\nexpect_body = \"{{commit}}\"\ninterval = \"100ms\"\ntimeout = \"10s\"\n",
+        http.url("version.txt")
+    )));
+    let clone = server.clone("work");
+    let sha = clone.commit_file("a", "a");
+    let push = clone.push();
+    push.success()
+        .stderr_has("ats-hook: health: ok after 1 probe(s)");
+    assert!(push.summary().contains("health "), "{}", push.summary());
+    assert_eq!(server.last_record()["state"], "succeeded");
+    assert_eq!(server.live_file("version.txt").trim(), sha);
+}
+
+#[test]
+fn an_app_still_serving_the_old_commit_is_caught_and_switched_back() {
+    let server = Server::new();
+    server.config(&config("command = \"true\"\n"));
+    let clone = server.clone("work");
+    let old = clone.commit_file("a", "v1");
+    clone.push().success();
+    let old_release = server.live().unwrap();
+    // The app server resolved `current` when it started: it keeps serving the old release.
+    let http = HttpServer::start("files", None, &server.root.join("current"));
+    server.config(&config(&format!(
+        "url = \"{}\"\nexpect_body = \"{{commit}}\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n",
+        http.url("version.txt")
+    )));
+    let new = clone.commit_file("a", "v2");
+    let push = clone.push();
+    push.success()
+        .stderr_has(&format!("without `{new}` in the body: \"{old}\""))
+        .stderr_has("health check failed after ")
+        .stderr_has(&format!("switched current back to {old_release}"));
+    assert_eq!(
+        push.summary(),
+        format!(
+            "ats-hook: deploy FAILED at health check; switched back, {} is live again",
+            &old[..7]
+        )
+    );
+    assert_eq!(server.live(), Some(old_release.clone()));
+    let record = server.last_record();
+    assert_eq!(record["state"], "rolled-back");
+    assert_eq!(record["failed_step"], "health check");
+    assert!(record["error"].as_str().unwrap().contains("probe(s)"));
+    // The old release was restarted after the switch back.
+    let restarts = std::fs::read_to_string(server.root.join("restarts")).unwrap();
+    assert_eq!(
+        restarts.lines().last(),
+        Some(format!("restarted {old_release}").as_str()),
+        "{restarts}"
+    );
+}
+
+#[track_caller]
+fn first_deploy_fails_health(health: &str, needle: &str) {
+    let server = Server::new();
+    server.config(&config(health));
+    let clone = server.clone("work");
+    clone.commit_file("a", "a");
+    let push = clone.push();
+    push.success().stderr_has(needle);
+    assert_eq!(
+        push.summary(),
+        "ats-hook: deploy FAILED at health check; nothing is live"
+    );
+    assert_eq!(
+        server.live(),
+        None,
+        "a release that failed its health check stayed live"
+    );
+    assert_eq!(server.last_record()["state"], "rolled-back");
+}
+
+#[test]
+fn a_refused_connection_fails_the_check() {
+    let port = closed_port();
+    first_deploy_fails_health(
+        &format!(
+            "url = \"http://127.0.0.1:{port}/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n"
+        ),
+        "last answer: connection refused",
+    );
+}
+
+#[test]
+fn a_server_that_never_answers_fails_the_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let http = HttpServer::start("hang", None, tmp.path());
+    first_deploy_fails_health(
+        &format!(
+            "url = \"{}\"\nprobe_timeout = \"300ms\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n",
+            http.url("health")
+        ),
+        "last answer: no answer within 300ms",
+    );
+}
+
+#[test]
+fn a_server_error_fails_the_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let http = HttpServer::start("500", None, tmp.path());
+    first_deploy_fails_health(
+        &format!(
+            "url = \"{}\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n",
+            http.url("health")
+        ),
+        "last answer: HTTP 500 (expected 200): \"boom\"",
+    );
+}
+
+#[test]
+fn a_health_command_is_run_in_the_new_release() {
+    first_deploy_fails_health(
+        "command = 'echo \"not ready in $PWD\"; exit 1'\ninterval = \"100ms\"\ntimeout = \"300ms\"\n",
+        "`echo \"not ready in $PWD\"; exit 1` failed (exit 1): \"not ready in ",
+    );
+}
