@@ -555,7 +555,13 @@ mod tests {
         let config = parse(EXAMPLE).unwrap();
         assert_eq!(config.deploy.keep_releases, 5);
         assert!(config.selects("refs/heads/main"));
-        assert!(!config.steps.is_empty());
+        assert_eq!(config.steps_before_switch().count(), 2);
+        assert_eq!(config.steps_after_switch().count(), 1);
+        let health = config.health.as_ref().unwrap();
+        assert_eq!(health.expect_body.as_deref(), Some("{commit}"));
+        assert_eq!(health.probe_timeout.0, std::time::Duration::from_secs(5));
+        assert_eq!(config.restart.timeout.0, std::time::Duration::from_secs(120));
+        assert_eq!(config.env_file(), Some(PathBuf::from("/srv/app/shared/.env")));
     }
 
     #[test]

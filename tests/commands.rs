@@ -85,6 +85,8 @@ fn check_prints_the_plan() {
         .stdout_has("restart:   touch wsgi.py")
         .stdout_has("shared:    .env, log, media");
     check.stdout_has("env:       DJANGO_SETTINGS_MODULE");
+    check.stdout_has("health:    GET http://127.0.0.1:8000/health, expect 200 with `{commit}` in the body, every 1s for up to 30s");
+    check.stdout_has("after:     notify (timeout 15m; on failure keep the release)");
 }
 
 #[test]
