@@ -96,11 +96,135 @@ pub enum Command {
     /// Validate the config and print the plan a push would run
     Check(#[command(flatten)] Location),
 
+    /// Set a server up: the bare repository, the hook, the config, the deploy root, the owners
+    Install {
+        /// The bare repository (created if missing)
+        #[arg(long, value_name = "PATH")]
+        repo: PathBuf,
+        /// The deploy root (default: the repository's path without `.git`)
+        #[arg(long, value_name = "PATH")]
+        root: Option<PathBuf>,
+        /// The user that pushes and owns the repository and the deploy root
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Which hook runs ats-hook: post-receive, or pre-receive for gate mode
+        #[arg(long, value_enum, default_value_t = HookKind::PostReceive)]
+        hook: HookKind,
+        /// Copy the binary into the hook instead of linking it
+        #[arg(long)]
+        copy: bool,
+        /// Print what would change, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Deploy keys: restricted to pushing and fetching one repository
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+
+    /// The forced command of a deploy key (run by sshd, not by hand)
+    SshGate {
+        /// The one repository the key may use
+        #[arg(long, value_name = "PATH")]
+        repo: PathBuf,
+        /// The key's name, recorded as the pusher
+        #[arg(long, value_name = "NAME")]
+        key_name: Option<String>,
+    },
+
+    /// On the pushing side: git remotes with the server's host key pinned
+    Remote {
+        #[command(subcommand)]
+        action: RemoteAction,
+    },
+
     /// Try it: a sample app, a bare repo with the hook, a push, a live release, in one folder
     Quickstart {
         /// Where to build the demo (default: a new temporary folder, kept afterwards)
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookKind {
+    PostReceive,
+    PreReceive,
+}
+
+/// Which repository and user a key is for.
+#[derive(Debug, Clone, Args)]
+pub struct KeyTarget {
+    /// The bare repository the key may push to
+    #[arg(long, value_name = "PATH")]
+    pub repo: PathBuf,
+    /// The account the key logs in as
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Authorize a key to push to the repository (and nothing else)
+    #[command(group = clap::ArgGroup::new("key").required(true).args(["public_key", "generate"]))]
+    Add {
+        #[command(flatten)]
+        target: KeyTarget,
+        /// An existing public key (`id_ed25519.pub`)
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        /// Make a new ed25519 pair and print what CI needs
+        #[arg(long)]
+        generate: bool,
+        /// The key's name in the history (default: its comment)
+        #[arg(long)]
+        name: Option<String>,
+        /// With --generate: the host name CI connects to (default: this machine's name)
+        #[arg(long)]
+        host: Option<String>,
+        /// With --generate: the SSH port CI connects to
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+        /// With --generate: where the server's `ssh_host_*_key.pub` files are
+        #[arg(long, value_name = "DIR", default_value = "/etc/ssh")]
+        host_keys: PathBuf,
+        /// With --generate: write the private key to FILE (mode 600) instead of printing it
+        #[arg(long, value_name = "FILE")]
+        private_key_file: Option<PathBuf>,
+    },
+    /// List the repository's deploy keys
+    List(#[command(flatten)] KeyTarget),
+    /// Remove a deploy key, by fingerprint or name
+    Remove {
+        #[command(flatten)]
+        target: KeyTarget,
+        /// `SHA256:...` or the key's name
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteAction {
+    /// Add a git remote and pin the server's host key
+    Add {
+        /// The remote's name, e.g. `staging`
+        name: String,
+        /// `ssh://user@host[:port]/path/app.git` or `user@host:path/app.git`
+        url: String,
+        /// The server's `known_hosts` line (as `keys add --generate` prints it)
+        #[arg(long, value_name = "LINE")]
+        host_key: Option<String>,
+        /// Read the host key from the server with ssh-keyscan
+        #[arg(long)]
+        scan: bool,
+        /// Pin into FILE instead of `~/.ssh/known_hosts`
+        #[arg(long, value_name = "FILE")]
+        known_hosts: Option<PathBuf>,
+        /// Change an existing remote that points elsewhere
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -560,8 +560,14 @@ mod tests {
         let health = config.health.as_ref().unwrap();
         assert_eq!(health.expect_body.as_deref(), Some("{commit}"));
         assert_eq!(health.probe_timeout.0, std::time::Duration::from_secs(5));
-        assert_eq!(config.restart.timeout.0, std::time::Duration::from_secs(120));
-        assert_eq!(config.env_file(), Some(PathBuf::from("/srv/app/shared/.env")));
+        assert_eq!(
+            config.restart.timeout.0,
+            std::time::Duration::from_secs(120)
+        );
+        assert_eq!(
+            config.env_file(),
+            Some(PathBuf::from("/srv/app/shared/.env"))
+        );
     }
 
     #[test]

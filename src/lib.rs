@@ -18,6 +18,7 @@ pub mod refs;
 pub mod release;
 pub mod restart;
 pub mod select;
+pub mod sshkey;
 pub mod steps;
 
 use std::process::ExitCode;

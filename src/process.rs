@@ -325,6 +325,21 @@ impl Cmd {
     }
 }
 
+impl Cmd {
+    /// Replaces ats-hook with the command, keeping stdin, stdout and stderr (the SSH gate hands
+    /// the connection to git this way). Returns only on failure.
+    pub fn exec(&self) -> anyhow::Error {
+        let mut command = std::process::Command::new(&self.program);
+        command.args(&self.args).env_clear().envs(&self.env);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        tracing::debug!(command = %self.display(), "exec");
+        let err = command.exec();
+        anyhow::Error::new(err).context(format!("failed to run `{}`", self.display()))
+    }
+}
+
 fn signal_group(pgid: Option<Pid>, signal: Signal) {
     if let Some(pgid) = pgid {
         // ESRCH: the group is already gone, which is what we want.

@@ -4,9 +4,13 @@
 mod check;
 mod deploy;
 mod hook;
+mod install;
+mod keys;
 mod log;
 mod quickstart;
 mod releases;
+mod remote;
+mod ssh_gate;
 mod status;
 
 pub(crate) use check::write_plan;
@@ -17,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use git2::Repository;
 
-use crate::cli::{Command, Location};
+use crate::cli::{Command, KeysAction, Location, RemoteAction};
 use crate::config::Config;
 use crate::deploy::Trigger;
 
@@ -52,6 +56,74 @@ pub fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Status { json, location } => status::run(&location, json, &mut stdout),
         Command::Check(location) => check::run(&location, &mut stdout),
+        Command::Install {
+            repo,
+            root,
+            user,
+            hook,
+            copy,
+            dry_run,
+        } => install::run(
+            &install::Options {
+                repo: &repo,
+                root: root.as_deref(),
+                user: user.as_deref(),
+                hook,
+                copy,
+                dry_run,
+            },
+            &mut stdout,
+        ),
+        Command::Keys { action } => match action {
+            KeysAction::Add {
+                target,
+                public_key,
+                generate: _,
+                name,
+                host,
+                port,
+                host_keys,
+                private_key_file,
+            } => keys::add(
+                &keys::AddOptions {
+                    repo: &target.repo,
+                    user: &target.user,
+                    public_key: public_key.as_deref(),
+                    name: name.as_deref(),
+                    host: host.as_deref(),
+                    port,
+                    host_keys: &host_keys,
+                    private_key_file: private_key_file.as_deref(),
+                },
+                &mut stdout,
+            ),
+            KeysAction::List(target) => keys::list(&target.repo, &target.user, &mut stdout),
+            KeysAction::Remove { target, key } => {
+                keys::remove(&target.repo, &target.user, &key, &mut stdout)
+            }
+        },
+        Command::SshGate { repo, key_name } => ssh_gate::run(&repo, key_name.as_deref()),
+        Command::Remote {
+            action:
+                RemoteAction::Add {
+                    name,
+                    url,
+                    host_key,
+                    scan,
+                    known_hosts,
+                    force,
+                },
+        } => remote::add(
+            &remote::AddOptions {
+                name: &name,
+                url: &url,
+                host_key: host_key.as_deref(),
+                scan,
+                known_hosts: known_hosts.as_deref(),
+                force,
+            },
+            &mut stdout,
+        ),
         Command::Quickstart { dir } => quickstart::run(dir.as_deref(), &mut stdout),
     }
 }

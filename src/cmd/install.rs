@@ -1,0 +1,397 @@
+//! `ats-hook install --repo PATH`: set a server up for push-to-deploy.
+//!
+//! It works out what is missing (the bare repository, the hook, the config, the deploy root,
+//! the owners), says it, and makes each change in a way that a second run finds done: so a run
+//! that stops half way is completed by running it again, and `--dry-run` shows the same list
+//! without changing anything. Nothing that exists is overwritten: a hook that is not ats-hook
+//! or an existing config is left as it is.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use git2::{Repository, RepositoryInitOptions};
+use nix::unistd::{AccessFlags, User};
+
+use crate::cli::HookKind;
+use crate::config::{self, Config};
+use crate::layout::Layout;
+
+pub struct Options<'a> {
+    pub repo: &'a Path,
+    pub root: Option<&'a Path>,
+    pub user: Option<&'a str>,
+    pub hook: HookKind,
+    pub copy: bool,
+    pub dry_run: bool,
+}
+
+/// One change install makes.
+enum Change {
+    InitBare(PathBuf),
+    InstallHook {
+        path: PathBuf,
+        exe: PathBuf,
+        copy: bool,
+    },
+    RemoveHook(PathBuf),
+    WriteConfig {
+        path: PathBuf,
+        text: String,
+    },
+    CreateDir(PathBuf),
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        user: String,
+    },
+}
+
+impl Change {
+    fn describe(&self) -> String {
+        match self {
+            Change::InitBare(path) => format!("create the bare repository `{}`", path.display()),
+            Change::InstallHook {
+                path,
+                exe,
+                copy: false,
+            } => {
+                format!("link the hook `{}` to `{}`", path.display(), exe.display())
+            }
+            Change::InstallHook {
+                path,
+                exe,
+                copy: true,
+            } => {
+                format!("copy `{}` to the hook `{}`", exe.display(), path.display())
+            }
+            Change::RemoveHook(path) => {
+                format!(
+                    "remove `{}`: it is ats-hook too, and one push must deploy once",
+                    path.display()
+                )
+            }
+            Change::WriteConfig { path, .. } => {
+                format!("write the config `{}` from the template", path.display())
+            }
+            Change::CreateDir(path) => format!("create `{}`", path.display()),
+            Change::Chown { path, user, .. } => format!("give `{}` to `{user}`", path.display()),
+        }
+    }
+
+    fn apply(&self) -> Result<()> {
+        match self {
+            Change::InitBare(path) => {
+                let mut options = RepositoryInitOptions::new();
+                options.bare(true).initial_head("main").mkpath(true);
+                Repository::init_opts(path, &options).with_context(|| {
+                    format!("failed to create the bare repository `{}`", path.display())
+                })?;
+            }
+            Change::InstallHook { path, exe, copy } => {
+                if let Some(hooks) = path.parent() {
+                    fs::create_dir_all(hooks)
+                        .with_context(|| format!("failed to create `{}`", hooks.display()))?;
+                }
+                let tmp = path.with_extension("ats-hook-new");
+                let _ = fs::remove_file(&tmp);
+                if *copy {
+                    fs::copy(exe, &tmp).with_context(|| {
+                        format!("failed to copy `{}` to `{}`", exe.display(), tmp.display())
+                    })?;
+                    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+                } else {
+                    std::os::unix::fs::symlink(exe, &tmp)
+                        .with_context(|| format!("failed to create `{}`", tmp.display()))?;
+                }
+                fs::rename(&tmp, path)
+                    .with_context(|| format!("failed to install the hook `{}`", path.display()))?;
+            }
+            Change::RemoveHook(path) => fs::remove_file(path)
+                .with_context(|| format!("failed to remove `{}`", path.display()))?,
+            Change::WriteConfig { path, text } => {
+                let tmp = path.with_extension("toml.new");
+                fs::write(&tmp, text)
+                    .with_context(|| format!("failed to write `{}`", tmp.display()))?;
+                fs::rename(&tmp, path)
+                    .with_context(|| format!("failed to write `{}`", path.display()))?;
+            }
+            Change::CreateDir(path) => fs::create_dir_all(path)
+                .with_context(|| format!("failed to create `{}`", path.display()))?,
+            Change::Chown { path, uid, gid, .. } => chown_tree(path, *uid, *gid)?,
+        }
+        Ok(())
+    }
+}
+
+pub fn run(options: &Options<'_>, out: &mut dyn Write) -> Result<ExitCode> {
+    let changes = plan(options)?;
+    if changes.is_empty() {
+        writeln!(
+            out,
+            "nothing to change: `{}` is set up",
+            options.repo.display()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for change in &changes {
+        if options.dry_run {
+            writeln!(out, "would {}", change.describe())?;
+        } else {
+            change.apply()?;
+            writeln!(out, "did {}", change.describe())?;
+        }
+    }
+    if !options.dry_run {
+        let config = options.repo.join(config::FILE_NAME);
+        writeln!(
+            out,
+            "\nnext: edit `{}` (steps, restart, health), then `ats-hook check --repo {}`",
+            config.display(),
+            options.repo.display()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything install would change, after checking that it can: nothing is changed here.
+fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
+    let repo = absolute(options.repo)?;
+    let user = match options.user {
+        Some(name) => Some(
+            User::from_name(name)
+                .with_context(|| format!("failed to look up user `{name}`"))?
+                .with_context(|| {
+                    format!(
+                        "no user `{name}` on this machine: create it first (`useradd -m {name}`)"
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let mut changes = Vec::new();
+
+    match fs::symlink_metadata(&repo) {
+        Err(_) => {
+            writable_ancestor(&repo)?;
+            changes.push(Change::InitBare(repo.clone()));
+        }
+        Ok(meta) if !meta.is_dir() => bail!("`{}` is a file, not a bare repository", repo.display()),
+        Ok(_) => match Repository::open(&repo) {
+            Ok(existing) if !existing.is_bare() => bail!(
+                "`{}` is a working copy, not a bare repository: make one with `git clone --bare {} {}.git`",
+                repo.display(),
+                repo.display(),
+                repo.display()
+            ),
+            Ok(_) => {}
+            Err(_) if fs::read_dir(&repo)?.next().is_none() => changes.push(Change::InitBare(repo.clone())),
+            Err(_) => bail!("`{}` is a folder but not a git repository; refusing to touch it", repo.display()),
+        },
+    }
+
+    let root = match options.root {
+        Some(root) => absolute(root)?,
+        None => default_root(&repo)?,
+    };
+    writable_ancestor(&root)?;
+
+    let exe = std::env::current_exe()
+        .and_then(|exe| exe.canonicalize())
+        .context("failed to find the ats-hook binary")?;
+    let hooks = repo.join("hooks");
+    let (name, other) = match options.hook {
+        HookKind::PostReceive => ("post-receive", "pre-receive"),
+        HookKind::PreReceive => ("pre-receive", "post-receive"),
+    };
+    let hook = hooks.join(name);
+    match hook_state(&hook, &exe)? {
+        HookState::Missing => changes.push(Change::InstallHook {
+            path: hook,
+            exe: exe.clone(),
+            copy: options.copy,
+        }),
+        HookState::Ours { copy } if copy != options.copy => changes.push(Change::InstallHook {
+            path: hook,
+            exe: exe.clone(),
+            copy: options.copy,
+        }),
+        HookState::Ours { .. } => {}
+        HookState::Foreign => bail!(
+            "`{}` exists and is not ats-hook: move it away first (install leaves it as it is)",
+            hook.display()
+        ),
+    }
+    if let HookState::Ours { .. } = hook_state(&hooks.join(other), &exe)? {
+        changes.push(Change::RemoveHook(hooks.join(other)));
+    }
+
+    let config_path = repo.join(config::FILE_NAME);
+    if !config_path.exists() {
+        changes.push(Change::WriteConfig {
+            path: config_path,
+            text: config_template(&root),
+        });
+    } else if let Ok(existing) = Config::load(&config_path) {
+        if existing.deploy.root != root {
+            tracing::warn!(
+                "the existing config deploys to `{}`, not `{}`; it is left as it is",
+                existing.deploy.root.display(),
+                root.display()
+            );
+        }
+    }
+
+    let layout = Layout::new(&root);
+    for dir in [
+        layout.releases(),
+        layout.shared(),
+        layout.state().join("logs"),
+        layout.state().join("index"),
+    ] {
+        if !dir.is_dir() {
+            changes.push(Change::CreateDir(dir));
+        }
+    }
+
+    if let Some(user) = user {
+        let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+        for path in [&repo, &root] {
+            if needs_chown(path, uid, gid)? {
+                changes.push(Change::Chown {
+                    path: path.clone(),
+                    uid,
+                    gid,
+                    user: user.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(changes)
+}
+
+enum HookState {
+    Missing,
+    Ours { copy: bool },
+    Foreign,
+}
+
+fn hook_state(path: &Path, exe: &Path) -> Result<HookState> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(HookState::Missing);
+    };
+    if meta.file_type().is_symlink() {
+        let ours = path.canonicalize().is_ok_and(|target| target == exe);
+        return Ok(if ours {
+            HookState::Ours { copy: false }
+        } else {
+            HookState::Foreign
+        });
+    }
+    let same = meta.len() == fs::metadata(exe)?.len()
+        && fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?
+            == fs::read(exe).with_context(|| format!("failed to read `{}`", exe.display()))?;
+    Ok(if same {
+        HookState::Ours { copy: true }
+    } else {
+        HookState::Foreign
+    })
+}
+
+/// The template, deploying to `root`.
+fn config_template(root: &Path) -> String {
+    let value = toml::Value::String(root.display().to_string());
+    config::EXAMPLE.replacen("root = \"/srv/app\"", &format!("root = {value}"), 1)
+}
+
+/// `/srv/app.git` deploys to `/srv/app`.
+fn default_root(repo: &Path) -> Result<PathBuf> {
+    let name = repo
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.strip_suffix(".git") {
+        Some(stem) if !stem.is_empty() => Ok(repo.with_file_name(stem)),
+        _ => bail!(
+            "cannot tell the deploy root from `{}`: pass `--root PATH`",
+            repo.display()
+        ),
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("failed to resolve `{}`", path.display()))
+}
+
+/// Fails unless `path` exists as a folder or can be created: its nearest existing ancestor
+/// must be a folder this user may write to.
+fn writable_ancestor(path: &Path) -> Result<()> {
+    let mut ancestor = path;
+    loop {
+        match fs::metadata(ancestor) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => bail!(
+                "cannot create `{}`: `{}` is not a folder",
+                path.display(),
+                ancestor.display()
+            ),
+            Err(_) => match ancestor.parent() {
+                Some(parent) => ancestor = parent,
+                None => bail!("cannot create `{}`", path.display()),
+            },
+        }
+    }
+    if ancestor != path {
+        nix::unistd::access(ancestor, AccessFlags::W_OK | AccessFlags::X_OK).with_context(
+            || {
+                format!(
+                    "cannot create `{}`: `{}` is not writable",
+                    path.display(),
+                    ancestor.display()
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn needs_chown(path: &Path, uid: u32, gid: u32) -> Result<bool> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(true);
+    };
+    if meta.uid() != uid || meta.gid() != gid {
+        return Ok(true);
+    }
+    if meta.is_dir() {
+        for entry in
+            fs::read_dir(path).with_context(|| format!("failed to list `{}`", path.display()))?
+        {
+            if needs_chown(&entry?.path(), uid, gid)? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Changes the owner of everything under `path`, never following symlinks.
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    let meta = fs::symlink_metadata(path)
+        .with_context(|| format!("failed to stat `{}`", path.display()))?;
+    if meta.uid() != uid || meta.gid() != gid {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .with_context(|| format!("failed to change the owner of `{}`", path.display()))?;
+    }
+    if meta.is_dir() {
+        for entry in
+            fs::read_dir(path).with_context(|| format!("failed to list `{}`", path.display()))?
+        {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}

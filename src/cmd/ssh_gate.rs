@@ -1,0 +1,223 @@
+//! `ats-hook ssh-gate --repo PATH`: the forced command of a deploy key.
+//!
+//! sshd runs it instead of whatever the client asked for, with the request in
+//! `SSH_ORIGINAL_COMMAND`. Only git's own transport commands for exactly one repository pass:
+//! `git-receive-pack` / `git-upload-pack` (or `git receive-pack` / `git upload-pack`) with one
+//! path argument, quoted as git quotes it. The path is resolved the way git resolves it
+//! (relative to the home folder, `~/`, an optional `.git` suffix) and must name the configured
+//! repository; `..` is refused outright. Everything else gets one line and a non-zero exit.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use crate::output;
+use crate::process::Cmd;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    ReceivePack,
+    UploadPack,
+}
+
+pub fn run(repo: &Path, key_name: Option<&str>) -> Result<ExitCode> {
+    let allowed = repo.canonicalize().with_context(|| {
+        format!(
+            "the deploy key's repository `{}` does not exist",
+            repo.display()
+        )
+    })?;
+    let request = std::env::var("SSH_ORIGINAL_COMMAND").unwrap_or_default();
+    let (service, path) = match parse_request(&request) {
+        Ok(parsed) => parsed,
+        Err(err) => return Ok(refuse(&allowed, &request, &format!("{err:#}"))),
+    };
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    if let Err(err) = resolves_to(&path, &home, &allowed) {
+        return Ok(refuse(&allowed, &request, &format!("{err:#}")));
+    }
+    let mut cmd = Cmd::new("git").dir(&allowed);
+    cmd = match service {
+        Service::ReceivePack => cmd.arg("receive-pack"),
+        Service::UploadPack => cmd.arg("upload-pack"),
+    };
+    cmd = cmd.arg(&allowed);
+    if let Some(protocol) = std::env::var_os("GIT_PROTOCOL") {
+        // The client's protocol version request, which sshd passes when it accepts it.
+        cmd = cmd.env("GIT_PROTOCOL", protocol);
+    }
+    if let Some(name) = key_name {
+        // The deploy's history names the key that pushed.
+        cmd = cmd.env("ATS_PUSHER", name);
+    }
+    Err(cmd.exec())
+}
+
+fn refuse(allowed: &Path, request: &str, why: &str) -> ExitCode {
+    let asked = if request.is_empty() {
+        "an interactive shell".to_string()
+    } else {
+        format!("`{}`", request.escape_debug())
+    };
+    tracing::warn!(request, "ssh-gate refused: {why}");
+    output::error(format!(
+        "this deploy key may only push to or fetch from `{}`; refused {asked}: {why}",
+        allowed.display()
+    ));
+    ExitCode::FAILURE
+}
+
+fn parse_request(request: &str) -> Result<(Service, String)> {
+    if request.is_empty() {
+        bail!("no command given");
+    }
+    if request.chars().any(|c| c.is_control()) {
+        bail!("the command holds control characters");
+    }
+    let services = [
+        ("git-receive-pack ", Service::ReceivePack),
+        ("git receive-pack ", Service::ReceivePack),
+        ("git-upload-pack ", Service::UploadPack),
+        ("git upload-pack ", Service::UploadPack),
+    ];
+    let Some((service, rest)) = services
+        .iter()
+        .find_map(|(prefix, service)| request.strip_prefix(prefix).map(|rest| (*service, rest)))
+    else {
+        bail!("only git-receive-pack and git-upload-pack are allowed");
+    };
+    Ok((service, parse_path(rest)?))
+}
+
+/// One argument, quoted the way git quotes it (`'it'\''s'`), or a plain path.
+fn parse_path(text: &str) -> Result<String> {
+    if !text.starts_with('\'') {
+        let plain = !text.is_empty()
+            && text.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '~' | '+')
+            });
+        if !plain {
+            bail!("the repository must be one path argument");
+        }
+        return Ok(text.to_string());
+    }
+    let mut path = String::new();
+    let mut rest = text;
+    loop {
+        let Some(inner) = rest.strip_prefix('\'') else {
+            bail!("the repository must be one path argument")
+        };
+        let Some(end) = inner.find('\'') else {
+            bail!("unbalanced quotes")
+        };
+        path.push_str(&inner[..end]);
+        rest = &inner[end + 1..];
+        if rest.is_empty() {
+            return Ok(path);
+        }
+        // Between quoted parts git writes only `\'` or `\!`.
+        match rest.as_bytes() {
+            [b'\\', c @ (b'\'' | b'!'), ..] => {
+                path.push(*c as char);
+                rest = &rest[2..];
+            }
+            _ => bail!("the repository must be one path argument"),
+        }
+    }
+}
+
+/// Whether `path`, as git would resolve it, is the allowed repository.
+fn resolves_to(path: &str, home: &Path, allowed: &Path) -> Result<()> {
+    let path = Path::new(path);
+    if path.components().any(|c| c == Component::ParentDir) {
+        bail!("`..` is not allowed in the path");
+    }
+    let path = match path.strip_prefix("~") {
+        Ok(rest) => home.join(rest),
+        Err(_) if path.to_string_lossy().starts_with('~') => bail!("`~user` paths are not allowed"),
+        Err(_) => home.join(path),
+    };
+    let mut with_git = path.clone().into_os_string();
+    with_git.push(".git");
+    for candidate in [path.clone(), PathBuf::from(with_git)] {
+        if candidate.canonicalize().is_ok_and(|real| real == allowed) {
+            return Ok(());
+        }
+    }
+    bail!("`{}` is not that repository", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_what_git_sends() {
+        assert_eq!(
+            parse_request("git-receive-pack '/home/d/app.git'").unwrap(),
+            (Service::ReceivePack, "/home/d/app.git".to_string())
+        );
+        assert_eq!(
+            parse_request("git upload-pack 'app.git'").unwrap(),
+            (Service::UploadPack, "app.git".into())
+        );
+        assert_eq!(
+            parse_request("git-upload-pack '/a/it'\\''s'").unwrap().1,
+            "/a/it's"
+        );
+        assert_eq!(
+            parse_request("git-receive-pack app.git").unwrap().1,
+            "app.git"
+        );
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for request in [
+            "",
+            "ls",
+            "sh -c 'git-receive-pack app.git'",
+            "git-receive-pack 'app.git' 'other.git'",
+            "git-receive-pack 'app.git'; rm -rf ~",
+            "git-receive-pack 'app.git' && id",
+            "git-receive-pack $(id)",
+            "git-receive-pack `id`",
+            "git-receive-pack 'app.git",
+            "git-receive-pack 'a'x'b'",
+            "git-upload-archive 'app.git'",
+            "git-receive-pack 'app.git'\nid",
+        ] {
+            assert!(parse_request(request).is_err(), "{request:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn paths_resolve_like_git() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path();
+        std::fs::create_dir_all(home.join("app.git")).unwrap();
+        std::fs::create_dir_all(home.join("other.git")).unwrap();
+        let allowed = home.join("app.git").canonicalize().unwrap();
+        for ok in [
+            "app.git",
+            "app",
+            "~/app.git",
+            "app.git/",
+            &format!("{}/app.git", home.display()),
+        ] {
+            assert!(resolves_to(ok, home, &allowed).is_ok(), "{ok}");
+        }
+        for bad in [
+            "other.git",
+            "app.git/../other.git",
+            "~root/app.git",
+            "/etc",
+            "app.git/..",
+        ] {
+            assert!(resolves_to(bad, home, &allowed).is_err(), "{bad}");
+        }
+    }
+}
