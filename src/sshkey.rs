@@ -34,6 +34,9 @@ pub struct PublicKey {
 impl PublicKey {
     /// Parses `type base64 [comment]`, one key, no options.
     pub fn parse(text: &str) -> Result<PublicKey> {
+        if text.contains("PRIVATE KEY") {
+            bail!("this is a private key: give the public one (the `.pub` file)");
+        }
         let lines: Vec<&str> = text
             .lines()
             .map(str::trim)
@@ -50,9 +53,6 @@ impl PublicKey {
         let blob = fields.next().unwrap_or_default().trim();
         let comment = fields.next().unwrap_or_default().trim();
         if !KEY_TYPES.contains(&kind) {
-            if line.contains("PRIVATE KEY") {
-                bail!("this is a private key: give the public one (the `.pub` file)");
-            }
             bail!(
                 "`{}` is not a public key type ({})",
                 kind.escape_debug(),

@@ -9,7 +9,7 @@ use crate::cli::Location;
 use crate::config::Config;
 
 pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
-    let (_repo, config) = super::open(location)?;
+    let config = super::load(location)?;
     write_plan(&config, out)?;
     Ok(ExitCode::SUCCESS)
 }

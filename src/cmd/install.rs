@@ -14,6 +14,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use git2::{Repository, RepositoryInitOptions};
+
+use super::RepoKind;
 use nix::unistd::{AccessFlags, User};
 
 use crate::cli::HookKind;
@@ -175,23 +177,23 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
     };
     let mut changes = Vec::new();
 
-    match fs::symlink_metadata(&repo) {
-        Err(_) => {
+    match super::inspect_repo(&repo)? {
+        RepoKind::Missing => {
             writable_ancestor(&repo)?;
             changes.push(Change::InitBare(repo.clone()));
         }
-        Ok(meta) if !meta.is_dir() => bail!("`{}` is a file, not a bare repository", repo.display()),
-        Ok(_) => match Repository::open(&repo) {
-            Ok(existing) if !existing.is_bare() => bail!(
-                "`{}` is a working copy, not a bare repository: make one with `git clone --bare {} {}.git`",
-                repo.display(),
-                repo.display(),
-                repo.display()
-            ),
-            Ok(_) => {}
-            Err(_) if fs::read_dir(&repo)?.next().is_none() => changes.push(Change::InitBare(repo.clone())),
-            Err(_) => bail!("`{}` is a folder but not a git repository; refusing to touch it", repo.display()),
-        },
+        RepoKind::EmptyFolder => changes.push(Change::InitBare(repo.clone())),
+        RepoKind::Bare => {}
+        RepoKind::File => bail!("`{}` is a file, not a bare repository", repo.display()),
+        RepoKind::WorkingCopy => bail!(
+            "`{}` is a working copy, not a bare repository: make one with `git clone --bare {} {}.git`",
+            repo.display(),
+            repo.display(),
+            repo.display()
+        ),
+        RepoKind::OtherFolder => {
+            bail!("`{}` is a folder but not a git repository; refusing to touch it", repo.display())
+        }
     }
 
     let root = match options.root {

@@ -42,8 +42,9 @@ fn target(repo: &Path, user: &str) -> Result<Target> {
             repo.display()
         )
     })?;
-    git2::Repository::open_bare(&repo)
-        .with_context(|| format!("`{}` is not a bare repository", repo.display()))?;
+    if super::inspect_repo(&repo)? != super::RepoKind::Bare {
+        bail!("`{}` is not a bare repository", repo.display());
+    }
     let user = User::from_name(user)
         .with_context(|| format!("failed to look up user `{user}`"))?
         .with_context(|| format!("no user `{user}` on this machine"))?;
@@ -275,7 +276,7 @@ fn known_hosts_lines(dir: &Path, host: &str, port: u16) -> Result<Vec<String>> {
 }
 
 /// Our lines for this repository.
-fn ours<'a>(lines: &'a [String], repo: &Path) -> Vec<(usize, AuthorizedKey)> {
+fn ours(lines: &[String], repo: &Path) -> Vec<(usize, AuthorizedKey)> {
     let marker = gate_marker(repo);
     lines
         .iter()

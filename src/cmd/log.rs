@@ -17,7 +17,7 @@ pub fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
-    let (_repo, config) = super::open(location)?;
+    let config = super::load(location)?;
     let layout = Layout::new(&config.deploy.root);
     let records = record::read_all(&layout.deploys_file())?;
     let Some(id) = id else {

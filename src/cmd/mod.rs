@@ -15,7 +15,7 @@ mod status;
 
 pub(crate) use check::write_plan;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -47,7 +47,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             &mut stdout,
         ),
         Command::Rollback { release, location } => {
-            let (_repo, config) = open(&location)?;
+            let config = load(&location)?;
             crate::deploy::rollback(&config, release.as_deref())
         }
         Command::Releases { json, location } => releases::run(&location, json, &mut stdout),
@@ -128,24 +128,74 @@ pub fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-/// Opens the bare repository: `--repo`, else what git's environment names (in a hook), else
-/// the current folder.
-fn open_repo(location: &Location) -> Result<Repository> {
-    match &location.repo {
-        Some(path) => Repository::open(path)
-            .with_context(|| format!("failed to open repository `{}`", path.display())),
-        None => Repository::open_from_env()
-            .context("failed to open the repository (pass `--repo PATH`)"),
+/// The bare repository's folder: `--repo`, else `$GIT_DIR` (in a hook), else the current
+/// folder.
+fn repo_dir(location: &Location) -> Result<PathBuf> {
+    if let Some(path) = &location.repo {
+        return Ok(path.clone());
     }
+    if let Some(dir) = std::env::var_os("GIT_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    std::env::current_dir().context("failed to find the current folder")
 }
 
-/// Opens the repository and loads its config.
+/// Loads the config, without opening the repository: reading the history or the plan needs
+/// no git, and works for an admin who does not own the repository.
+fn load(location: &Location) -> Result<Config> {
+    Config::load(&Config::locate(
+        location.config.as_deref(),
+        &repo_dir(location)?,
+    ))
+}
+
+/// Opens the repository (from git's environment in a hook) and loads its config.
 fn open(location: &Location) -> Result<(Repository, Config)> {
-    let repo = open_repo(location)?;
-    let config = load_config(location, repo.path())?;
+    let repo = match &location.repo {
+        Some(path) => Repository::open_bare(path),
+        None => Repository::open_from_env(),
+    };
+    let repo = repo.with_context(|| {
+        format!(
+            "failed to open the repository `{}` (pass `--repo PATH`)",
+            repo_dir(location).unwrap_or_default().display()
+        )
+    })?;
+    let config = Config::load(&Config::locate(location.config.as_deref(), repo.path()))?;
     Ok((repo, config))
 }
 
-fn load_config(location: &Location, repo_dir: &Path) -> Result<Config> {
-    Config::load(&Config::locate(location.config.as_deref(), repo_dir))
+/// What a path holds, judged the way git judges a git folder (no repository config is read).
+#[derive(Debug, PartialEq, Eq)]
+enum RepoKind {
+    Missing,
+    Bare,
+    WorkingCopy,
+    File,
+    EmptyFolder,
+    OtherFolder,
+}
+
+fn inspect_repo(path: &Path) -> Result<RepoKind> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(RepoKind::Missing);
+    };
+    if !meta.is_dir() {
+        return Ok(RepoKind::File);
+    }
+    if path.join(".git").exists() {
+        return Ok(RepoKind::WorkingCopy);
+    }
+    if path.join("HEAD").is_file() && path.join("objects").is_dir() && path.join("refs").is_dir() {
+        return Ok(RepoKind::Bare);
+    }
+    let empty = std::fs::read_dir(path)
+        .with_context(|| format!("failed to list `{}`", path.display()))?
+        .next()
+        .is_none();
+    Ok(if empty {
+        RepoKind::EmptyFolder
+    } else {
+        RepoKind::OtherFolder
+    })
 }

@@ -26,7 +26,7 @@ struct ReleaseInfo {
 }
 
 pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
-    let (_repo, config) = super::open(location)?;
+    let config = super::load(location)?;
     let layout = Layout::new(&config.deploy.root);
     let records = record::read_all(&layout.deploys_file())?;
     let mut ids = layout.release_ids()?;

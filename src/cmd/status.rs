@@ -33,7 +33,7 @@ struct Live {
 }
 
 pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
-    let (_repo, config) = super::open(location)?;
+    let config = super::load(location)?;
     let layout = Layout::new(&config.deploy.root);
     let records = record::read_all(&layout.deploys_file())?;
     let live = layout.live_release()?.map(|release| {

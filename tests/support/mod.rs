@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod system;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -295,6 +297,18 @@ pub struct Clone {
 }
 
 impl Clone {
+    /// A new repository `parent/name`, with no remote.
+    pub fn new_in(parent: &Path, name: &str) -> Clone {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let clone = Clone {
+            dir,
+            home: parent.to_path_buf(),
+        };
+        clone.git(&["init", "--quiet", "-b", "main"]).success();
+        clone
+    }
+
     pub fn git(&self, args: &[&str]) -> Run {
         let mut cmd = command("git", &self.home);
         cmd.args(args).current_dir(&self.dir);

@@ -1,0 +1,384 @@
+//! `install`, `keys add`, `remote add`: bad input gets a clear error and changes nothing;
+//! a second run changes nothing; a run that stopped half way is completed by the next.
+
+use std::os::unix::fs::MetadataExt;
+
+use pretty_assertions::assert_eq;
+
+use crate::support::system::{Public, User};
+use crate::support::*;
+
+#[test]
+fn install_sets_up_and_a_second_run_changes_nothing() {
+    let public = Public::new();
+    let user = User::create();
+    let repo = public.path().join("srv/app.git");
+    let repo_arg = repo.to_str().unwrap();
+
+    let dry = public.ats(&[
+        "install",
+        "--repo",
+        repo_arg,
+        "--user",
+        &user.name,
+        "--dry-run",
+    ]);
+    dry.success()
+        .stdout_has("would create the bare repository")
+        .stdout_has("would write the config");
+    assert!(!repo.exists(), "--dry-run changed something");
+
+    public
+        .ats(&["install", "--repo", repo_arg, "--user", &user.name])
+        .success()
+        .stdout_has("did link the hook");
+    let root = public.path().join("srv/app");
+    assert!(root.join("releases").is_dir() && root.join("shared").is_dir());
+    let config = std::fs::read_to_string(repo.join("ats-hook.toml")).unwrap();
+    assert!(
+        config.contains(&format!("root = \"{}\"", root.display())),
+        "{config}"
+    );
+    assert_eq!(
+        std::fs::metadata(repo.join("HEAD")).unwrap().uid(),
+        user.uid()
+    );
+
+    public
+        .ats(&["install", "--repo", repo_arg, "--user", &user.name])
+        .success()
+        .stdout_has("nothing to change");
+
+    // A config the admin edited is never overwritten.
+    std::fs::write(
+        repo.join("ats-hook.toml"),
+        "[deploy]\nroot = \"/elsewhere\"\n",
+    )
+    .unwrap();
+    std::os::unix::fs::chown(repo.join("ats-hook.toml"), Some(user.uid()), None).unwrap();
+    public
+        .ats(&["install", "--repo", repo_arg, "--user", &user.name])
+        .success()
+        .stdout_has("nothing to change");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("ats-hook.toml")).unwrap(),
+        "[deploy]\nroot = \"/elsewhere\"\n"
+    );
+
+    // Switching to gate mode replaces the post-receive link: one push deploys once.
+    public
+        .ats(&["install", "--repo", repo_arg, "--hook", "pre-receive"])
+        .success()
+        .stdout_has("did remove");
+    assert!(repo.join("hooks/pre-receive").exists());
+    assert!(!repo.join("hooks/post-receive").exists());
+    // --copy puts the binary itself in place of the link.
+    public
+        .ats(&[
+            "install",
+            "--repo",
+            repo_arg,
+            "--hook",
+            "pre-receive",
+            "--copy",
+        ])
+        .success();
+    assert!(!std::fs::symlink_metadata(repo.join("hooks/pre-receive"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    public
+        .ats(&[
+            "install",
+            "--repo",
+            repo_arg,
+            "--hook",
+            "pre-receive",
+            "--copy",
+        ])
+        .success()
+        .stdout_has("nothing to change");
+}
+
+#[test]
+fn install_refuses_what_it_must_not_touch() {
+    let public = Public::new();
+    let base = public.path();
+    // A working copy.
+    let work = Clone::new_in(base, "work");
+    public
+        .ats(&["install", "--repo", work.dir.to_str().unwrap()])
+        .failure()
+        .stderr_has("is a working copy, not a bare repository");
+    // A file.
+    std::fs::write(base.join("file.git"), "").unwrap();
+    public
+        .ats(&["install", "--repo", base.join("file.git").to_str().unwrap()])
+        .failure()
+        .stderr_has("is a file, not a bare repository");
+    // A folder with other things in it.
+    std::fs::create_dir_all(base.join("photos.git")).unwrap();
+    std::fs::write(base.join("photos.git/cat.jpg"), "").unwrap();
+    public
+        .ats(&[
+            "install",
+            "--repo",
+            base.join("photos.git").to_str().unwrap(),
+        ])
+        .failure()
+        .stderr_has("is a folder but not a git repository");
+    // A user that does not exist.
+    public
+        .ats(&[
+            "install",
+            "--repo",
+            base.join("a.git").to_str().unwrap(),
+            "--user",
+            "no-such-user-ats",
+        ])
+        .failure()
+        .stderr_has("no user `no-such-user-ats` on this machine");
+    // A deploy root that cannot be created.
+    public
+        .ats(&[
+            "install",
+            "--repo",
+            base.join("b.git").to_str().unwrap(),
+            "--root",
+            base.join("file.git/app").to_str().unwrap(),
+        ])
+        .failure()
+        .stderr_has("is not a folder");
+    // A hook that is someone else's.
+    let repo = base.join("c.git");
+    public
+        .ats(&["install", "--repo", repo.to_str().unwrap()])
+        .success();
+    std::fs::remove_file(repo.join("hooks/post-receive")).unwrap();
+    std::fs::write(repo.join("hooks/post-receive"), "#!/bin/sh\nmake deploy\n").unwrap();
+    public
+        .ats(&["install", "--repo", repo.to_str().unwrap()])
+        .failure()
+        .stderr_has("exists and is not ats-hook");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("hooks/post-receive")).unwrap(),
+        "#!/bin/sh\nmake deploy\n"
+    );
+    // Nothing was created for the refused ones.
+    for name in ["a.git", "b.git", "a", "b"] {
+        assert!(!base.join(name).exists(), "{name} was created");
+    }
+}
+
+#[test]
+fn a_run_that_failed_half_way_is_completed_by_the_next() {
+    let public = Public::new();
+    let repo = public.path().join("app.git");
+    let root = public.path().join("app");
+    std::fs::create_dir_all(&root).unwrap();
+    // Something in the way of the deploy root's `releases` folder.
+    std::fs::write(root.join("releases"), "").unwrap();
+    public
+        .ats(&["install", "--repo", repo.to_str().unwrap()])
+        .failure()
+        .stderr_has("failed to create");
+    assert!(
+        repo.join("hooks/post-receive").exists(),
+        "the steps before the failure are done"
+    );
+    std::fs::remove_file(root.join("releases")).unwrap();
+    let again = public.ats(&["install", "--repo", repo.to_str().unwrap()]);
+    again
+        .success()
+        .stdout_has("did create")
+        .stdout_has("releases");
+    assert!(
+        !again.stdout().contains("bare repository"),
+        "{}",
+        again.stdout()
+    );
+    public
+        .ats(&["install", "--repo", repo.to_str().unwrap()])
+        .success()
+        .stdout_has("nothing to change");
+}
+
+#[test]
+fn keys_add_refuses_malformed_and_duplicate_keys() {
+    let public = Public::new();
+    let user = User::create();
+    let repo = user.home.join("app.git");
+    public
+        .ats(&[
+            "install",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--user",
+            &user.name,
+        ])
+        .success();
+    let repo_arg = repo.to_str().unwrap();
+    let key_file = public.path().join("key.pub");
+
+    std::fs::write(&key_file, "ssh-ed25519 not-base64!! me@laptop\n").unwrap();
+    public
+        .ats(&[
+            "keys",
+            "add",
+            "--repo",
+            repo_arg,
+            "--user",
+            &user.name,
+            "--public-key",
+            key_file.to_str().unwrap(),
+        ])
+        .failure()
+        .stderr_has("is not a usable public key")
+        .stderr_has("does not decode");
+    std::fs::write(
+        &key_file,
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    public
+        .ats(&[
+            "keys",
+            "add",
+            "--repo",
+            repo_arg,
+            "--user",
+            &user.name,
+            "--public-key",
+            key_file.to_str().unwrap(),
+        ])
+        .failure()
+        .stderr_has("this is a private key");
+    assert!(
+        !user.home.join(".ssh/authorized_keys").exists(),
+        "a refused key was written"
+    );
+
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "dev@laptop", "-f"])
+        .arg(public.path().join("key"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let add = [
+        "keys",
+        "add",
+        "--repo",
+        repo_arg,
+        "--user",
+        &user.name,
+        "--public-key",
+        key_file.to_str().unwrap(),
+    ];
+    public.ats(&add).success().stdout_has("(dev@laptop)");
+    let before = std::fs::read_to_string(user.home.join(".ssh/authorized_keys")).unwrap();
+    public.ats(&add).failure().stderr_has("is already in");
+    assert_eq!(
+        std::fs::read_to_string(user.home.join(".ssh/authorized_keys")).unwrap(),
+        before
+    );
+    public
+        .ats(&[
+            "keys",
+            "add",
+            "--repo",
+            public.path().join("nope.git").to_str().unwrap(),
+            "--user",
+            &user.name,
+            "--generate",
+        ])
+        .failure()
+        .stderr_has("no repository at");
+}
+
+#[test]
+fn remote_add_refuses_bad_urls_unreachable_hosts_and_silent_changes() {
+    let public = Public::new();
+    let clone = Clone::new_in(public.path(), "laptop");
+    let remote_add = |args: &[&str]| {
+        let mut cmd = command(&public.bin, public.path());
+        cmd.args(["remote", "add"])
+            .args(args)
+            .current_dir(&clone.dir);
+        run(&mut cmd, format!("remote add {}", args.join(" ")))
+    };
+    remote_add(&["staging", "not a url"])
+        .failure()
+        .stderr_has("is not an SSH remote");
+    remote_add(&["staging", "http://example.com/app.git"])
+        .failure()
+        .stderr_has("is not an SSH remote");
+    let port = closed_port();
+    let known = public.path().join("known_hosts");
+    remote_add(&[
+        "staging",
+        &format!("ssh://deployer@127.0.0.1:{port}/srv/app.git"),
+        "--scan",
+        "--known-hosts",
+        known.to_str().unwrap(),
+    ])
+    .failure()
+    .stderr_has(&format!(
+        "could not read a host key from `127.0.0.1` port {port}"
+    ));
+    assert!(
+        clone.git(&["remote"]).stdout().trim().is_empty(),
+        "a refused remote was added"
+    );
+    assert!(!known.exists());
+
+    let host_key = "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDn5X3sR/SMUKlYKiScpuWVm1UZ2vOBAqaZvdx+XgOqw";
+    let url = "ssh://deployer@127.0.0.1:2222/srv/app.git";
+    remote_add(&[
+        "staging",
+        url,
+        "--host-key",
+        host_key,
+        "--known-hosts",
+        known.to_str().unwrap(),
+    ])
+    .success()
+    .stdout_has("added remote `staging`");
+    assert_eq!(
+        std::fs::read_to_string(&known).unwrap(),
+        format!("{host_key}\n")
+    );
+    remote_add(&["staging", url])
+        .success()
+        .stdout_has("already points at");
+    remote_add(&["staging", "ssh://deployer@other:22/srv/app.git"])
+        .failure()
+        .stderr_has("pass `--force` to change it");
+    remote_add(&["staging", "ssh://deployer@other:22/srv/app.git", "--force"])
+        .success()
+        .stdout_has("changed remote");
+    // A different key for a pinned host is refused, not silently added.
+    let other_key = "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1oL3Vo3k0y0b1mLrN8w6iS5Fn5vJmCS2b6m1Jj2xVx";
+    remote_add(&[
+        "prod",
+        url,
+        "--host-key",
+        other_key,
+        "--known-hosts",
+        known.to_str().unwrap(),
+    ])
+    .failure()
+    .stderr_has("already holds a different ssh-ed25519 key");
+}
+
+#[test]
+fn the_sudoers_snippet_is_valid() {
+    let visudo = std::path::Path::new("/usr/sbin/visudo");
+    assert!(
+        visudo.exists(),
+        "visudo is missing: install sudo (tests/run does)"
+    );
+    let snippet = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sudoers/ats-hook-app");
+    let mut cmd = std::process::Command::new(visudo);
+    cmd.args(["-c", "-f", snippet]);
+    run(&mut cmd, "visudo -cf").success();
+}

@@ -1,0 +1,469 @@
+//! From an empty server to `git push staging main` over real SSH, with a deploy key that can do
+//! nothing else; and the GitHub Actions deploy job's shell, run for real against it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pretty_assertions::assert_eq;
+
+use crate::support::system::{Public, Sshd, User};
+use crate::support::*;
+
+/// A server set up with `install` and `keys add --generate`, a client holding the key.
+struct Setup {
+    public: Public,
+    user: User,
+    sshd: Sshd,
+    repo: PathBuf,
+    root: PathBuf,
+    key: PathBuf,
+    known_hosts: PathBuf,
+    url: String,
+    keys_output: String,
+}
+
+const CONFIG: &str = r#"
+[deploy]
+root = "ROOT"
+[[step]]
+name = "build"
+run = 'test ! -e broken || { echo "build broke" >&2; exit 5; }; printf "%s\n" "$ATS_COMMIT" > version.txt'
+"#;
+
+impl Setup {
+    fn new(hook: &str) -> Setup {
+        let public = Public::new();
+        let user = User::create();
+        let sshd = Sshd::start(public.path());
+        let repo = user.home.join("app.git");
+        let root = user.home.join("app");
+
+        let install = public.ats(&[
+            "install",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--user",
+            &user.name,
+            "--hook",
+            hook,
+        ]);
+        install
+            .success()
+            .stdout_has("did create the bare repository");
+        // The admin edits the config the template wrote.
+        std::fs::write(
+            repo.join("ats-hook.toml"),
+            CONFIG.replace("ROOT", root.to_str().unwrap()),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(repo.join("ats-hook.toml"), Some(user.uid()), None).unwrap();
+
+        let client = public.path().join("client");
+        std::fs::create_dir_all(&client).unwrap();
+        let key = client.join("deploy_key");
+        let keys = public.ats(&[
+            "keys",
+            "add",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--user",
+            &user.name,
+            "--generate",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &sshd.port.to_string(),
+            "--host-keys",
+            sshd.host_keys.to_str().unwrap(),
+            "--private-key-file",
+            key.to_str().unwrap(),
+        ]);
+        keys.success().stdout_has("it can push to and fetch from");
+        let keys_output = keys.stdout();
+        let url = format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            user.name,
+            sshd.port,
+            repo.display()
+        );
+        assert!(
+            keys_output.contains(&format!("STAGING_REMOTE_REPO:\n{url}\n")),
+            "{keys_output}"
+        );
+        let known_hosts = client.join("known_hosts");
+        Setup {
+            public,
+            user,
+            sshd,
+            repo,
+            root,
+            key,
+            known_hosts,
+            url,
+            keys_output,
+        }
+    }
+
+    fn ssh(&self) -> String {
+        self.sshd.ssh_command(&self.key, &self.known_hosts)
+    }
+
+    /// A clone on the pushing side with the remote `staging` added by `remote add --scan`.
+    fn clone(&self) -> Clone {
+        let clone = Clone::new_in(self.public.path(), "laptop");
+        let mut add = command(&self.public.bin, self.public.path());
+        add.args([
+            "remote",
+            "add",
+            "staging",
+            &self.url,
+            "--scan",
+            "--known-hosts",
+        ])
+        .arg(&self.known_hosts)
+        .current_dir(&clone.dir);
+        run(&mut add, "remote add")
+            .success()
+            .stdout_has("host key(s) of `[127.0.0.1]:");
+        clone
+    }
+
+    /// `ssh deploy-key@server COMMAND`, as an attacker holding the key would.
+    fn attempt(&self, extra: &[&str], remote_command: Option<&str>) -> Run {
+        let mut cmd = Command::new("sh");
+        let mut line = self.ssh();
+        for arg in extra {
+            line.push(' ');
+            line.push_str(arg);
+        }
+        line.push_str(&format!(
+            " -p {} {}@127.0.0.1",
+            self.sshd.port, self.user.name
+        ));
+        let mut cmd_line = line;
+        if let Some(remote) = remote_command {
+            cmd_line.push_str(&format!(" {}", shell_quote(remote)));
+        }
+        cmd.arg("-c").arg(&cmd_line);
+        run(&mut cmd, cmd_line.clone())
+    }
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+fn git_over_ssh(clone: &Clone, ssh: &str, args: &[&str]) -> Run {
+    let mut cmd = command("git", &clone.dir);
+    cmd.args(args)
+        .current_dir(&clone.dir)
+        .env("GIT_SSH_COMMAND", ssh);
+    run(&mut cmd, format!("git {}", args.join(" ")))
+}
+
+#[test]
+fn a_new_server_deploys_a_push_over_ssh() {
+    let setup = Setup::new("post-receive");
+    // The server side as install and keys left it.
+    let meta = std::fs::metadata(&setup.repo).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.uid(), setup.user.uid());
+    assert!(git2::Repository::open_bare(&setup.repo).is_ok());
+    assert_eq!(
+        std::fs::read_link(setup.repo.join("hooks/post-receive")).unwrap(),
+        setup.public.bin
+    );
+    for dir in ["releases", "shared", ".ats-hook"] {
+        assert_eq!(
+            std::fs::metadata(setup.root.join(dir)).unwrap().uid(),
+            setup.user.uid(),
+            "{dir}"
+        );
+    }
+    let ssh_dir = setup.user.home.join(".ssh");
+    assert_eq!(
+        std::fs::metadata(&ssh_dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let authorized = ssh_dir.join("authorized_keys");
+    assert_eq!(
+        std::fs::metadata(&authorized).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&authorized).unwrap().uid(),
+        setup.user.uid()
+    );
+    let line = std::fs::read_to_string(&authorized).unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "restrict,command=\"{} ssh-gate --repo {} --key-name ats-hook-deploy@",
+            setup.public.bin.display(),
+            setup.repo.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::metadata(&setup.key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(setup
+        .keys_output
+        .contains(&format!("[127.0.0.1]:{} ssh-ed25519 ", setup.sshd.port)));
+
+    let clone = setup.clone();
+    let sha = clone.commit_file("app.py", "print('hello')\n");
+    let push = git_over_ssh(&clone, &setup.ssh(), &["push", "staging", "main"]);
+    push.success()
+        .stderr_has(&format!("remote: ats-hook: deployed {}", &sha[..7]));
+    assert_eq!(
+        std::fs::read_to_string(setup.root.join("current/version.txt"))
+            .unwrap()
+            .trim(),
+        sha
+    );
+    let history = std::fs::read_to_string(setup.root.join(".ats-hook/deploys.jsonl")).unwrap();
+    assert!(
+        history.contains("\"pusher\":\"ats-hook-deploy@"),
+        "the key's name is the pusher: {history}"
+    );
+    // The release belongs to the deploy user, who ran the hook.
+    let live = std::fs::read_link(setup.root.join("current")).unwrap();
+    assert_eq!(
+        std::fs::metadata(setup.root.join(&live)).unwrap().uid(),
+        setup.user.uid()
+    );
+    // Fetching the one repository is allowed too.
+    git_over_ssh(&clone, &setup.ssh(), &["ls-remote", "staging"]).success();
+
+    // `keys list` and `keys remove`: after removal the key cannot even connect to git.
+    let repo = setup.repo.to_str().unwrap();
+    let list = setup
+        .public
+        .ats(&["keys", "list", "--repo", repo, "--user", &setup.user.name]);
+    list.success().stdout_has("SHA256:");
+    let fingerprint = list.stdout().split_whitespace().next().unwrap().to_string();
+    setup
+        .public
+        .ats(&[
+            "keys",
+            "remove",
+            "--repo",
+            repo,
+            "--user",
+            &setup.user.name,
+            &fingerprint,
+        ])
+        .success();
+    git_over_ssh(&clone, &setup.ssh(), &["ls-remote", "staging"]).failure();
+    setup
+        .public
+        .ats(&[
+            "keys",
+            "remove",
+            "--repo",
+            repo,
+            "--user",
+            &setup.user.name,
+            &fingerprint,
+        ])
+        .failure()
+        .stderr_has("no deploy key");
+}
+
+#[test]
+fn the_deploy_key_can_do_nothing_else() {
+    let setup = Setup::new("post-receive");
+    let other = setup.user.home.join("other.git");
+    setup
+        .user
+        .sh(&format!("git init -q --bare {}", other.display()))
+        .success();
+    let marker = setup.public.path().join("pwned");
+    let mut known = std::fs::File::create(&setup.known_hosts).unwrap();
+    use std::io::Write;
+    for line in setup
+        .keys_output
+        .lines()
+        .filter(|l| l.starts_with("[127.0.0.1]:"))
+    {
+        writeln!(known, "{line}").unwrap();
+    }
+    drop(known);
+
+    let refused = "this deploy key may only push to or fetch from";
+    let repo = setup.repo.display().to_string();
+    // An interactive shell, and a shell command.
+    setup
+        .attempt(&[], None)
+        .failure()
+        .stderr_has("refused an interactive shell");
+    // Asking for a terminal changes nothing: `restrict` refuses the pty, the gate the shell.
+    setup
+        .attempt(&["-tt"], None)
+        .failure()
+        .stderr_has("PTY allocation request failed");
+    setup
+        .attempt(&[], Some("ls -la"))
+        .failure()
+        .stderr_has(refused);
+    setup
+        .attempt(&[], Some(&format!("touch {}", marker.display())))
+        .failure();
+    // Another repository on the same server, directly and through `..`.
+    setup
+        .attempt(
+            &[],
+            Some(&format!("git-receive-pack '{}'", other.display())),
+        )
+        .failure()
+        .stderr_has("is not that repository");
+    setup
+        .attempt(&[], Some(&format!("git-upload-pack '{repo}/../other.git'")))
+        .failure()
+        .stderr_has("`..` is not allowed");
+    // Quoting tricks and command chaining.
+    for trick in [
+        format!("git-receive-pack '{repo}'; touch {}", marker.display()),
+        format!("git-receive-pack '{repo}' && touch {}", marker.display()),
+        format!("git-receive-pack \"$(touch {})\"", marker.display()),
+        format!("git-receive-pack `touch {}`", marker.display()),
+        format!("git-receive-pack '{repo}' '{repo}'"),
+        format!("git-upload-archive '{repo}'"),
+        format!("sh -c \"git-receive-pack '{repo}'\""),
+    ] {
+        setup
+            .attempt(&[], Some(&trick))
+            .failure()
+            .stderr_has(refused);
+    }
+    assert!(!marker.exists(), "a refused command ran");
+    // Port forwarding, which `restrict` denies.
+    let forward = setup.attempt(&["-W", &format!("127.0.0.1:{}", setup.sshd.port)], None);
+    forward.failure();
+    assert!(
+        forward.stderr().contains("forwarding") || forward.stderr().contains("prohibited"),
+        "{}",
+        forward.stderr()
+    );
+
+    // git itself, pushing to and fetching from the other repository, is refused.
+    let server = Server::new();
+    let clone = server.clone("attacker");
+    clone.commit_file("x", "x");
+    let other_url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        setup.user.name,
+        setup.sshd.port,
+        other.display()
+    );
+    git_over_ssh(&clone, &setup.ssh(), &["push", &other_url, "main"])
+        .failure()
+        .stderr_has(refused);
+    git_over_ssh(&clone, &setup.ssh(), &["ls-remote", &other_url])
+        .failure()
+        .stderr_has(refused);
+    assert!(
+        git2::Repository::open_bare(&other).unwrap().head().is_err(),
+        "the other repository received a push"
+    );
+    // And the allowed repository still works with the same key.
+    let url = setup.url.clone();
+    git_over_ssh(&clone, &setup.ssh(), &["push", &url, "main"])
+        .success()
+        .stderr_has("ats-hook: deployed");
+}
+
+/// The `run:` script of the deploy job in the shipped workflow, and the job's settings.
+fn deploy_job_script() -> String {
+    let workflow = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/github-actions/deploy.yml");
+    let check = r#"
+import json, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+jobs = doc["jobs"]
+assert set(jobs) == {"lint-and-test", "deploy"}, jobs.keys()
+deploy = jobs["deploy"]
+assert deploy["needs"] == "lint-and-test"
+assert "refs/heads/main" in deploy["if"]
+assert deploy["concurrency"]["group"] and deploy["concurrency"]["cancel-in-progress"] is False
+step = deploy["steps"][-1]
+env = step["env"]
+for name in ["SSH_DEPLOYMENT_KEY", "KNOWN_DEPLOYMENT_HOSTS", "STAGING_REMOTE_REPO"]:
+    assert env[name] == "${{ secrets.%s }}" % name, env
+print(step["run"], end="")
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(check)
+        .arg(&workflow)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "the workflow does not parse as expected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn run_deploy_job(setup: &Setup, clone: &Clone, script: &str) -> Run {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = command("bash", home.path());
+    cmd.arg("-c")
+        .arg(script)
+        .current_dir(&clone.dir)
+        .env(
+            "SSH_DEPLOYMENT_KEY",
+            std::fs::read_to_string(&setup.key).unwrap(),
+        )
+        .env(
+            "KNOWN_DEPLOYMENT_HOSTS",
+            setup
+                .keys_output
+                .lines()
+                .filter(|l| l.starts_with("[127.0.0.1]:"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .env("STAGING_REMOTE_REPO", &setup.url);
+    run(&mut cmd, "the deploy job")
+}
+
+#[test]
+fn the_workflow_deploy_job_passes_and_fails_with_the_deploy() {
+    let script = deploy_job_script();
+    for hook in ["post-receive", "pre-receive"] {
+        let setup = Setup::new(hook);
+        let clone = setup.clone();
+        let sha = clone.commit_file("app.py", "v1");
+        run_deploy_job(&setup, &clone, &script)
+            .success()
+            .stdout_has(&format!("ats-hook: deployed {}", &sha[..7]));
+        assert_eq!(
+            std::fs::read_to_string(setup.root.join("current/version.txt"))
+                .unwrap()
+                .trim(),
+            sha
+        );
+
+        run_deploy_job(&setup, &clone, &script)
+            .success()
+            .stdout_has("nothing to deploy");
+
+        clone.write("broken", "");
+        clone.commit("broken");
+        let job = run_deploy_job(&setup, &clone, &script);
+        job.failure();
+        match hook {
+            "post-receive" => job.stdout_has("::error::the deploy did not succeed: ats-hook: deploy FAILED at step build (exit 5)"),
+            _ => job.stdout_has("::error::git push failed"),
+        };
+        assert_eq!(
+            std::fs::read_to_string(setup.root.join("current/version.txt"))
+                .unwrap()
+                .trim(),
+            sha,
+            "{hook}"
+        );
+    }
+}
