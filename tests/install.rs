@@ -219,19 +219,20 @@ fn keys_add_refuses_malformed_and_duplicate_keys() {
         .success();
     let repo_arg = repo.to_str().unwrap();
     let key_file = public.path().join("key.pub");
+    let add = [
+        "keys",
+        "add",
+        "--repo",
+        repo_arg,
+        "--user",
+        &user.name,
+        "--public-key",
+        key_file.to_str().unwrap(),
+    ];
 
     std::fs::write(&key_file, "ssh-ed25519 not-base64!! me@laptop\n").unwrap();
     public
-        .ats(&[
-            "keys",
-            "add",
-            "--repo",
-            repo_arg,
-            "--user",
-            &user.name,
-            "--public-key",
-            key_file.to_str().unwrap(),
-        ])
+        .ats(&add)
         .failure()
         .stderr_has("is not a usable public key")
         .stderr_has("does not decode");
@@ -241,16 +242,7 @@ fn keys_add_refuses_malformed_and_duplicate_keys() {
     )
     .unwrap();
     public
-        .ats(&[
-            "keys",
-            "add",
-            "--repo",
-            repo_arg,
-            "--user",
-            &user.name,
-            "--public-key",
-            key_file.to_str().unwrap(),
-        ])
+        .ats(&add)
         .failure()
         .stderr_has("this is a private key");
     assert!(
@@ -264,16 +256,6 @@ fn keys_add_refuses_malformed_and_duplicate_keys() {
         .status()
         .unwrap();
     assert!(made.success());
-    let add = [
-        "keys",
-        "add",
-        "--repo",
-        repo_arg,
-        "--user",
-        &user.name,
-        "--public-key",
-        key_file.to_str().unwrap(),
-    ];
     public.ats(&add).success().stdout_has("(dev@laptop)");
     let before = std::fs::read_to_string(user.home.join(".ssh/authorized_keys")).unwrap();
     public.ats(&add).failure().stderr_has("is already in");

@@ -243,30 +243,20 @@ fn a_new_server_deploys_a_push_over_ssh() {
         .ats(&["keys", "list", "--repo", repo, "--user", &setup.user.name]);
     list.success().stdout_has("SHA256:");
     let fingerprint = list.stdout().split_whitespace().next().unwrap().to_string();
-    setup
-        .public
-        .ats(&[
-            "keys",
-            "remove",
-            "--repo",
-            repo,
-            "--user",
-            &setup.user.name,
-            &fingerprint,
-        ])
-        .success();
+    let remove = [
+        "keys",
+        "remove",
+        "--repo",
+        repo,
+        "--user",
+        &setup.user.name,
+        &fingerprint,
+    ];
+    setup.public.ats(&remove).success();
     git_over_ssh(&clone, &setup.ssh(), &["ls-remote", "staging"]).failure();
     setup
         .public
-        .ats(&[
-            "keys",
-            "remove",
-            "--repo",
-            repo,
-            "--user",
-            &setup.user.name,
-            &fingerprint,
-        ])
+        .ats(&remove)
         .failure()
         .stderr_has("no deploy key");
 }
