@@ -549,7 +549,8 @@ fn go_live(
     }
     if let Some(check) = &config.health {
         let clock = Instant::now();
-        let healthy = health::check(check, commit, &layout.current(), env);
+        let previous = session.previous_commit.clone();
+        let healthy = health::check(check, commit, previous.as_deref(), &layout.current(), env);
         session.timings.push(("health".into(), clock.elapsed()));
         if let Err(error) = healthy {
             output::error(format!("{error:#}"));

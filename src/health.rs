@@ -19,10 +19,12 @@ use crate::process::{self, Cmd};
 const BODY_LIMIT: u64 = 64 * 1024;
 const QUOTE: usize = 120;
 
-/// Probes until healthy; the error says how many probes ran and what the last one answered.
+/// Probes until healthy; the error says how many probes ran and what the last one answered,
+/// and names the usual fix when the app still serves `previous_commit`.
 pub fn check(
     health: &Health,
     commit: &str,
+    previous_commit: Option<&str>,
     release_dir: &Path,
     env: &BTreeMap<String, String>,
 ) -> Result<()> {
@@ -47,13 +49,23 @@ pub fn check(
                 ));
                 return Ok(());
             }
-            Err(answer) => {
+            Err(Failed { answer, body }) => {
                 tracing::debug!(probes, "health probe failed: {answer}");
                 if started.elapsed() + health.interval.0 >= health.timeout.0
                     || process::stop_requested()
                 {
+                    let stale = match (previous_commit, body) {
+                        (Some(previous), Some(body)) if body.contains(previous) => format!(
+                            ". The app still serves the previous commit {}: its server kept the old \
+                             release. A reload can do that (gunicorn started in `current` resolves \
+                             the symlink once): restart it instead (`systemctl_action = \"restart\"`), \
+                             or start it with `--chdir` pointing at `current` so a reload follows the switch",
+                            short(previous)
+                        ),
+                        _ => String::new(),
+                    };
                     bail!(
-                        "health check failed after {probes} probe(s) in {}; last answer: {answer}",
+                        "health check failed after {probes} probe(s) in {}; last answer: {answer}{stale}",
                         output::seconds(started.elapsed())
                     );
                 }
@@ -63,8 +75,20 @@ pub fn check(
     }
 }
 
-/// One GET. `Ok` holds a short description of a passing answer, `Err` of a failing one.
-fn probe_http(url: &str, health: &Health, expect_body: Option<&str>) -> Result<String, String> {
+/// A probe that did not pass: what it answered, and the body if there was one.
+struct Failed {
+    answer: String,
+    body: Option<String>,
+}
+
+impl From<String> for Failed {
+    fn from(answer: String) -> Failed {
+        Failed { answer, body: None }
+    }
+}
+
+/// One GET. `Ok` holds a short description of a passing answer.
+fn probe_http(url: &str, health: &Health, expect_body: Option<&str>) -> Result<String, Failed> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(health.probe_timeout.0))
         .http_status_as_error(false)
@@ -74,26 +98,32 @@ fn probe_http(url: &str, health: &Health, expect_body: Option<&str>) -> Result<S
     let mut response = agent
         .get(url)
         .call()
-        .map_err(|err| describe_error(&err, health.probe_timeout.0))?;
+        .map_err(|err| Failed::from(describe_error(&err, health.probe_timeout.0)))?;
     let status = response.status().as_u16();
     let body = response
         .body_mut()
         .with_config()
         .limit(BODY_LIMIT)
         .read_to_string()
-        .map_err(|err| format!("HTTP {status}, body unreadable: {err}"))?;
+        .map_err(|err| Failed::from(format!("HTTP {status}, body unreadable: {err}")))?;
     let quoted = quote(&body);
     if status != health.expect_status {
-        return Err(format!(
+        let answer = format!(
             "HTTP {status} (expected {}): {quoted}",
             health.expect_status
-        ));
+        );
+        return Err(Failed {
+            answer,
+            body: Some(body),
+        });
     }
     if let Some(expected) = expect_body {
         if !body.contains(expected) {
-            return Err(format!(
-                "HTTP {status} without `{expected}` in the body: {quoted}"
-            ));
+            let answer = format!("HTTP {status} without `{expected}` in the body: {quoted}");
+            return Err(Failed {
+                answer,
+                body: Some(body),
+            });
         }
     }
     Ok(format!("HTTP {status}"))
@@ -116,13 +146,13 @@ fn probe_command(
     health: &Health,
     release_dir: &Path,
     env: &BTreeMap<String, String>,
-) -> Result<String, String> {
+) -> Result<String, Failed> {
     let finished = Cmd::shell(command)
         .dir(release_dir)
         .envs(env)
         .timeout(health.probe_timeout.0)
         .stream(&mut |line| tracing::debug!("health | {line}"))
-        .map_err(|err| format!("{err:#}"))?;
+        .map_err(|err| Failed::from(format!("{err:#}")))?;
     let last = finished
         .tail
         .last()
@@ -131,7 +161,10 @@ fn probe_command(
     if finished.exit.success() {
         Ok(format!("`{command}` passed{last}"))
     } else {
-        Err(format!("`{command}` failed ({}){last}", finished.exit))
+        Err(Failed::from(format!(
+            "`{command}` failed ({}){last}",
+            finished.exit
+        )))
     }
 }
 

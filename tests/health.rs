@@ -48,6 +48,11 @@ fn an_app_still_serving_the_old_commit_is_caught_and_switched_back() {
     push.success()
         .stderr_has(&format!("without `{new}` in the body: \"{old}\""))
         .stderr_has("health check failed after ")
+        .stderr_has(&format!(
+            "The app still serves the previous commit {}",
+            &old[..7]
+        ))
+        .stderr_has("`systemctl_action = \"restart\"`")
         .stderr_has(&format!("switched current back to {old_release}"));
     assert_eq!(
         push.summary(),
