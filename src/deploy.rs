@@ -103,8 +103,9 @@ impl Stop {
         }
     }
 
-    /// The summary line for a stop; `what` is `deploy` or `rollback`.
-    fn summary(self, what: &str, was_live: Option<&str>, attempted: &str) -> String {
+    /// The summary line for a stop; `what` is `deploy` or `rollback`, `live_now` what
+    /// `current` points at once the run is over.
+    fn summary(self, what: &str, was_live: Option<&str>, live_now: Option<&str>) -> String {
         let still_live = match was_live {
             Some(live) => format!("{live} is still live"),
             None => "nothing is live yet".to_string(),
@@ -142,7 +143,8 @@ impl Stop {
                 ..
             } => {
                 output::error(format!("switching back failed too: {err:#}"));
-                format!("{what} FAILED at {stage} and could not switch back; {attempted} is live")
+                let current = live_now.unwrap_or("nothing");
+                format!("{what} FAILED at {stage}, and so did switching back: `current` is {current}; check the app")
             }
         }
     }
@@ -388,7 +390,11 @@ pub fn deploy(
             seconds(session.clock.elapsed()),
             session.stages()
         ),
-        Err(stop) => stop.summary("deploy", was_live.as_deref(), &id),
+        Err(stop) => stop.summary(
+            "deploy",
+            was_live.as_deref(),
+            session.layout.live_release()?.as_deref(),
+        ),
     };
     session.finish(config, &entry, summary)?;
     Ok(if entry.state == State::Succeeded {
@@ -650,7 +656,11 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
                 format!(" — {}", session.stages())
             }
         ),
-        Err(stop) => stop.summary("rollback", was_live.as_deref(), &target),
+        Err(stop) => stop.summary(
+            "rollback",
+            was_live.as_deref(),
+            session.layout.live_release()?.as_deref(),
+        ),
     };
     session.finish(config, &entry, summary)?;
     Ok(if entry.state == State::Succeeded {

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod apps;
 mod commands;
 mod concurrency;
 mod config_errors;

@@ -1,26 +1,13 @@
 //! From an empty server to `git push staging main` over real SSH, with a deploy key that can do
 //! nothing else; and the GitHub Actions deploy job's shell, run for real against it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use pretty_assertions::assert_eq;
 
-use crate::support::system::{Public, Sshd, User};
+use crate::support::system::SshSetup;
 use crate::support::*;
-
-/// A server set up with `install` and `keys add --generate`, a client holding the key.
-struct Setup {
-    public: Public,
-    user: User,
-    sshd: Sshd,
-    repo: PathBuf,
-    root: PathBuf,
-    key: PathBuf,
-    known_hosts: PathBuf,
-    url: String,
-    keys_output: String,
-}
 
 const CONFIG: &str = r#"
 [deploy]
@@ -29,129 +16,6 @@ root = "ROOT"
 name = "build"
 run = 'test ! -e broken || { echo "build broke" >&2; exit 5; }; printf "%s\n" "$ATS_COMMIT" > version.txt'
 "#;
-
-impl Setup {
-    fn new(hook: &str) -> Setup {
-        let public = Public::new();
-        let user = User::create();
-        let sshd = Sshd::start(public.path());
-        let repo = user.home.join("app.git");
-        let root = user.home.join("app");
-
-        let install = public.ats(&[
-            "install",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--user",
-            &user.name,
-            "--hook",
-            hook,
-        ]);
-        install
-            .success()
-            .stdout_has("did create the bare repository");
-        // The admin edits the config the template wrote.
-        std::fs::write(
-            repo.join("ats-hook.toml"),
-            CONFIG.replace("ROOT", root.to_str().unwrap()),
-        )
-        .unwrap();
-        std::os::unix::fs::chown(repo.join("ats-hook.toml"), Some(user.uid()), None).unwrap();
-
-        let client = public.path().join("client");
-        std::fs::create_dir_all(&client).unwrap();
-        let key = client.join("deploy_key");
-        let keys = public.ats(&[
-            "keys",
-            "add",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--user",
-            &user.name,
-            "--generate",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &sshd.port.to_string(),
-            "--host-keys",
-            sshd.host_keys.to_str().unwrap(),
-            "--private-key-file",
-            key.to_str().unwrap(),
-        ]);
-        keys.success().stdout_has("it can push to and fetch from");
-        let keys_output = keys.stdout();
-        let url = format!(
-            "ssh://{}@127.0.0.1:{}{}",
-            user.name,
-            sshd.port,
-            repo.display()
-        );
-        assert!(
-            keys_output.contains(&format!("STAGING_REMOTE_REPO:\n{url}\n")),
-            "{keys_output}"
-        );
-        let known_hosts = client.join("known_hosts");
-        Setup {
-            public,
-            user,
-            sshd,
-            repo,
-            root,
-            key,
-            known_hosts,
-            url,
-            keys_output,
-        }
-    }
-
-    fn ssh(&self) -> String {
-        self.sshd.ssh_command(&self.key, &self.known_hosts)
-    }
-
-    /// A clone on the pushing side with the remote `staging` added by `remote add --scan`.
-    fn clone(&self) -> Clone {
-        let clone = Clone::new_in(self.public.path(), "laptop");
-        let mut add = command(&self.public.bin, self.public.path());
-        add.args([
-            "remote",
-            "add",
-            "staging",
-            &self.url,
-            "--scan",
-            "--known-hosts",
-        ])
-        .arg(&self.known_hosts)
-        .current_dir(&clone.dir);
-        run(&mut add, "remote add")
-            .success()
-            .stdout_has("host key(s) of `[127.0.0.1]:");
-        clone
-    }
-
-    /// `ssh deploy-key@server COMMAND`, as an attacker holding the key would.
-    fn attempt(&self, extra: &[&str], remote_command: Option<&str>) -> Run {
-        let mut cmd = Command::new("sh");
-        let mut line = self.ssh();
-        for arg in extra {
-            line.push(' ');
-            line.push_str(arg);
-        }
-        line.push_str(&format!(
-            " -p {} {}@127.0.0.1",
-            self.sshd.port, self.user.name
-        ));
-        let mut cmd_line = line;
-        if let Some(remote) = remote_command {
-            cmd_line.push_str(&format!(" {}", shell_quote(remote)));
-        }
-        cmd.arg("-c").arg(&cmd_line);
-        run(&mut cmd, cmd_line.clone())
-    }
-}
-
-fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
-}
 
 fn git_over_ssh(clone: &Clone, ssh: &str, args: &[&str]) -> Run {
     let mut cmd = command("git", &clone.dir);
@@ -163,7 +27,7 @@ fn git_over_ssh(clone: &Clone, ssh: &str, args: &[&str]) -> Run {
 
 #[test]
 fn a_new_server_deploys_a_push_over_ssh() {
-    let setup = Setup::new("post-receive");
+    let setup = SshSetup::new("post-receive", CONFIG);
     // The server side as install and keys left it.
     let meta = std::fs::metadata(&setup.repo).unwrap();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -263,7 +127,7 @@ fn a_new_server_deploys_a_push_over_ssh() {
 
 #[test]
 fn the_deploy_key_can_do_nothing_else() {
-    let setup = Setup::new("post-receive");
+    let setup = SshSetup::new("post-receive", CONFIG);
     let other = setup.user.home.join("other.git");
     setup
         .user
@@ -396,7 +260,7 @@ print(step["run"], end="")
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn run_deploy_job(setup: &Setup, clone: &Clone, script: &str) -> Run {
+fn run_deploy_job(setup: &SshSetup, clone: &Clone, script: &str) -> Run {
     let home = tempfile::tempdir().unwrap();
     let mut cmd = command("bash", home.path());
     cmd.arg("-c")
@@ -423,7 +287,7 @@ fn run_deploy_job(setup: &Setup, clone: &Clone, script: &str) -> Run {
 fn the_workflow_deploy_job_passes_and_fails_with_the_deploy() {
     let script = deploy_job_script();
     for hook in ["post-receive", "pre-receive"] {
-        let setup = Setup::new(hook);
+        let setup = SshSetup::new(hook, CONFIG);
         let clone = setup.clone();
         let sha = clone.commit_file("app.py", "v1");
         run_deploy_job(&setup, &clone, &script)

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod system;
 
 use std::path::{Path, PathBuf};

@@ -139,18 +139,36 @@ pub struct Sshd {
     pub port: u16,
     pub host_keys: PathBuf,
     dir: PathBuf,
+    /// Inside a namespace, sshd dies with it (and its pidfile holds a pid of that namespace).
+    namespaced: bool,
 }
 
 impl Sshd {
-    pub fn start(dir: &Path) -> Sshd {
+    /// Starts sshd; with `namespace`, inside that systemd's PID and mount namespace.
+    pub fn start(dir: &Path, namespace: Option<i32>) -> Sshd {
         require_root();
+        let wrap = |program: &Path| -> Command {
+            match namespace {
+                Some(pid) => {
+                    let mut cmd = Command::new("nsenter");
+                    cmd.args(["-t", &pid.to_string(), "-p", "-m", "--"])
+                        .arg(program);
+                    cmd
+                }
+                None => Command::new(program),
+            }
+        };
         let sshd = Path::new("/usr/sbin/sshd");
         assert!(
             sshd.exists(),
             "{} is missing: install openssh-server (tests/run does)",
             sshd.display()
         );
-        std::fs::create_dir_all("/run/sshd").unwrap();
+        let made = wrap(Path::new("/bin/mkdir"))
+            .args(["-p", "/run/sshd"])
+            .status()
+            .unwrap();
+        assert!(made.success());
         let dir = dir.join("sshd");
         let host_keys = dir.join("hostkeys");
         std::fs::create_dir_all(&host_keys).unwrap();
@@ -174,7 +192,7 @@ impl Sshd {
             ),
         )
         .unwrap();
-        let status = Command::new(sshd)
+        let status = wrap(sshd)
             .arg("-f")
             .arg(&config)
             .arg("-E")
@@ -193,6 +211,7 @@ impl Sshd {
             port,
             host_keys,
             dir,
+            namespaced: namespace.is_some(),
         }
     }
 
@@ -212,6 +231,9 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        if self.namespaced {
+            return;
+        }
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("sshd.pid")) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
                 let _ = nix::sys::signal::kill(
@@ -221,4 +243,152 @@ impl Drop for Sshd {
             }
         }
     }
+}
+
+/// A server set up with `install` and `keys add --generate`, a client holding the key.
+pub struct SshSetup {
+    pub public: Public,
+    pub user: User,
+    pub sshd: Sshd,
+    pub repo: PathBuf,
+    pub root: PathBuf,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub url: String,
+    pub keys_output: String,
+}
+
+impl SshSetup {
+    /// A fresh user and sshd, then `install` (with `hook`) and `keys add --generate`; `config`
+    /// (with `ROOT` for the deploy root) replaces the template.
+    pub fn new(hook: &str, config: &str) -> SshSetup {
+        SshSetup::with(Public::new(), User::create(), hook, config, None)
+    }
+
+    /// The same for a given user; with `namespace`, sshd (and so every hook) runs inside that
+    /// systemd namespace.
+    pub fn with(
+        public: Public,
+        user: User,
+        hook: &str,
+        config: &str,
+        namespace: Option<i32>,
+    ) -> SshSetup {
+        let sshd = Sshd::start(public.path(), namespace);
+        let repo = user.home.join("app.git");
+        let root = user.home.join("app");
+
+        let install = public.ats(&[
+            "install",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--user",
+            &user.name,
+            "--hook",
+            hook,
+        ]);
+        install
+            .success()
+            .stdout_has("did create the bare repository");
+        // The admin edits the config the template wrote.
+        std::fs::write(
+            repo.join("ats-hook.toml"),
+            config.replace("ROOT", root.to_str().unwrap()),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(repo.join("ats-hook.toml"), Some(user.uid()), None).unwrap();
+
+        let client = public.path().join("client");
+        std::fs::create_dir_all(&client).unwrap();
+        let key = client.join("deploy_key");
+        let keys = public.ats(&[
+            "keys",
+            "add",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--user",
+            &user.name,
+            "--generate",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &sshd.port.to_string(),
+            "--host-keys",
+            sshd.host_keys.to_str().unwrap(),
+            "--private-key-file",
+            key.to_str().unwrap(),
+        ]);
+        keys.success().stdout_has("it can push to and fetch from");
+        let keys_output = keys.stdout();
+        let url = format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            user.name,
+            sshd.port,
+            repo.display()
+        );
+        assert!(
+            keys_output.contains(&format!("STAGING_REMOTE_REPO:\n{url}\n")),
+            "{keys_output}"
+        );
+        let known_hosts = client.join("known_hosts");
+        SshSetup {
+            public,
+            user,
+            sshd,
+            repo,
+            root,
+            key,
+            known_hosts,
+            url,
+            keys_output,
+        }
+    }
+
+    pub fn ssh(&self) -> String {
+        self.sshd.ssh_command(&self.key, &self.known_hosts)
+    }
+
+    /// A clone on the pushing side with the remote `staging` added by `remote add --scan`.
+    pub fn clone(&self) -> Clone {
+        let clone = Clone::new_in(self.public.path(), "laptop");
+        let mut add = command(&self.public.bin, self.public.path());
+        add.args([
+            "remote",
+            "add",
+            "staging",
+            &self.url,
+            "--scan",
+            "--known-hosts",
+        ])
+        .arg(&self.known_hosts)
+        .current_dir(&clone.dir);
+        run(&mut add, "remote add")
+            .success()
+            .stdout_has("host key(s) of `[127.0.0.1]:");
+        clone
+    }
+
+    /// `ssh deploy-key@server COMMAND`, as an attacker holding the key would.
+    pub fn attempt(&self, extra: &[&str], remote_command: Option<&str>) -> Run {
+        let mut cmd = Command::new("sh");
+        let mut line = self.ssh();
+        for arg in extra {
+            line.push(' ');
+            line.push_str(arg);
+        }
+        line.push_str(&format!(
+            " -p {} {}@127.0.0.1",
+            self.sshd.port, self.user.name
+        ));
+        let mut cmd_line = line;
+        if let Some(remote) = remote_command {
+            cmd_line.push_str(&format!(" {}", shell_quote(remote)));
+        }
+        cmd.arg("-c").arg(&cmd_line);
+        run(&mut cmd, cmd_line.clone())
+    }
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }

@@ -1,0 +1,399 @@
+//! The flows our users run today, end to end, with the real parts: a Flask app with a Makefile,
+//! uWSGI and PostgreSQL; gunicorn and a worker under a real systemd, pushed to over SSH by a
+//! user whose only privilege is the shipped sudoers rule; production tags with a virtualenv per
+//! release; and a deploy under load that fails no request. The configs are the ones in
+//! contrib/examples/.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pretty_assertions::assert_eq;
+
+use crate::support::apps::*;
+use crate::support::system::{Public, SshSetup, User};
+use crate::support::*;
+
+/// shared/.env for the sample app: where pip finds its wheels, and the database.
+fn write_env_file(root: &Path, database_url: Option<&str>) -> std::path::PathBuf {
+    let shared = root.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let mut text = format!(
+        "PIP_NO_INDEX=1\nPIP_FIND_LINKS={}\n",
+        wheelhouse().display()
+    );
+    if let Some(url) = database_url {
+        text.push_str(&format!("DATABASE_URL={url}\n"));
+    }
+    let path = shared.join(".env");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn flask_with_make_uwsgi_touch_reload_and_postgres() {
+    let pg = Postgres::start();
+    let server = Server::new();
+    let root = server.root.clone();
+    let port = closed_port();
+    let env_file = write_env_file(&root, Some(&pg.url()));
+    let config = example_config(
+        "flask-uwsgi.toml",
+        &[
+            ("/srv/app", root.to_str().unwrap()),
+            ("127.0.0.1:8000", &format!("127.0.0.1:{port}")),
+        ],
+    );
+    // The first deploy comes before uWSGI runs: nothing to probe yet.
+    server.config(config.split("[health]").next().unwrap());
+    let clone = server.clone("work");
+    copy_sample_app(&clone);
+    let v1 = clone.commit("first version");
+    let push = clone.push();
+    push.success()
+        .stderr_has("upgrade-db | applying 0001_items.sql")
+        .stderr_has(&format!("ats-hook: deployed {} (main)", &v1[..7]));
+    let uwsgi = Uwsgi::start(port, &root, &env_file, &server.path().join("uwsgi.log"));
+    wait_for_body(&uwsgi.url(""), &v1, Duration::from_secs(30));
+    assert_eq!(get(&uwsgi.url("schema")).unwrap().trim(), "id,name");
+
+    // A migration and a touch: uWSGI reloads into the new release, which the health check sees.
+    server.config(&config);
+    clone.write(
+        "migrations/0002_price.sql",
+        "alter table items add column price numeric;\n",
+    );
+    let v2 = clone.commit("items have a price");
+    let push = clone.push();
+    push.success()
+        .stderr_has("upgrade-db | applying 0002_price.sql")
+        .stderr_has("restart: touched `wsgi.py`")
+        .stderr_has("health: ok after");
+    assert!(
+        push.summary()
+            .starts_with(&format!("ats-hook: deployed {}", &v2[..7])),
+        "{}",
+        push.summary()
+    );
+    assert_eq!(get(&uwsgi.url("")).unwrap().trim(), v2);
+    assert_eq!(get(&uwsgi.url("schema")).unwrap().trim(), "id,name,price");
+
+    // A migration that fails: the old release keeps serving, the schema is what it expects.
+    clone.write(
+        "migrations/0003_tags.sql",
+        "alter table item_tags add column weight int;\n",
+    );
+    clone.commit("a migration against a table that does not exist");
+    let push = clone.push();
+    push.success()
+        .stderr_has("0003_tags.sql failed: relation \"item_tags\" does not exist")
+        .stderr_has(&format!(
+            "deploy FAILED at step upgrade-db (exit 2); {} is still live",
+            &v2[..7]
+        ));
+    assert_eq!(get(&uwsgi.url("")).unwrap().trim(), v2);
+    assert_eq!(get(&uwsgi.url("schema")).unwrap().trim(), "id,name,price");
+    assert_eq!(
+        pg.query("select string_agg(name, ',' order by name) from schema_migrations"),
+        "0001_items.sql,0002_price.sql"
+    );
+}
+
+#[test]
+fn production_deploys_tags_only_each_release_with_its_own_virtualenv() {
+    let server = Server::new();
+    let root = server.root.clone();
+    write_env_file(&root, None);
+    server.config(&example_config(
+        "tagged-releases.toml",
+        &[("/srv/app-production", root.to_str().unwrap())],
+    ));
+    let clone = server.clone("work");
+    copy_sample_app(&clone);
+    clone.commit("first version");
+    clone
+        .push()
+        .success()
+        .stderr_has("ignored `refs/heads/main`");
+    assert!(server.releases().is_empty());
+    clone.git(&["tag", "v2-preview"]).success();
+    clone
+        .push_args(&["v2-preview"])
+        .success()
+        .stderr_has("ignored `refs/tags/v2-preview`");
+
+    let mut deployed = Vec::new();
+    for tag in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
+        clone.write("VERSION", tag);
+        clone.commit(&format!("release {tag}"));
+        clone.git(&["tag", "-a", "-m", tag, tag]).success();
+        let push = clone.push_args(&[tag]);
+        push.success()
+            .stderr_has("check | flask 3.")
+            .stderr_has(&format!("({tag})"));
+        let live = server.live().unwrap();
+        let venv = root.join("releases").join(&live).join(".venv/bin/python");
+        assert!(venv.exists(), "release {live} has no virtualenv");
+        assert_eq!(server.last_record()["ref"], format!("refs/tags/{tag}"));
+        deployed.push(live);
+    }
+    // keep_releases = 3: the oldest release went, its virtualenv with it.
+    let mut kept = deployed[1..].to_vec();
+    kept.sort();
+    assert_eq!(server.releases(), kept);
+    assert!(!root.join("releases").join(&deployed[0]).exists());
+    assert_eq!(server.live_file("VERSION"), "1.3.0");
+}
+
+/// gunicorn (`app.service`) and a worker (`app-worker.service`) under a systemd of their own,
+/// the user `deployer` allowed by the shipped sudoers rule to restart them, pushing over SSH.
+struct SystemdApp {
+    setup: SshSetup,
+    systemd: Systemd,
+    _sudoers: Sudoers,
+    port: u16,
+    units: std::path::PathBuf,
+    config: String,
+    clone: Clone,
+}
+
+fn app_unit(user: &str, root: &Path, port: u16, chdir: bool) -> String {
+    let chdir = if chdir {
+        format!(" --chdir {}/current", root.display())
+    } else {
+        String::new()
+    };
+    format!(
+        "[Unit]\nDefaultDependencies=no\n[Service]\nUser={user}\nGroup={user}\nWorkingDirectory={root}/current\n\
+         ExecStart={root}/shared/venv/bin/gunicorn -b 127.0.0.1:{port} --workers 2 --graceful-timeout 10{chdir} wsgi:application\n\
+         ExecReload=/bin/kill -s HUP $MAINPID\nKillMode=mixed\n",
+        root = root.display()
+    )
+}
+
+impl SystemdApp {
+    fn start() -> SystemdApp {
+        let public = Public::new();
+        let user = User::create();
+        let root = user.home.join("app");
+        let port = closed_port();
+        let units = public.path().join("units");
+        std::fs::create_dir_all(&units).unwrap();
+        std::fs::write(
+            units.join("app.service"),
+            app_unit(&user.name, &root, port, false),
+        )
+        .unwrap();
+        std::fs::write(
+            units.join("app-worker.service"),
+            format!(
+                "[Unit]\nDefaultDependencies=no\n[Service]\nUser={user}\nGroup={user}\nWorkingDirectory={root}/current\n\
+                 Environment=WORKER_STATUS={root}/shared/worker-status\nExecStart={root}/shared/venv/bin/python worker.py\n",
+                user = user.name,
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        let systemd = Systemd::boot(&units);
+        let sudoers = Sudoers::install_contrib(&user.name);
+        let config = example_config(
+            "systemd-gunicorn.toml",
+            &[
+                ("/home/deployer/app", root.to_str().unwrap()),
+                ("127.0.0.1:8000", &format!("127.0.0.1:{port}")),
+            ],
+        );
+        let uid = user.uid();
+        let setup = SshSetup::with(public, user, "post-receive", &config, Some(systemd.pid));
+        let env_file = write_env_file(&setup.root, None);
+        std::os::unix::fs::chown(&env_file, Some(uid), None).unwrap();
+        let clone = setup.clone();
+        copy_sample_app(&clone);
+        SystemdApp {
+            setup,
+            systemd,
+            _sudoers: sudoers,
+            port,
+            units,
+            config,
+            clone,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    fn use_config(&self, config: &str) {
+        std::fs::write(self.setup.repo.join("ats-hook.toml"), config).unwrap();
+    }
+
+    fn push(&self) -> Run {
+        let mut cmd = command("git", &self.clone.dir);
+        cmd.args(["push", "staging", "main"])
+            .current_dir(&self.clone.dir)
+            .env("GIT_SSH_COMMAND", self.setup.ssh());
+        run(&mut cmd, "git push staging main (over ssh)")
+    }
+
+    fn worker_runs(&self, commit: &str) {
+        let status = self.setup.root.join("shared/worker-status");
+        wait_for(
+            "the worker to run the new release",
+            Duration::from_secs(30),
+            || std::fs::read_to_string(&status).is_ok_and(|t| t.trim() == commit),
+        );
+    }
+
+    /// The first deploy: `systemctl restart` starts both units.
+    fn first_deploy(&self) -> String {
+        let v1 = self.clone.commit("first version");
+        let push = self.push();
+        push.success()
+            .stderr_has("restart: sudo systemctl restart app.service")
+            .stderr_has("restart: sudo systemctl restart app-worker.service")
+            .stderr_has("health: ok after");
+        assert_eq!(get(&self.url()).unwrap().trim(), v1);
+        self.worker_runs(&v1);
+        v1
+    }
+}
+
+#[test]
+fn systemd_gunicorn_and_worker_over_ssh_with_sudo_and_the_reload_trap() {
+    let app = SystemdApp::start();
+    let v1 = app.first_deploy();
+    let history = std::fs::read_to_string(app.setup.root.join(".ats-hook/deploys.jsonl")).unwrap();
+    assert!(
+        history.contains("\"pusher\":\"ats-hook-deploy@"),
+        "{history}"
+    );
+    // The deploy user can restart those units and nothing else.
+    let mut stop = app.systemd.nsenter(&[
+        "su",
+        "-s",
+        "/bin/sh",
+        "-c",
+        "sudo -n systemctl stop app.service",
+        &app.setup.user.name,
+    ]);
+    run(&mut stop, "sudo systemctl stop, as the deploy user")
+        .failure()
+        .stderr_has("sudo: a password is required");
+    assert_eq!(get(&app.url()).unwrap().trim(), v1, "the app was stopped");
+
+    // The trap: a reload (HUP) of gunicorn started in `current` keeps serving the old release.
+    let reload = app
+        .config
+        .replace(
+            "systemctl = [\"app.service\", \"app-worker.service\"]",
+            "systemctl = [\"app.service\"]",
+        )
+        .replace(
+            "systemctl_action = \"restart\"",
+            "systemctl_action = \"reload\"",
+        );
+    app.use_config(&reload);
+    app.clone.write(
+        "app.py",
+        &std::fs::read_to_string(app.clone.dir.join("app.py"))
+            .unwrap()
+            .replace("small Flask", "small, reloaded Flask"),
+    );
+    let v2 = app.clone.commit("second version");
+    let push = app.push();
+    push.success()
+        .stderr_has("restart: sudo systemctl reload app.service")
+        .stderr_has(&format!("without `{v2}` in the body"))
+        .stderr_has(&format!(
+            "The app still serves the previous commit {}",
+            &v1[..7]
+        ))
+        .stderr_has("`systemctl_action = \"restart\"`")
+        .stderr_has(&format!(
+            "deploy FAILED at health check; switched back, {} is live again",
+            &v1[..7]
+        ));
+    assert_eq!(get(&app.url()).unwrap().trim(), v1);
+
+    // The documented config, a restart, serves the new commit; the worker follows.
+    app.use_config(&app.config);
+    let v3 = app.clone.commit_file("VERSION", "3");
+    app.push()
+        .success()
+        .stderr_has(&format!("ats-hook: deployed {}", &v3[..7]));
+    assert_eq!(get(&app.url()).unwrap().trim(), v3);
+    app.worker_runs(&v3);
+}
+
+#[test]
+fn a_graceful_reload_deploy_under_load_fails_no_request() {
+    let app = SystemdApp::start();
+    app.first_deploy();
+    // The other documented config: gunicorn with --chdir, so a graceful reload follows `current`.
+    std::fs::write(
+        app.units.join("app.service"),
+        app_unit(&app.setup.user.name, &app.setup.root, app.port, true),
+    )
+    .unwrap();
+    app.systemd.systemctl(&["daemon-reload"]).success();
+    app.systemd.systemctl(&["restart", "app.service"]).success();
+    wait_for_body(&app.url(), "\n", Duration::from_secs(30));
+    // The worker has no graceful reload: this deploy reloads the web app only.
+    app.use_config(
+        &app.config
+            .replace(
+                "systemctl = [\"app.service\", \"app-worker.service\"]",
+                "systemctl = [\"app.service\"]",
+            )
+            .replace(
+                "systemctl_action = \"restart\"",
+                "systemctl_action = \"reload\"",
+            ),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = Arc::clone(&stop);
+        let url = app.url();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let (mut requests, mut failures, mut longest) = (0u32, Vec::new(), Duration::ZERO);
+            // Bounded in count and time, whatever happens to the deploy.
+            while !stop.load(Ordering::SeqCst)
+                && requests < 100_000
+                && started.elapsed() < Duration::from_secs(180)
+            {
+                let sent = Instant::now();
+                if let Err(err) = get(&url) {
+                    failures.push(err);
+                }
+                longest = longest.max(sent.elapsed());
+                requests += 1;
+            }
+            (requests, failures, longest)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let v2 = app.clone.commit_file("VERSION", "2");
+    let push = app.push();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let (requests, failures, longest) = client.join().unwrap();
+    println!(
+        "zero downtime: {requests} requests during the deploy, {} failed, longest {longest:?}",
+        failures.len()
+    );
+    push.success()
+        .stderr_has("restart: sudo systemctl reload app.service")
+        .stderr_has("health: ok after");
+    assert!(requests > 50, "too few requests to tell: {requests}");
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(get(&app.url()).unwrap().trim(), v2);
+}
