@@ -48,6 +48,24 @@ pub struct DeploySection {
     pub keep_releases: usize,
     #[serde(default = "default_lock_timeout")]
     pub lock_timeout: Duration,
+    /// Build a new release from an old one that pruning would remove next, touching only the
+    /// files that differ, instead of checking the whole tree out again.
+    #[serde(default = "default_true")]
+    pub recycle_releases: bool,
+    /// What happens to files a recycled release holds that its commit does not track (build
+    /// output such as `node_modules/` or `.venv/`): `remove` them (the default), so a release
+    /// starts from its tree alone as a fresh checkout would, or `keep` them, so steps can build
+    /// on them and skip themselves when their inputs did not change.
+    #[serde(default)]
+    pub untracked: Untracked,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Untracked {
+    Keep,
+    #[default]
+    Remove,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +97,10 @@ pub struct Step {
     /// For an `after_switch` step: whether its failure switches back to the previous release.
     #[serde(default)]
     pub rollback_on_failure: bool,
+    /// Files or folders of the commit this step depends on: when they are the same as when the
+    /// step last ran in the release this one is built from, the step is skipped.
+    #[serde(default)]
+    pub inputs: Vec<RelPath>,
 }
 
 /// `[health]`: how to tell that the new release really serves.
@@ -179,6 +201,9 @@ pub struct SignalAction {
 
 fn default_branches() -> Vec<Pattern> {
     vec![Pattern::new("main").expect("`main` is a valid pattern")]
+}
+fn default_true() -> bool {
+    true
 }
 fn default_keep_releases() -> usize {
     5

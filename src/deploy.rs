@@ -183,6 +183,9 @@ struct Session {
     previous_release: Option<String>,
     previous_commit: Option<String>,
     timings: Vec<(String, Duration)>,
+    /// The old release the new one was built from, and how long making its files took.
+    built_from: Option<String>,
+    checkout: Option<Duration>,
     _output: Option<output::DeployGuard>,
 }
 
@@ -241,6 +244,8 @@ impl Session {
             previous_release,
             previous_commit,
             timings: Vec::new(),
+            built_from: None,
+            checkout: None,
             _output: None,
         })
     }
@@ -289,6 +294,8 @@ impl Session {
             commit: self.holder.commit.clone(),
             release: release.to_string(),
             previous_release: self.previous_release.clone(),
+            built_from: self.built_from.clone(),
+            checkout_ms: self.checkout.map(|d| d.as_millis() as u64),
             state: State::Succeeded,
             failed_step: None,
             error: None,
@@ -450,14 +457,50 @@ fn pipeline(
     let commit = target.commit.to_string();
 
     let clock = Instant::now();
-    let checkout = release::materialize(repo, target.commit, &dir, &layout.index_file(&id))?;
+    let built_from = recycle_candidate(config, &layout, &session.records)?;
+    match &built_from {
+        Some(from) => {
+            let update = release::update(
+                repo,
+                &layout,
+                from,
+                &id,
+                target.commit,
+                &config.shared.paths,
+                config.deploy.untracked,
+            )?;
+            let mut note = format!(
+                "{} files written, {} removed",
+                update.written, update.removed
+            );
+            if update.repaired > 0 {
+                note.push_str(&format!(
+                    ", {} changed on disk and rewritten",
+                    update.repaired
+                ));
+            }
+            if update.cleaned > 0 {
+                note.push_str(&format!(", {} untracked removed", update.cleaned));
+            }
+            output::say(format!(
+                "built from old release {from}: {note} in {}",
+                seconds(clock.elapsed())
+            ));
+        }
+        None => {
+            let checkout =
+                release::materialize(repo, target.commit, &dir, &layout.index_file(&id))?;
+            output::say(format!(
+                "checked out {} files ({}) in {}",
+                checkout.files,
+                output::size(checkout.bytes),
+                seconds(clock.elapsed())
+            ));
+        }
+    }
+    session.built_from = built_from.clone();
+    session.checkout = Some(clock.elapsed());
     session.timings.push(("checkout".into(), clock.elapsed()));
-    output::say(format!(
-        "checked out {} files ({}) in {}",
-        checkout.files,
-        output::size(checkout.bytes),
-        seconds(clock.elapsed())
-    ));
     for note in release::link_shared(&layout, &dir, &config.shared.paths)? {
         output::say(note);
     }
@@ -472,13 +515,35 @@ fn pipeline(
         &target.git_ref,
     )?;
     let width = steps::prefix_width(config);
+    let tree = repo
+        .find_commit(target.commit)
+        .and_then(|commit| commit.tree())
+        .with_context(|| format!("failed to read the tree of `{commit}`"))?;
+    // Steps build on what the release they start from holds only when its untracked files stay.
+    let base = built_from.filter(|_| config.deploy.untracked == crate::config::Untracked::Keep);
     for step in config.steps_before_switch() {
         if process::stop_requested() {
             return Err(Stop::Interrupted {
                 during: format!("the steps, before `{}`", step.name),
             });
         }
-        let (record, exit) = steps::run(step, &dir, &env, width)?;
+        let inputs = steps::inputs_digest(&tree, &step.inputs);
+        let done_before = base
+            .as_deref()
+            .and_then(|from| record::step_inputs(&session.records, from, step.name.as_str()));
+        if inputs.is_some() && inputs.as_deref() == done_before {
+            output::say(format!("{}: skipped (inputs unchanged)", step.name));
+            steps.push(StepRecord {
+                name: step.name.to_string(),
+                status: record::StepStatus::Skipped,
+                exit_code: None,
+                duration_ms: 0,
+                inputs,
+            });
+            continue;
+        }
+        let (mut record, exit) = steps::run(step, &dir, &env, width)?;
+        record.inputs = inputs;
         session.timings.push((
             step.name.to_string(),
             Duration::from_millis(record.duration_ms),
@@ -524,6 +589,33 @@ fn pipeline(
         ));
     }
     Ok(())
+}
+
+/// An old release to build the new one from: the one pruning would remove next, once there
+/// are as many releases as are kept (before that, every release is kept and the new one is
+/// checked out whole). Never the live release nor the rollback target.
+fn recycle_candidate(
+    config: &Config,
+    layout: &Layout,
+    records: &[DeployRecord],
+) -> Result<Option<String>> {
+    if !config.deploy.recycle_releases {
+        return Ok(None);
+    }
+    let mut on_disk = layout.release_ids()?;
+    if on_disk.len() < config.deploy.keep_releases {
+        return Ok(None);
+    }
+    record::sort_chronologically(&mut on_disk, records);
+    let live = layout.live_release()?;
+    let rollback = record::rollback_target(records, live.as_deref(), &on_disk).cloned();
+    let mut protected: Vec<&str> = live.iter().map(String::as_str).collect();
+    protected.extend(rollback.as_deref());
+    let went_live = |id: &str| record::went_live(records, id);
+    Ok(release::expendable(&on_disk, &protected, &went_live)
+        .into_iter()
+        .find(|id| layout.index_file(id).is_file())
+        .cloned())
 }
 
 /// Switches `current` to `release`, restarts, checks health; on failure switches back.
@@ -748,6 +840,8 @@ fn record_interrupted(layout: &Layout, dead: &Holder) -> Result<()> {
             commit: dead.commit.clone(),
             release,
             previous_release: None,
+            built_from: None,
+            checkout_ms: None,
             state: State::Interrupted,
             failed_step: None,
             error: Some(format!(

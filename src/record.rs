@@ -38,6 +38,8 @@ pub enum StepStatus {
     Failed,
     TimedOut,
     Interrupted,
+    /// Its inputs were unchanged in the release this one was built from.
+    Skipped,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -48,6 +50,9 @@ pub struct StepRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     pub duration_ms: u64,
+    /// A digest of the step's inputs at this commit, for steps that declare inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
 }
 
 /// What a history entry did.
@@ -76,6 +81,13 @@ pub struct DeployRecord {
     pub release: String,
     /// The release that was live when this deploy started.
     pub previous_release: Option<String>,
+    /// The old release this one was built from (renamed and updated), if it was not checked
+    /// out whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_from: Option<String>,
+    /// How long making the release's files took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout_ms: Option<u64>,
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<String>,
@@ -177,4 +189,14 @@ pub fn sort_chronologically(ids: &mut [String], records: &[DeployRecord]) {
             .then(position(a).cmp(&position(b)))
             .then(a.cmp(b))
     });
+}
+
+/// The inputs digest a step last completed with in `release` (run or skipped), if it did.
+pub fn step_inputs<'a>(records: &'a [DeployRecord], release: &str, step: &str) -> Option<&'a str> {
+    let made = deploy_of(records, release)?;
+    let step = made.steps.iter().find(|s| s.name == step)?;
+    match step.status {
+        StepStatus::Ok | StepStatus::Skipped => step.inputs.as_deref(),
+        _ => None,
+    }
 }

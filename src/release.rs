@@ -101,28 +101,8 @@ fn write_tree(
                 write_tree(repo, &subtree, &path, &format!("{rel}/"), index, stats)?;
             }
             0o100644 | 0o100755 | 0o120000 => {
-                let blob = repo
-                    .find_blob(entry.id())
-                    .with_context(|| format!("failed to read blob of `{rel}`"))?;
-                if mode == 0o120000 {
-                    let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
-                        blob.content(),
-                    );
-                    std::os::unix::fs::symlink(target, &path).with_context(|| {
-                        format!("failed to create symlink `{}`", path.display())
-                    })?;
-                } else {
-                    let mut file = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(if mode == 0o100755 { 0o777 } else { 0o666 })
-                        .open(&path)
-                        .with_context(|| format!("failed to create `{}`", path.display()))?;
-                    file.write_all(blob.content())
-                        .with_context(|| format!("failed to write `{}`", path.display()))?;
-                }
+                stats.bytes += write_blob(repo, &path, &rel, mode, entry.id())?;
                 stats.files += 1;
-                stats.bytes += blob.size() as u64;
                 add_entry(index, &path, &rel, mode, entry.id())?;
             }
             0o160000 => {
@@ -136,6 +116,28 @@ fn write_tree(
         }
     }
     Ok(())
+}
+
+/// Writes one file or symlink of the tree at `path`, which must not exist. Returns its size.
+fn write_blob(repo: &Repository, path: &Path, rel: &str, mode: u32, id: Oid) -> Result<u64> {
+    let blob = repo
+        .find_blob(id)
+        .with_context(|| format!("failed to read blob of `{rel}`"))?;
+    if mode == 0o120000 {
+        let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(blob.content());
+        std::os::unix::fs::symlink(target, path)
+            .with_context(|| format!("failed to create symlink `{}`", path.display()))?;
+    } else {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if mode == 0o100755 { 0o777 } else { 0o666 })
+            .open(path)
+            .with_context(|| format!("failed to create `{}`", path.display()))?;
+        file.write_all(blob.content())
+            .with_context(|| format!("failed to write `{}`", path.display()))?;
+    }
+    Ok(blob.size() as u64)
 }
 
 fn is_safe_name(name: &str) -> bool {
@@ -306,19 +308,287 @@ pub fn prune(
     if ids.len() <= keep {
         return Ok(Vec::new());
     }
-    let mut candidates: Vec<&String> = ids
-        .iter()
-        .filter(|id| !protected.contains(&id.as_str()))
-        .collect();
-    // Stable sort: within each group the order stays oldest first.
-    candidates.sort_by_key(|id| went_live(id));
     let mut removed = Vec::new();
-    for id in candidates.into_iter().take(ids.len() - keep) {
+    for id in expendable(ids, protected, went_live)
+        .into_iter()
+        .take(ids.len() - keep)
+    {
         let dir = layout.release(id);
         fs::remove_dir_all(&dir)
             .with_context(|| format!("failed to remove old release `{}`", dir.display()))?;
         let _ = fs::remove_file(layout.index_file(id));
         removed.push(id.clone());
+    }
+    Ok(removed)
+}
+
+/// The releases pruning may remove, in the order it removes them: never the `protected` ones,
+/// releases that never went live first, each group oldest first (`ids` is oldest first).
+pub fn expendable<'a>(
+    ids: &'a [String],
+    protected: &[&str],
+    went_live: &dyn Fn(&str) -> bool,
+) -> Vec<&'a String> {
+    let mut candidates: Vec<&String> = ids
+        .iter()
+        .filter(|id| !protected.contains(&id.as_str()))
+        .collect();
+    // A stable sort keeps each group oldest first.
+    candidates.sort_by_key(|id| went_live(id));
+    candidates
+}
+
+/// How an existing release was turned into a new one.
+#[derive(Debug, Default)]
+pub struct Update {
+    pub written: usize,
+    pub removed: usize,
+    /// Tracked files found changed on disk since they were written (rewritten).
+    pub repaired: usize,
+    /// Untracked files removed (with `untracked = "remove"`).
+    pub cleaned: usize,
+}
+
+/// Builds release `new_id` from the old release `from_id`: renames it, then brings its tracked
+/// files to the tree of `commit`, touching only what differs. Its kept index says what it
+/// holds; a stat check catches files changed on disk since. Shared links of the old release
+/// are removed first and linked again afterwards, so no write can land in `shared/`.
+pub fn update(
+    repo: &Repository,
+    layout: &Layout,
+    from_id: &str,
+    new_id: &str,
+    commit: Oid,
+    shared: &[RelPath],
+    untracked: crate::config::Untracked,
+) -> Result<Update> {
+    let dir = layout.release(new_id);
+    let index_path = layout.index_file(new_id);
+    fs::rename(layout.release(from_id), &dir)
+        .with_context(|| format!("failed to rename release `{from_id}` to `{new_id}`"))?;
+    fs::rename(layout.index_file(from_id), &index_path)
+        .with_context(|| format!("failed to move the index of `{from_id}`"))?;
+    for path in shared {
+        let link = dir.join(path.as_path());
+        if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&link)
+                .with_context(|| format!("failed to remove `{}`", link.display()))?;
+        }
+    }
+
+    let mut index = Index::open(&index_path)
+        .with_context(|| format!("failed to read index `{}`", index_path.display()))?;
+    // What the old release holds, as far as its files are unchanged on disk.
+    let mut old: HashMap<Vec<u8>, (Oid, u32)> = HashMap::with_capacity(index.len());
+    let mut dirty: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    for entry in index.iter() {
+        let path = dir.join(std::ffi::OsStr::from_bytes(&entry.path));
+        if unchanged_on_disk(&path, &entry) {
+            old.insert(entry.path.clone(), (entry.id, entry.mode));
+        } else {
+            dirty.insert(entry.path.clone());
+        }
+    }
+
+    let tree = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .with_context(|| format!("failed to read the tree of `{commit}`"))?;
+    let mut wanted: Vec<(String, u32, Oid)> = Vec::new();
+    collect_tree(repo, &tree, "", &mut wanted)?;
+
+    let mut update = Update {
+        repaired: dirty.len(),
+        ..Update::default()
+    };
+    let keep: std::collections::HashSet<&[u8]> =
+        wanted.iter().map(|(p, _, _)| p.as_bytes()).collect();
+    // Remove what the new tree does not have (and what changed on disk), deepest first.
+    let mut gone: Vec<Vec<u8>> = index
+        .iter()
+        .map(|e| e.path)
+        .filter(|p| !keep.contains(p.as_slice()) || dirty.contains(p))
+        .collect();
+    gone.sort_by(|a, b| b.cmp(a));
+    for rel in &gone {
+        let path = dir.join(std::ffi::OsStr::from_bytes(rel));
+        remove_any(&path)?;
+        index
+            .remove_path(Path::new(std::ffi::OsStr::from_bytes(rel)))
+            .ok();
+        old.remove(rel);
+        if !keep.contains(rel.as_slice()) {
+            update.removed += 1;
+            remove_empty_parents(&dir, &path);
+        }
+    }
+    for (rel, mode, id) in &wanted {
+        if old.get(rel.as_bytes()) == Some(&(*id, *mode)) {
+            continue;
+        }
+        let path = dir.join(rel);
+        make_parents(&dir, Path::new(rel))?;
+        remove_any(&path)?;
+        write_blob_or_gitlink(repo, &path, rel, *mode, *id)?;
+        add_entry(&mut index, &path, rel, *mode, *id)?;
+        update.written += 1;
+    }
+    if untracked == crate::config::Untracked::Remove {
+        let mut folders = std::collections::HashSet::new();
+        for (rel, _, _) in &wanted {
+            let mut parent = Path::new(rel.as_str()).parent();
+            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                if !folders.insert(p.as_os_str().as_bytes().to_vec()) {
+                    break;
+                }
+                parent = p.parent();
+            }
+        }
+        update.cleaned = remove_untracked(&dir, Path::new(""), &keep, &folders)?;
+    }
+    index
+        .write()
+        .with_context(|| format!("failed to write index `{}`", index_path.display()))?;
+    Ok(update)
+}
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+
+/// Every file, symlink and submodule of a tree, with its path, mode and id.
+fn collect_tree(
+    repo: &Repository,
+    tree: &Tree<'_>,
+    prefix: &str,
+    out: &mut Vec<(String, u32, Oid)>,
+) -> Result<()> {
+    for entry in tree.iter() {
+        let name = std::str::from_utf8(entry.name_bytes())
+            .ok()
+            .filter(|name| is_safe_name(name));
+        let Some(name) = name else {
+            bail!(
+                "the commit holds an unsafe path `{}{}`; refusing to check it out",
+                prefix,
+                String::from_utf8_lossy(entry.name_bytes())
+            );
+        };
+        let rel = format!("{prefix}{name}");
+        let mode = entry.filemode() as u32;
+        if mode == 0o040000 {
+            let subtree = repo
+                .find_tree(entry.id())
+                .with_context(|| format!("failed to read tree `{rel}`"))?;
+            collect_tree(repo, &subtree, &format!("{rel}/"), out)?;
+        } else {
+            out.push((rel, mode, entry.id()));
+        }
+    }
+    Ok(())
+}
+
+fn write_blob_or_gitlink(
+    repo: &Repository,
+    path: &Path,
+    rel: &str,
+    mode: u32,
+    id: Oid,
+) -> Result<()> {
+    match mode {
+        0o100644 | 0o100755 | 0o120000 => write_blob(repo, path, rel, mode, id).map(drop),
+        0o160000 => {
+            fs::create_dir(path).with_context(|| format!("failed to create `{}`", path.display()))
+        }
+        other => bail!("`{rel}` has an unknown file mode {other:o}"),
+    }
+}
+
+/// Whether a file is as the index recorded it when it was written: same type, size, mtime and
+/// inode (what git's own stat check compares).
+fn unchanged_on_disk(path: &Path, entry: &IndexEntry) -> bool {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return false;
+    };
+    let kind_ok = match entry.mode {
+        0o120000 => meta.file_type().is_symlink(),
+        0o160000 => meta.is_dir(),
+        mode => meta.is_file() && (meta.mode() & 0o111 != 0) == (mode == 0o100755),
+    };
+    if !kind_ok {
+        return false;
+    }
+    entry.mode == 0o160000
+        || (meta.size() as u32 == entry.file_size
+            && meta.mtime() as i32 == entry.mtime.seconds()
+            && meta.mtime_nsec() as u32 == entry.mtime.nanoseconds()
+            && meta.ino() as u32 == entry.ino)
+}
+
+/// Removes a file, symlink or folder, never following a symlink.
+fn remove_any(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+    }
+    .with_context(|| format!("failed to remove `{}`", path.display()))
+}
+
+/// Creates the folders above `rel`, replacing anything in the way that is not a real folder
+/// (a symlink among them), so writes stay inside the release.
+fn make_parents(release: &Path, rel: &Path) -> Result<()> {
+    let mut dir = release.to_path_buf();
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
+    for part in parent.components() {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => continue,
+            Ok(_) => fs::remove_file(&dir)
+                .with_context(|| format!("failed to remove `{}`", dir.display()))?,
+            Err(_) => {}
+        }
+        fs::create_dir(&dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes the empty folders above `path`, up to the release.
+fn remove_empty_parents(release: &Path, path: &Path) {
+    let mut dir = path.parent();
+    while let Some(current) = dir {
+        if current == release || fs::remove_dir(current).is_err() {
+            break;
+        }
+        dir = current.parent();
+    }
+}
+
+/// Removes what the tree does not track; returns how many entries went.
+fn remove_untracked(
+    release: &Path,
+    rel: &Path,
+    tracked: &std::collections::HashSet<&[u8]>,
+    folders: &std::collections::HashSet<Vec<u8>>,
+) -> Result<usize> {
+    let dir = release.join(rel);
+    let mut removed = 0;
+    for entry in
+        fs::read_dir(&dir).with_context(|| format!("failed to list `{}`", dir.display()))?
+    {
+        let entry = entry?;
+        let child = rel.join(entry.file_name());
+        let bytes = child.as_os_str().as_bytes();
+        if tracked.contains(bytes) {
+            continue;
+        }
+        if folders.contains(bytes) && entry.file_type()?.is_dir() {
+            removed += remove_untracked(release, &child, tracked, folders)?;
+        } else {
+            remove_any(&release.join(&child))?;
+            removed += 1;
+        }
     }
     Ok(removed)
 }

@@ -60,6 +60,25 @@ pub fn environment(config: &Config, vars: &DeployVars<'_>) -> Result<BTreeMap<St
     Ok(env)
 }
 
+/// What a step's declared inputs are at a commit: each path with the id of its blob or tree
+/// (`-` when absent), so equal text means equal content. `None` for a step without inputs.
+pub fn inputs_digest(tree: &git2::Tree<'_>, inputs: &[crate::config::RelPath]) -> Option<String> {
+    if inputs.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = inputs
+        .iter()
+        .map(|input| {
+            let id = tree
+                .get_path(input.as_path())
+                .map(|e| e.id().to_string())
+                .unwrap_or_else(|_| "-".into());
+            format!("{input}@{id}")
+        })
+        .collect();
+    Some(parts.join(" "))
+}
+
 /// The width step names are padded to, so output lines align.
 pub fn prefix_width(config: &Config) -> usize {
     config
@@ -105,6 +124,7 @@ pub fn run(
         status,
         exit_code: finished.exit.shell_code(),
         duration_ms: finished.duration.as_millis() as u64,
+        inputs: None,
     };
     Ok((record, finished.exit))
 }
