@@ -13,6 +13,7 @@ mod health;
 mod install;
 mod journald;
 mod push;
+mod releases;
 mod rollback;
 mod ssh;
 mod stdin;

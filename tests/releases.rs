@@ -1,0 +1,387 @@
+//! Incremental releases: a new release built from an old one must hold exactly its commit's
+//! tree, whatever the history did (adds, deletes, renames, modes, symlinks, files turned into
+//! folders and back), and the live release and the rollback target are never touched.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use pretty_assertions::assert_eq;
+
+use crate::support::*;
+
+/// A small deterministic random generator (xorshift), so a failing series can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Tracked paths of the work tree (files and symlinks), relative.
+fn tracked(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".git" {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// One random change to the work tree.
+fn mutate(rng: &mut Rng, dir: &Path, n: usize) {
+    let files = tracked(dir);
+    let folders = ["", "a/", "a/b/", "c/", "c/d/e/"];
+    let pick = |rng: &mut Rng| files[rng.below(files.len())].clone();
+    match rng.below(8) {
+        // Add a file.
+        0 | 1 => {
+            let path = dir.join(format!("{}f{n}.txt", folders[rng.below(folders.len())]));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, format!("file {n}\n").repeat(rng.below(50) + 1)).unwrap();
+        }
+        // Change a file's content.
+        2 if !files.is_empty() => {
+            let path = dir.join(pick(rng));
+            if !path.is_symlink() {
+                std::fs::write(path, format!("changed {n}\n")).unwrap();
+            }
+        }
+        // Delete one.
+        3 if files.len() > 3 => std::fs::remove_file(dir.join(pick(rng))).unwrap(),
+        // Rename one.
+        4 if !files.is_empty() => {
+            let from = dir.join(pick(rng));
+            let to = dir.join(format!("{}moved{n}", folders[rng.below(folders.len())]));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::rename(from, to).unwrap();
+        }
+        // Flip the executable bit.
+        5 if !files.is_empty() => {
+            let path = dir.join(pick(rng));
+            if !path.is_symlink() {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode ^ 0o111))
+                    .unwrap();
+            }
+        }
+        // A symlink, to a file or nowhere.
+        6 => {
+            let target = if files.is_empty() {
+                "nowhere".to_string()
+            } else {
+                pick(rng)
+            };
+            let link = dir.join(format!("link{n}"));
+            std::os::unix::fs::symlink(target, link).unwrap();
+        }
+        // A file replaced by a folder of that name, or a folder by a file.
+        _ => {
+            let file = dir.join("shape");
+            if file.is_dir() {
+                std::fs::remove_dir_all(&file).unwrap();
+                std::fs::write(&file, format!("a file again {n}\n")).unwrap();
+            } else {
+                let _ = std::fs::remove_file(&file);
+                std::fs::create_dir_all(file.join("inner")).unwrap();
+                std::fs::write(file.join("inner/x"), format!("now a folder {n}\n")).unwrap();
+            }
+        }
+    }
+}
+
+/// Asserts a release holds exactly the commit's tree: same paths, bytes, modes and links, and
+/// nothing else but the shared links.
+#[track_caller]
+fn assert_release_is(repo: &git2::Repository, release: &Path, commit: &str, shared: &[&str]) {
+    let tree = repo
+        .find_commit(git2::Oid::from_str(commit).unwrap())
+        .unwrap()
+        .tree()
+        .unwrap();
+    let mut expected: BTreeMap<String, (i32, Vec<u8>)> = BTreeMap::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |prefix, entry| {
+        let path = format!("{prefix}{}", entry.name().unwrap());
+        let linked = shared
+            .iter()
+            .any(|s| path == *s || path.starts_with(&format!("{s}/")));
+        if entry.kind() == Some(git2::ObjectType::Blob) && !linked {
+            let blob = repo.find_blob(entry.id()).unwrap();
+            expected.insert(path, (entry.filemode(), blob.content().to_vec()));
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .unwrap();
+    let mut actual: BTreeMap<String, (i32, Vec<u8>)> = BTreeMap::new();
+    for rel in tracked(release) {
+        if shared.contains(&rel.as_str()) {
+            continue;
+        }
+        let path = release.join(&rel);
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let entry = if meta.file_type().is_symlink() {
+            (
+                0o120000,
+                std::fs::read_link(&path)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+        } else {
+            let mode = if meta.mode() & 0o100 != 0 {
+                0o100755
+            } else {
+                0o100644
+            };
+            (mode, std::fs::read(&path).unwrap())
+        };
+        actual.insert(rel, entry);
+    }
+    let show = |m: &BTreeMap<String, (i32, Vec<u8>)>| -> Vec<String> {
+        m.iter()
+            .map(|(k, (mode, bytes))| {
+                format!("{k} {mode:o} {}", String::from_utf8_lossy(bytes).len())
+            })
+            .collect()
+    };
+    assert_eq!(
+        show(&actual),
+        show(&expected),
+        "release {} differs from {commit}",
+        release.display()
+    );
+    assert!(
+        actual == expected,
+        "release {} has the right paths but other bytes than {commit}",
+        release.display()
+    );
+}
+
+/// Identity of every file of a folder: inode, size, mtime, ctime.
+fn snapshot(dir: &Path) -> BTreeMap<String, (u64, u64, i64, i64, i64)> {
+    tracked(dir)
+        .into_iter()
+        .map(|rel| {
+            let meta = std::fs::symlink_metadata(dir.join(&rel)).unwrap();
+            (
+                rel,
+                (
+                    meta.ino(),
+                    meta.size(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    meta.ctime_nsec(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_release_equals_its_commit_through_a_random_history() {
+    let seed: u64 = std::env::var("ATS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_ba5e);
+    println!("seed {seed} (ATS_TEST_SEED replays it)");
+    let mut rng = Rng(seed);
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n[shared]\npaths = [\"log\"]\n\
+         [[step]]\nname = \"build\"\nrun = \"mkdir -p build && date +%s%N > build/out.txt\"\n",
+    );
+    let clone = server.clone("work");
+    clone.write("README", "start\n");
+    clone.write("log/.gitkeep", "");
+    clone.commit("start");
+    clone.push().success();
+    let repo = git2::Repository::open_bare(&server.bare).unwrap();
+
+    let mut recycled = 0;
+    for n in 0..30 {
+        for op in 0..rng.below(5) + 1 {
+            mutate(&mut rng, &clone.dir, n * 10 + op);
+        }
+        clone.commit(&format!("change {n}"));
+        // What is live, and where a rollback would go, must come through this deploy untouched.
+        let records = server.records();
+        let live = server.live().unwrap();
+        let rollback = records
+            .iter()
+            .rev()
+            .map(|r| r["release"].as_str().unwrap().to_string())
+            .find(|id| *id != live && server.releases().contains(id));
+        let before: Vec<(PathBuf, _)> = [Some(live.clone()), rollback]
+            .into_iter()
+            .flatten()
+            .map(|id| {
+                let dir = server.root.join("releases").join(id);
+                let snap = snapshot(&dir);
+                (dir, snap)
+            })
+            .collect();
+
+        clone.push().success().stderr_has("ats-hook: deployed");
+
+        for (dir, snap) in &before {
+            assert_eq!(
+                &snapshot(dir),
+                snap,
+                "{} was touched by deploy {n}",
+                dir.display()
+            );
+        }
+        let record = server.last_record();
+        if record["built_from"].is_string() {
+            recycled += 1;
+        }
+        for id in server.releases() {
+            let made = server
+                .records()
+                .into_iter()
+                .rev()
+                .find(|r| r["release"] == id.as_str() && r["action"] == "deploy")
+                .unwrap();
+            let dir = server.root.join("releases").join(&id);
+            assert_release_is(
+                &repo,
+                &dir,
+                made["commit"].as_str().unwrap(),
+                &["log", "build/out.txt"],
+            );
+            assert!(
+                std::fs::read_link(dir.join("log")).is_ok(),
+                "{id} lost its shared link"
+            );
+        }
+    }
+    assert!(
+        recycled >= 25,
+        "only {recycled} of 30 deploys were built from an old release"
+    );
+}
+
+#[test]
+fn untracked_files_go_by_default_and_stay_when_kept() {
+    for (policy, stays) in [("remove", false), ("keep", true)] {
+        let server = Server::new();
+        server.config(&format!(
+            "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\nuntracked = \"{policy}\"\n\
+             [[step]]\nname = \"build\"\nrun = \"test -e build/first || {{ mkdir -p build; echo $ATS_COMMIT > build/first; }}\"\n"
+        ));
+        let clone = server.clone("work");
+        let first = clone.commit_file("a", "0");
+        clone.push().success();
+        for n in 1..4 {
+            clone.commit_file("a", &n.to_string());
+            clone.push().success();
+        }
+        assert!(server.last_record()["built_from"].is_string());
+        let kept = server.live_file("build/first").trim() == first;
+        assert_eq!(kept, stays, "untracked = {policy}");
+    }
+}
+
+#[test]
+fn a_step_whose_inputs_did_not_change_is_skipped() {
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\nuntracked = \"keep\"\n\
+         [[step]]\nname = \"install\"\ninputs = [\"requirements.txt\", \"vendor\"]\n\
+         run = \"cat requirements.txt > installed.txt; echo ran >> $ATS_DEPLOY_ROOT/install-runs\"\n\
+         [[step]]\nname = \"build\"\nrun = \"true\"\n",
+    );
+    let clone = server.clone("work");
+    clone.write("requirements.txt", "flask==3.0\n");
+    clone.write("vendor/lib.txt", "v1\n");
+    for n in 0..3 {
+        clone.commit_file("app.py", &format!("{n}\n"));
+        clone.push().success();
+    }
+    let runs = || {
+        std::fs::read_to_string(server.root.join("install-runs"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(
+        runs(),
+        3,
+        "no release to build from yet: each deploy installs"
+    );
+
+    // Built from the first release, whose install ran with the same inputs: skipped.
+    clone.commit_file("app.py", "3\n");
+    let push = clone.push();
+    push.success()
+        .stderr_has("ats-hook: install: skipped (inputs unchanged)");
+    assert_eq!(runs(), 3);
+    assert_eq!(server.live_file("installed.txt"), "flask==3.0\n");
+    let record = server.last_record();
+    assert_eq!(record["steps"][0]["status"], "skipped");
+    assert_eq!(record["steps"][1]["status"], "ok");
+    assert!(record["steps"][0]["inputs"]
+        .as_str()
+        .unwrap()
+        .starts_with("requirements.txt@"));
+
+    // A changed input runs the step, whichever one changed.
+    clone.commit_file("requirements.txt", "flask==3.1\n");
+    clone.push().success().stderr_lacks("install: skipped");
+    assert_eq!(runs(), 4);
+    assert_eq!(server.live_file("installed.txt"), "flask==3.1\n");
+    clone.commit_file("vendor/lib.txt", "v2\n");
+    clone.push().success().stderr_lacks("install: skipped");
+    assert_eq!(runs(), 5);
+}
+
+#[test]
+fn a_tracked_file_changed_on_disk_is_rewritten_when_its_release_is_reused() {
+    let server = Server::new();
+    server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n");
+    let clone = server.clone("work");
+    clone.write("config.py", "DEBUG = False\n");
+    clone.commit_file("app.py", "0\n");
+    clone.push().success();
+    let oldest = server.live().unwrap();
+    // Someone edits a file of an old release by hand.
+    std::fs::write(
+        server.root.join("releases").join(&oldest).join("config.py"),
+        "DEBUG = True\n",
+    )
+    .unwrap();
+    for n in 1..4 {
+        clone.commit_file("app.py", &format!("{n}\n"));
+        let push = clone.push();
+        push.success();
+        if n == 3 {
+            push.stderr_has(&format!("built from old release {oldest}"))
+                .stderr_has("1 changed on disk and rewritten");
+        }
+    }
+    assert_eq!(server.live_file("config.py"), "DEBUG = False\n");
+}
