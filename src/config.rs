@@ -581,6 +581,12 @@ mod tests {
         assert_eq!(config.deploy.keep_releases, 5);
         assert!(config.selects("refs/heads/main"));
         assert_eq!(config.steps_before_switch().count(), 2);
+        assert!(config.deploy.recycle_releases);
+        assert_eq!(config.deploy.untracked, Untracked::Remove);
+        assert_eq!(
+            config.steps[0].inputs,
+            vec![RelPath::new("requirements.txt").unwrap()]
+        );
         assert_eq!(config.steps_after_switch().count(), 1);
         let health = config.health.as_ref().unwrap();
         assert_eq!(health.expect_body.as_deref(), Some("{commit}"));

@@ -40,6 +40,23 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
         };
         writeln!(out, "env file:  {} ({state})", file.display())?;
     }
+    let untracked = match deploy.untracked {
+        crate::config::Untracked::Keep => "kept",
+        crate::config::Untracked::Remove => "removed",
+    };
+    if deploy.recycle_releases {
+        writeln!(out, "building:  from the release pruning would remove next (its untracked files {untracked}), else a full checkout")?;
+    } else {
+        writeln!(out, "building:  a full checkout for every release")?;
+    }
+    if config.steps.iter().any(|s| !s.inputs.is_empty())
+        && deploy.untracked == crate::config::Untracked::Remove
+    {
+        writeln!(
+            out,
+            "note:      steps with `inputs` always run while `untracked = \"remove\"`"
+        )?;
+    }
     if config.steps_before_switch().next().is_none() {
         writeln!(out, "steps:     none")?;
     }
@@ -52,6 +69,14 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             step.timeout,
             step.run
         )?;
+        if !step.inputs.is_empty() {
+            let inputs: Vec<String> = step.inputs.iter().map(|i| i.to_string()).collect();
+            writeln!(
+                out,
+                "           skipped when unchanged: {}",
+                inputs.join(", ")
+            )?;
+        }
     }
     writeln!(
         out,
