@@ -527,6 +527,7 @@ fn pipeline(
                 during: format!("the steps, before `{}`", step.name),
             });
         }
+        let deciding = Instant::now();
         let inputs = steps::inputs_digest(&tree, &step.inputs);
         let done_before = base
             .as_deref()
@@ -537,7 +538,8 @@ fn pipeline(
                 name: step.name.to_string(),
                 status: record::StepStatus::Skipped,
                 exit_code: None,
-                duration_ms: 0,
+                // What deciding to skip cost.
+                duration_ms: deciding.elapsed().as_millis() as u64,
                 inputs,
             });
             continue;

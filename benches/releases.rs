@@ -1,0 +1,512 @@
+//! How fast ats-hook makes a release, next to the usual ways, measured in one run.
+//!
+//! Run with `cargo bench --bench releases` (add `-- --quick` for a shorter run). It generates a
+//! repository shaped like a large web app (about 5,000 files and 60 MB in nested folders, a few
+//! large files), pushes a series of small changes through ats-hook as a real post-receive hook,
+//! and times, on the same commits:
+//!
+//! - an in-place `git checkout -f` with a kept index (the hand-written post-receive script);
+//! - a full checkout of the commit into a fresh folder (a naive release);
+//! - `git archive | tar -x` into a fresh folder (Capistrano's way);
+//! - ats-hook's release, as the hook itself records it (`checkout_ms` in deploys.jsonl);
+//!
+//! plus the cost of a push whose ref ats-hook does not deploy (against a repository with no
+//! hook), the hook's peak memory, and what a skipped install step costs. It prints medians and
+//! ratios against the targets. Everything happens under one temporary folder, removed at the end.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ats-hook");
+
+/// A deterministic generator of file contents.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn text(&mut self, len: usize) -> Vec<u8> {
+        const WORDS: &[&str] = &[
+            "def ",
+            "return ",
+            "self",
+            ".objects",
+            "(request)",
+            " = ",
+            "import ",
+            "class ",
+            "\n",
+            "    ",
+            "if ",
+            "for ",
+            " in ",
+            "None",
+            "True",
+            "models",
+            "views",
+            "{% block %}",
+            "<div>",
+            "</div>",
+            "x",
+            "y",
+            "z",
+        ];
+        let mut out = Vec::with_capacity(len + 16);
+        while out.len() < len {
+            let word = WORDS[(self.next() % WORDS.len() as u64) as usize];
+            out.extend_from_slice(word.as_bytes());
+            if self.next() % 7 == 0 {
+                out.extend_from_slice(format!("{:x}", self.next() % 100_000).as_bytes());
+            }
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = hermetic(Command::new("git"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn hermetic(mut cmd: Command) -> Command {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GIT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.com");
+    cmd
+}
+
+/// Runs a command, returning its wall time; panics on failure.
+fn time(cmd: &mut Command) -> Duration {
+    let start = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The app's tree: nested folders of source-like files, and a few large files.
+fn generate(work: &Path, rng: &mut Rng) -> (usize, u64) {
+    let (mut files, mut bytes) = (0, 0u64);
+    for app in 0..12 {
+        for module in 0..8 {
+            for kind in ["models", "views", "templates", "static", "tests"] {
+                let dir = work.join(format!("apps/app{app}/module{module}/{kind}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for n in 0..10 {
+                    let len = 2_000 + (rng.next() % 18_000) as usize;
+                    std::fs::write(dir.join(format!("file{n}.py")), rng.text(len)).unwrap();
+                    files += 1;
+                    bytes += len as u64;
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(work.join("assets/media")).unwrap();
+    for n in 0..12 {
+        let len = 400_000 + (rng.next() % 200_000) as usize;
+        std::fs::write(
+            work.join(format!("assets/media/bundle{n}.js")),
+            rng.text(len),
+        )
+        .unwrap();
+        files += 1;
+        bytes += len as u64;
+    }
+    std::fs::write(work.join("requirements.txt"), "django==5.0\ngunicorn\n").unwrap();
+    (files + 1, bytes)
+}
+
+/// The hook's own record of the last deploy.
+fn last_record(root: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(root.join(".ats-hook/deploys.jsonl")).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+/// Peak resident memory of a command, in KiB: run from a child of ours that has no other
+/// children, so `RUSAGE_CHILDREN` is that command's (and its own children's) alone.
+fn peak_rss(cmd_line: &[&str], dir: &Path) -> u64 {
+    let out = hermetic(Command::new(std::env::current_exe().unwrap()))
+        .arg("--measure-rss")
+        .args(cmd_line)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn measure_rss(args: &[String]) -> ! {
+    let status = Command::new(&args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{args:?} failed");
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    println!("{}", usage.max_rss());
+    std::process::exit(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--measure-rss") {
+        measure_rss(&args[pos + 1..]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let (series, slow_samples) = if quick { (5, 2) } else { (15, 5) };
+
+    let tmp = tempfile::Builder::new()
+        .prefix("ats-hook-bench-")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path();
+    let work = base.join("work");
+    let bare = base.join("app.git");
+    let root = base.join("app");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut rng = Rng(0x00c0_ffee);
+
+    eprintln!("generating the repository…");
+    let (files, bytes) = generate(&work, &mut rng);
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "initial"]);
+    git(
+        base,
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+    );
+    std::os::unix::fs::symlink(BIN, bare.join("hooks/post-receive")).unwrap();
+    std::fs::write(
+        bare.join("ats-hook.toml"),
+        format!(
+            "[deploy]\nroot = \"{}\"\nkeep_releases = 5\nuntracked = \"keep\"\n\
+             [[step]]\nname = \"install\"\ninputs = [\"requirements.txt\"]\nrun = \"sleep 1\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    git(&work, &["remote", "add", "staging", bare.to_str().unwrap()]);
+    let first = git(&work, &["rev-parse", "HEAD"]);
+
+    // First deploy: a full checkout by ats-hook, and by git into an empty folder.
+    time(
+        hermetic(Command::new("git"))
+            .args(["push", "-q", "staging", "main"])
+            .current_dir(&work),
+    );
+    let first_deploy = Duration::from_millis(last_record(&root)["checkout_ms"].as_u64().unwrap());
+    let full_checkout = |sha: &str, n: usize| {
+        let dir = base.join(format!("fresh{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let took = time(
+            hermetic(Command::new("git"))
+                .args([
+                    "--git-dir",
+                    bare.to_str().unwrap(),
+                    "--work-tree",
+                    dir.to_str().unwrap(),
+                    "checkout",
+                    "-f",
+                    sha,
+                    "--",
+                    ".",
+                ])
+                .env("GIT_INDEX_FILE", base.join(format!("fresh{n}.index"))),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(base.join(format!("fresh{n}.index"))).unwrap();
+        took
+    };
+    let first_git = median(
+        (0..slow_samples)
+            .map(|n| full_checkout(&first, n))
+            .collect(),
+    );
+
+    // The in-place tree, as a hand-written hook keeps it.
+    let inplace = base.join("inplace");
+    std::fs::create_dir_all(&inplace).unwrap();
+    let inplace_checkout = |sha: &str| {
+        time(
+            hermetic(Command::new("git"))
+                .args([
+                    "--git-dir",
+                    bare.to_str().unwrap(),
+                    "--work-tree",
+                    inplace.to_str().unwrap(),
+                    "checkout",
+                    "-f",
+                    sha,
+                    "--",
+                    ".",
+                ])
+                .env("GIT_INDEX_FILE", base.join("inplace.index")),
+        )
+    };
+    inplace_checkout(&first);
+
+    // A series of small changes: two files each.
+    let change = |n: usize| -> String {
+        for k in 0..2 {
+            let path = work.join(format!(
+                "apps/app{}/module{}/views/file{}.py",
+                n % 12,
+                (n + k) % 8,
+                k
+            ));
+            let mut text = std::fs::read(&path).unwrap();
+            text.extend_from_slice(format!("\n# change {n}\n").as_bytes());
+            std::fs::write(path, text).unwrap();
+        }
+        git(&work, &["commit", "-q", "-am", &format!("change {n}")]);
+        git(&work, &["rev-parse", "HEAD"])
+    };
+    eprintln!("pushing warm-up changes until old releases are reused…");
+    for n in 0..5 {
+        change(n);
+        time(
+            hermetic(Command::new("git"))
+                .args(["push", "-q", "staging", "main"])
+                .current_dir(&work),
+        );
+    }
+    eprintln!("pushing {series} small changes…");
+    let (mut ours, mut inplace_times, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut commits = Vec::new();
+    for n in 5..5 + series {
+        let sha = change(n);
+        time(
+            hermetic(Command::new("git"))
+                .args(["push", "-q", "staging", "main"])
+                .current_dir(&work),
+        );
+        let record = last_record(&root);
+        assert_eq!(record["state"], "succeeded", "{record}");
+        assert!(
+            record["built_from"].is_string(),
+            "deploy {n} was not built from an old release: {record}"
+        );
+        ours.push(Duration::from_millis(
+            record["checkout_ms"].as_u64().unwrap(),
+        ));
+        assert_eq!(record["steps"][0]["status"], "skipped", "{record}");
+        skipped.push(Duration::from_millis(
+            record["steps"][0]["duration_ms"].as_u64().unwrap(),
+        ));
+        inplace_times.push(inplace_checkout(&sha));
+        commits.push(sha);
+    }
+    let fresh: Vec<Duration> = commits
+        .iter()
+        .take(slow_samples)
+        .enumerate()
+        .map(|(n, sha)| full_checkout(sha, n))
+        .collect();
+    let archive: Vec<Duration> = commits
+        .iter()
+        .take(slow_samples)
+        .map(|sha| {
+            let dir = base.join("archive");
+            std::fs::create_dir_all(&dir).unwrap();
+            let script = format!(
+                "git --git-dir {} archive {sha} | tar -x -C {}",
+                bare.display(),
+                dir.display()
+            );
+            let took = time(hermetic(Command::new("sh")).arg("-c").arg(script));
+            std::fs::remove_dir_all(&dir).unwrap();
+            took
+        })
+        .collect();
+
+    // A push ats-hook does not deploy, against the same push to a repository with no hook.
+    let plain = base.join("plain.git");
+    git(
+        base,
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            plain.to_str().unwrap(),
+        ],
+    );
+    git(&work, &["remote", "add", "plain", plain.to_str().unwrap()]);
+    git(&work, &["push", "-q", "plain", "main"]);
+    let (mut with_hook, mut without_hook) = (Vec::new(), Vec::new());
+    for n in 0..series {
+        git(&work, &["checkout", "-q", "-B", &format!("feature{n}")]);
+        std::fs::write(work.join("NOTES"), format!("{n}\n")).unwrap();
+        git(&work, &["add", "NOTES"]);
+        git(&work, &["commit", "-q", "-m", "notes"]);
+        let branch = format!("feature{n}");
+        with_hook.push(time(
+            hermetic(Command::new("git"))
+                .args(["push", "-q", "staging", &branch])
+                .current_dir(&work),
+        ));
+        without_hook.push(time(
+            hermetic(Command::new("git"))
+                .args(["push", "-q", "plain", &branch])
+                .current_dir(&work),
+        ));
+    }
+    git(&work, &["checkout", "-q", "main"]);
+
+    // Peak memory: a full checkout and a release built from an old one, by hand.
+    let repo_arg = bare.to_str().unwrap();
+    let rss_incremental = peak_rss(&[BIN, "deploy", "--repo", repo_arg], base);
+    let full_config = bare.join("full.toml");
+    std::fs::write(
+        &full_config,
+        format!(
+            "[deploy]\nroot = \"{}\"\nkeep_releases = 5\nrecycle_releases = false\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let rss_full = peak_rss(
+        &[
+            BIN,
+            "deploy",
+            "--repo",
+            repo_arg,
+            "--config",
+            full_config.to_str().unwrap(),
+        ],
+        base,
+    );
+
+    let ours_m = median(ours);
+    let inplace_m = median(inplace_times);
+    let fresh_m = median(fresh);
+    let archive_m = median(archive);
+    let hook_m = median(with_hook.clone());
+    let plain_m = median(without_hook.clone());
+    let skip_m = median(skipped);
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+
+    println!();
+    println!("ats-hook release benchmark: {files} files, {:.1} MB; medians of {series} small changes (2 files each),", bytes as f64 / 1e6);
+    println!(
+        "{slow_samples} samples for the slow ways; one run, one machine ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!("| way | median |");
+    println!("| --- | --- |");
+    println!(
+        "| in-place `git checkout -f` with a kept index | {} |",
+        ms(inplace_m)
+    );
+    println!("| full checkout into a fresh folder | {} |", ms(fresh_m));
+    println!(
+        "| `git archive \\| tar -x` into a fresh folder | {} |",
+        ms(archive_m)
+    );
+    println!(
+        "| ats-hook: new release for a small change | {} |",
+        ms(ours_m)
+    );
+    println!(
+        "| ats-hook: first deploy (full checkout) | {} |",
+        ms(first_deploy)
+    );
+    println!(
+        "| git: first checkout into an empty folder | {} |",
+        ms(first_git)
+    );
+    println!("| push of an ignored ref, ats-hook hook | {} |", ms(hook_m));
+    println!("| push of the same ref, no hook | {} |", ms(plain_m));
+    println!(
+        "| skipped install step (inputs unchanged) | {} |",
+        ms(skip_m)
+    );
+    println!();
+    println!("| target | measured | |");
+    println!("| --- | --- | --- |");
+    let r1 = ratio(ours_m, inplace_m);
+    println!(
+        "| small change ≤ 1.5× in-place checkout | {r1:.2}× | {} |",
+        verdict(r1 <= 1.5)
+    );
+    let r2 = ratio(fresh_m, ours_m);
+    println!(
+        "| small change ≥ 5× faster than a fresh checkout | {r2:.1}× faster | {} |",
+        verdict(r2 >= 5.0)
+    );
+    let r3 = ratio(first_deploy, first_git);
+    println!(
+        "| first deploy ≤ 1.2× git checkout into an empty folder | {r3:.2}× | {} |",
+        verdict(r3 <= 1.2)
+    );
+    let extra = hook_m.saturating_sub(plain_m);
+    println!(
+        "| ignored push ≤ 10 ms more than no hook | +{} | {} |",
+        ms(extra),
+        verdict(extra <= Duration::from_millis(10))
+    );
+    let peak = rss_incremental.max(rss_full);
+    println!(
+        "| peak memory ≤ 64 MiB | {:.1} MiB (full checkout {:.1}, from an old release {:.1}) | {} |",
+        peak as f64 / 1024.0,
+        rss_full as f64 / 1024.0,
+        rss_incremental as f64 / 1024.0,
+        verdict(peak <= 64 * 1024)
+    );
+    println!(
+        "| skipped install < 50 ms | {} | {} |",
+        ms(skip_m),
+        verdict(skip_m < Duration::from_millis(50))
+    );
+    println!(
+        "| fresh checkout / archive vs ours | {:.1}× / {:.1}× | |",
+        r2,
+        ratio(archive_m, ours_m)
+    );
+}
