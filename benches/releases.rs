@@ -99,8 +99,11 @@ fn hermetic(mut cmd: Command) -> Command {
     cmd
 }
 
-/// Runs a command, returning its wall time; panics on failure.
+/// Runs a command, returning its wall time; panics on failure. Dirty pages of earlier samples
+/// are written out first, so no sample pays for another's writes.
 fn time(cmd: &mut Command) -> Duration {
+    let synced = Command::new("sync").status().expect("sync");
+    assert!(synced.success());
     let start = Instant::now();
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");
     let took = start.elapsed();

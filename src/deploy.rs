@@ -470,8 +470,9 @@ fn pipeline(
                 config.deploy.untracked,
             )?;
             let mut note = format!(
-                "{} files written, {} removed",
-                update.written, update.removed
+                "{} written, {} removed",
+                output::count(update.written, "file"),
+                update.removed
             );
             if update.repaired > 0 {
                 note.push_str(&format!(
@@ -491,8 +492,8 @@ fn pipeline(
             let checkout =
                 release::materialize(repo, target.commit, &dir, &layout.index_file(&id))?;
             output::say(format!(
-                "checked out {} files ({}) in {}",
-                checkout.files,
+                "checked out {} ({}) in {}",
+                output::count(checkout.files, "file"),
                 output::size(checkout.bytes),
                 seconds(clock.elapsed())
             ));

@@ -244,6 +244,15 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// `1 file`, `2 files`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// The first 7 characters of a sha.
 pub fn short(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
