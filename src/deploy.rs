@@ -307,17 +307,37 @@ impl Session {
         }
     }
 
-    /// Records the run, prunes, lets the next deploy in, and prints the summary: the last line,
-    /// still tagged with this run and kept in its log.
-    fn finish(self, config: &Config, entry: &DeployRecord, summary: String) -> Result<()> {
+    /// Records the run, prunes, lets the next deploy in, and prints the summary (the success
+    /// line, or what stopped `what`): the last line, still tagged with this run and kept in its
+    /// log. The exit code says whether the run succeeded.
+    fn finish(
+        self,
+        config: &Config,
+        entry: &DeployRecord,
+        what: &str,
+        outcome: Result<String, Stop>,
+    ) -> Result<ExitCode> {
         record::append(&self.layout.deploys_file(), entry)?;
         let pruned = prune(config, &self.layout, &self.id);
+        let was_live = self.was_live();
         self.lock.release()?;
         if let Err(err) = pruned {
             output::warn(format!("{err:#}"));
         }
+        let summary = match outcome {
+            Ok(summary) => summary,
+            Err(stop) => stop.summary(
+                what,
+                was_live.as_deref(),
+                self.layout.live_release()?.as_deref(),
+            ),
+        };
         output::say(summary);
-        Ok(())
+        Ok(if entry.state == State::Succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     }
 
     fn stages(&self) -> String {
@@ -388,27 +408,16 @@ pub fn deploy(
     if let Err(stop) = &outcome {
         (entry.state, entry.failed_step, entry.error) = stop.describe();
     }
-    let was_live = session.was_live();
-    let summary = match outcome {
-        Ok(()) => format!(
+    let summary = outcome.map(|()| {
+        format!(
             "deployed {} ({}) as {id} in {} — {}",
             short(&commit),
             short_ref(&target.git_ref),
             seconds(session.clock.elapsed()),
             session.stages()
-        ),
-        Err(stop) => stop.summary(
-            "deploy",
-            was_live.as_deref(),
-            session.layout.live_release()?.as_deref(),
-        ),
-    };
-    session.finish(config, &entry, summary)?;
-    Ok(if entry.state == State::Succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+        )
+    });
+    session.finish(config, &entry, "deploy", summary)
 }
 
 /// In gate mode, git updates the ref only after the hook succeeds, so a push that waited for
@@ -738,9 +747,8 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
     if let Err(stop) = &outcome {
         (entry.state, entry.failed_step, entry.error) = stop.describe();
     }
-    let was_live = session.was_live();
-    let summary = match outcome {
-        Ok(()) => format!(
+    let summary = outcome.map(|()| {
+        format!(
             "rolled back to {} ({}), release {target}, in {}{}",
             short(&commit),
             short_ref(&git_ref),
@@ -750,19 +758,9 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
             } else {
                 format!(" — {}", session.stages())
             }
-        ),
-        Err(stop) => stop.summary(
-            "rollback",
-            was_live.as_deref(),
-            session.layout.live_release()?.as_deref(),
-        ),
-    };
-    session.finish(config, &entry, summary)?;
-    Ok(if entry.state == State::Succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+        )
+    });
+    session.finish(config, &entry, "rollback", summary)
 }
 
 fn rollback_target(

@@ -78,16 +78,7 @@ fn write_tree(
     stats: &mut Checkout,
 ) -> Result<()> {
     for entry in tree.iter() {
-        let name = std::str::from_utf8(entry.name_bytes())
-            .ok()
-            .filter(|name| is_safe_name(name));
-        let Some(name) = name else {
-            bail!(
-                "the commit holds an unsafe path `{}{}`; refusing to check it out",
-                prefix,
-                String::from_utf8_lossy(entry.name_bytes())
-            );
-        };
+        let name = safe_name(&entry, prefix)?;
         let path = dir.join(name);
         let rel = format!("{prefix}{name}");
         let mode = entry.filemode() as u32;
@@ -138,6 +129,18 @@ fn write_blob(repo: &Repository, path: &Path, rel: &str, mode: u32, id: Oid) -> 
             .with_context(|| format!("failed to write `{}`", path.display()))?;
     }
     Ok(blob.size() as u64)
+}
+
+/// A tree entry's name, refused unless it is one plain path component (no `..`, `/`, `.git`):
+/// what a pushed tree could use to write outside its release.
+fn safe_name<'a>(entry: &'a git2::TreeEntry<'_>, prefix: &str) -> Result<&'a str> {
+    match std::str::from_utf8(entry.name_bytes()) {
+        Ok(name) if is_safe_name(name) => Ok(name),
+        _ => bail!(
+            "the commit holds an unsafe path `{prefix}{}`; refusing to check it out",
+            String::from_utf8_lossy(entry.name_bytes())
+        ),
+    }
 }
 
 fn is_safe_name(name: &str) -> bool {
@@ -463,16 +466,7 @@ fn collect_tree(
     out: &mut Vec<(String, u32, Oid)>,
 ) -> Result<()> {
     for entry in tree.iter() {
-        let name = std::str::from_utf8(entry.name_bytes())
-            .ok()
-            .filter(|name| is_safe_name(name));
-        let Some(name) = name else {
-            bail!(
-                "the commit holds an unsafe path `{}{}`; refusing to check it out",
-                prefix,
-                String::from_utf8_lossy(entry.name_bytes())
-            );
-        };
+        let name = safe_name(&entry, prefix)?;
         let rel = format!("{prefix}{name}");
         let mode = entry.filemode() as u32;
         if mode == 0o040000 {

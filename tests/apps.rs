@@ -225,6 +225,20 @@ impl SystemdApp {
         format!("http://127.0.0.1:{}/", self.port)
     }
 
+    /// The example config with a `reload` of the web app only (the worker has no graceful
+    /// reload).
+    fn reload_config(&self) -> String {
+        self.config
+            .replace(
+                "systemctl = [\"app.service\", \"app-worker.service\"]",
+                "systemctl = [\"app.service\"]",
+            )
+            .replace(
+                "systemctl_action = \"restart\"",
+                "systemctl_action = \"reload\"",
+            )
+    }
+
     fn use_config(&self, config: &str) {
         std::fs::write(self.setup.repo.join("ats-hook.toml"), config).unwrap();
     }
@@ -284,17 +298,7 @@ fn systemd_gunicorn_and_worker_over_ssh_with_sudo_and_the_reload_trap() {
     assert_eq!(get(&app.url()).unwrap().trim(), v1, "the app was stopped");
 
     // The trap: a reload (HUP) of gunicorn started in `current` keeps serving the old release.
-    let reload = app
-        .config
-        .replace(
-            "systemctl = [\"app.service\", \"app-worker.service\"]",
-            "systemctl = [\"app.service\"]",
-        )
-        .replace(
-            "systemctl_action = \"restart\"",
-            "systemctl_action = \"reload\"",
-        );
-    app.use_config(&reload);
+    app.use_config(&app.reload_config());
     app.clone.write(
         "app.py",
         &std::fs::read_to_string(app.clone.dir.join("app.py"))
@@ -341,17 +345,7 @@ fn a_graceful_reload_deploy_under_load_fails_no_request() {
     app.systemd.systemctl(&["restart", "app.service"]).success();
     wait_for_body(&app.url(), "\n", Duration::from_secs(30));
     // The worker has no graceful reload: this deploy reloads the web app only.
-    app.use_config(
-        &app.config
-            .replace(
-                "systemctl = [\"app.service\", \"app-worker.service\"]",
-                "systemctl = [\"app.service\"]",
-            )
-            .replace(
-                "systemctl_action = \"restart\"",
-                "systemctl_action = \"reload\"",
-            ),
-    );
+    app.use_config(&app.reload_config());
 
     let stop = Arc::new(AtomicBool::new(false));
     let client = {

@@ -73,31 +73,20 @@ fn install_sets_up_and_a_second_run_changes_nothing() {
     assert!(repo.join("hooks/pre-receive").exists());
     assert!(!repo.join("hooks/post-receive").exists());
     // --copy puts the binary itself in place of the link.
-    public
-        .ats(&[
-            "install",
-            "--repo",
-            repo_arg,
-            "--hook",
-            "pre-receive",
-            "--copy",
-        ])
-        .success();
+    let copy = [
+        "install",
+        "--repo",
+        repo_arg,
+        "--hook",
+        "pre-receive",
+        "--copy",
+    ];
+    public.ats(&copy).success();
     assert!(!std::fs::symlink_metadata(repo.join("hooks/pre-receive"))
         .unwrap()
         .file_type()
         .is_symlink());
-    public
-        .ats(&[
-            "install",
-            "--repo",
-            repo_arg,
-            "--hook",
-            "pre-receive",
-            "--copy",
-        ])
-        .success()
-        .stdout_has("nothing to change");
+    public.ats(&copy).success().stdout_has("nothing to change");
 }
 
 #[test]
