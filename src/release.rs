@@ -61,52 +61,32 @@ pub fn materialize(
     let _ = fs::remove_file(index_path);
     let mut index = Index::open(index_path)
         .with_context(|| format!("failed to create index `{}`", index_path.display()))?;
+    let mut entries = Vec::new();
+    collect_tree(repo, &tree, "", &mut entries)?;
     let mut stats = Checkout::default();
-    write_tree(repo, &tree, dir, "", &mut index, &mut stats)?;
+    // The release is new: every folder in it is one this loop made, so no symlink can be among
+    // the parents of what it writes.
+    let mut folders = std::collections::HashSet::new();
+    for (rel, mode, id) in &entries {
+        if let Some(parent) = Path::new(rel)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            if folders.insert(parent.to_path_buf()) {
+                let parent = dir.join(parent);
+                fs::create_dir_all(&parent)
+                    .with_context(|| format!("failed to create `{}`", parent.display()))?;
+            }
+        }
+        let path = dir.join(rel);
+        stats.bytes += write_blob_or_gitlink(repo, &path, rel, *mode, *id)?;
+        stats.files += 1;
+        add_entry(&mut index, &path, rel, *mode, *id)?;
+    }
     index
         .write()
         .with_context(|| format!("failed to write index `{}`", index_path.display()))?;
     Ok(stats)
-}
-
-fn write_tree(
-    repo: &Repository,
-    tree: &Tree<'_>,
-    dir: &Path,
-    prefix: &str,
-    index: &mut Index,
-    stats: &mut Checkout,
-) -> Result<()> {
-    for entry in tree.iter() {
-        let name = safe_name(&entry, prefix)?;
-        let path = dir.join(name);
-        let rel = format!("{prefix}{name}");
-        let mode = entry.filemode() as u32;
-        match mode {
-            0o040000 => {
-                fs::create_dir(&path)
-                    .with_context(|| format!("failed to create `{}`", path.display()))?;
-                let subtree = repo
-                    .find_tree(entry.id())
-                    .with_context(|| format!("failed to read tree `{rel}`"))?;
-                write_tree(repo, &subtree, &path, &format!("{rel}/"), index, stats)?;
-            }
-            0o100644 | 0o100755 | 0o120000 => {
-                stats.bytes += write_blob(repo, &path, &rel, mode, entry.id())?;
-                stats.files += 1;
-                add_entry(index, &path, &rel, mode, entry.id())?;
-            }
-            0o160000 => {
-                // A submodule: its folder exists, its content is not part of this commit.
-                fs::create_dir(&path)
-                    .with_context(|| format!("failed to create `{}`", path.display()))?;
-                output::warn(format!("submodule `{rel}` is left empty"));
-                add_entry(index, &path, &rel, mode, entry.id())?;
-            }
-            other => bail!("`{rel}` has an unknown file mode {other:o}"),
-        }
-    }
-    Ok(())
 }
 
 /// Writes one file or symlink of the tree at `path`, which must not exist. Returns its size.
@@ -481,17 +461,22 @@ fn collect_tree(
     Ok(())
 }
 
+/// Writes one entry of the tree; a submodule becomes an empty folder. Returns its size.
 fn write_blob_or_gitlink(
     repo: &Repository,
     path: &Path,
     rel: &str,
     mode: u32,
     id: Oid,
-) -> Result<()> {
+) -> Result<u64> {
     match mode {
-        0o100644 | 0o100755 | 0o120000 => write_blob(repo, path, rel, mode, id).map(drop),
+        0o100644 | 0o100755 | 0o120000 => write_blob(repo, path, rel, mode, id),
         0o160000 => {
-            fs::create_dir(path).with_context(|| format!("failed to create `{}`", path.display()))
+            // Its folder exists; its content is not part of this commit.
+            fs::create_dir(path)
+                .with_context(|| format!("failed to create `{}`", path.display()))?;
+            output::warn(format!("submodule `{rel}` is left empty"));
+            Ok(0)
         }
         other => bail!("`{rel}` has an unknown file mode {other:o}"),
     }
