@@ -234,13 +234,32 @@ fn main() {
     git(&work, &["remote", "add", "staging", bare.to_str().unwrap()]);
     let first = git(&work, &["rev-parse", "HEAD"]);
 
-    // First deploy: a full checkout by ats-hook, and by git into an empty folder.
+    // The first push: a full checkout, as every first deploy is.
     time(
         hermetic(Command::new("git"))
             .args(["push", "-q", "staging", "main"])
             .current_dir(&work),
     );
-    let first_deploy = Duration::from_millis(last_record(&root)["checkout_ms"].as_u64().unwrap());
+    // ats-hook checking the tree out whole, timed in the same conditions as git below: by hand,
+    // with reuse of old releases turned off.
+    let full_config = bare.join("full.toml");
+    std::fs::write(
+        &full_config,
+        format!(
+            "[deploy]\nroot = \"{}\"\nkeep_releases = 5\nrecycle_releases = false\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let repo_arg = bare.to_str().unwrap();
+    let full_deploy = |sha: &str| {
+        let config = full_config.to_str().unwrap();
+        time(
+            hermetic(Command::new(BIN))
+                .args(["deploy", sha, "--repo", repo_arg, "--config", config]),
+        );
+        Duration::from_millis(last_record(&root)["checkout_ms"].as_u64().unwrap())
+    };
     let full_checkout = |sha: &str, n: usize| {
         let dir = base.join(format!("fresh{n}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -268,6 +287,7 @@ fn main() {
             .map(|n| full_checkout(&first, n))
             .collect(),
     );
+    let first_deploy = median((0..slow_samples).map(|_| full_deploy(&first)).collect());
 
     // The in-place tree, as a hand-written hook keeps it.
     let inplace = base.join("inplace");
@@ -381,7 +401,8 @@ fn main() {
     git(&work, &["remote", "add", "plain", plain.to_str().unwrap()]);
     git(&work, &["push", "-q", "plain", "main"]);
     let (mut with_hook, mut without_hook) = (Vec::new(), Vec::new());
-    for n in 0..series {
+    // Cheap and noisy: more samples than the rest.
+    for n in 0..31 {
         git(&work, &["checkout", "-q", "-B", &format!("feature{n}")]);
         std::fs::write(work.join("NOTES"), format!("{n}\n")).unwrap();
         git(&work, &["add", "NOTES"]);
@@ -401,17 +422,7 @@ fn main() {
     git(&work, &["checkout", "-q", "main"]);
 
     // Peak memory: a full checkout and a release built from an old one, by hand.
-    let repo_arg = bare.to_str().unwrap();
     let rss_incremental = peak_rss(&[BIN, "deploy", "--repo", repo_arg], base);
-    let full_config = bare.join("full.toml");
-    std::fs::write(
-        &full_config,
-        format!(
-            "[deploy]\nroot = \"{}\"\nkeep_releases = 5\nrecycle_releases = false\n",
-            root.display()
-        ),
-    )
-    .unwrap();
     let rss_full = peak_rss(
         &[
             BIN,

@@ -44,6 +44,13 @@ pub struct Checkout {
     pub bytes: u64,
 }
 
+/// Reads blobs the way `git checkout` does: without hashing each one again. Every object of a
+/// push was hashed by git's `index-pack` when it arrived; hashing 60 MB of blobs a second time
+/// would double the time of a full checkout.
+fn trust_received_objects() {
+    git2::opts::strict_hash_verification(false);
+}
+
 /// Writes the tree of `commit` into `dir` (which must not exist) and its index to `index_path`.
 pub fn materialize(
     repo: &Repository,
@@ -61,8 +68,15 @@ pub fn materialize(
     let _ = fs::remove_file(index_path);
     let mut index = Index::open(index_path)
         .with_context(|| format!("failed to create index `{}`", index_path.display()))?;
+    trust_received_objects();
+    let started = std::time::Instant::now();
     let mut entries = Vec::new();
     collect_tree(repo, &tree, "", &mut entries)?;
+    tracing::debug!(
+        entries = entries.len(),
+        "read the tree in {:?}",
+        started.elapsed()
+    );
     let mut stats = Checkout::default();
     // The release is new: every folder in it is one this loop made, so no symlink can be among
     // the parents of what it writes.
@@ -83,9 +97,11 @@ pub fn materialize(
         stats.files += 1;
         add_entry(&mut index, &path, rel, *mode, *id)?;
     }
+    tracing::debug!("wrote the files in {:?}", started.elapsed());
     index
         .write()
         .with_context(|| format!("failed to write index `{}`", index_path.display()))?;
+    tracing::debug!("wrote the index in {:?}", started.elapsed());
     Ok(stats)
 }
 
@@ -378,6 +394,7 @@ pub fn update(
         .and_then(|c| c.tree())
         .with_context(|| format!("failed to read the tree of `{commit}`"))?;
     let mut wanted: Vec<(String, u32, Oid)> = Vec::new();
+    trust_received_objects();
     collect_tree(repo, &tree, "", &mut wanted)?;
 
     let mut update = Update {
