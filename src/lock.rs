@@ -146,13 +146,13 @@ pub fn current_holder(path: &Path) -> Result<Option<Holder>> {
     if !path.exists() {
         return Ok(None);
     }
-    let mut file = open(path)?;
+    // Read-only: looking needs no write access to the deploy root.
+    let file = File::open(path)
+        .with_context(|| format!("failed to open lock file `{}`", path.display()))?;
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
         Ok(_free) => Ok(None),
-        Err((mut back, Errno::EWOULDBLOCK)) => Ok(read_holder(&mut back)),
-        Err((back, errno)) => {
-            file = back;
-            drop(file);
+        Err((mut held, Errno::EWOULDBLOCK)) => Ok(read_holder(&mut held)),
+        Err((_, errno)) => {
             Err(errno).with_context(|| format!("failed to inspect lock `{}`", path.display()))
         }
     }

@@ -44,6 +44,12 @@ fn a_second_push_waits_for_the_first_and_deploys_after_it() {
         Duration::from_secs(10),
         || std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&first)),
     );
+    // `status` shows who holds the lock meanwhile.
+    server
+        .ats(&["status"])
+        .success()
+        .stdout_has("lock:        held by pid ")
+        .stdout_has(&format!("(deploying {} of `refs/heads/main`", &first[..7]));
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(server.root.join("go"), "").unwrap();
 
