@@ -465,52 +465,7 @@ fn pipeline(
     let dir = layout.release(&id);
     let commit = target.commit.to_string();
 
-    let clock = Instant::now();
-    let built_from = recycle_candidate(config, &layout, &session.records)?;
-    match &built_from {
-        Some(from) => {
-            let update = release::update(
-                repo,
-                &layout,
-                from,
-                &id,
-                target.commit,
-                &config.shared.paths,
-                config.deploy.untracked,
-            )?;
-            let mut note = format!(
-                "{} written, {} removed",
-                output::count(update.written, "file"),
-                update.removed
-            );
-            if update.repaired > 0 {
-                note.push_str(&format!(
-                    ", {} changed on disk and rewritten",
-                    update.repaired
-                ));
-            }
-            if update.cleaned > 0 {
-                note.push_str(&format!(", {} untracked removed", update.cleaned));
-            }
-            output::say(format!(
-                "built from old release {from}: {note} in {}",
-                seconds(clock.elapsed())
-            ));
-        }
-        None => {
-            let checkout =
-                release::materialize(repo, target.commit, &dir, &layout.index_file(&id))?;
-            output::say(format!(
-                "checked out {} ({}) in {}",
-                output::count(checkout.files, "file"),
-                output::size(checkout.bytes),
-                seconds(clock.elapsed())
-            ));
-        }
-    }
-    session.built_from = built_from.clone();
-    session.checkout = Some(clock.elapsed());
-    session.timings.push(("checkout".into(), clock.elapsed()));
+    let built_from = make_release(repo, config, session, target)?;
     for note in release::link_shared(&layout, &dir, &config.shared.paths)? {
         output::say(note);
     }
@@ -601,6 +556,66 @@ fn pipeline(
         ));
     }
     Ok(())
+}
+
+/// Makes the new release's files: built from an old release when there is one to reuse, else
+/// checked out whole. Returns the old release it was built from.
+fn make_release(
+    repo: &Repository,
+    config: &Config,
+    session: &mut Session,
+    target: &Target,
+) -> Result<Option<String>> {
+    let layout = session.layout.clone();
+    let id = session.id.clone();
+    let dir = layout.release(&id);
+    let clock = Instant::now();
+    let built_from = recycle_candidate(config, &layout, &session.records)?;
+    match &built_from {
+        Some(from) => {
+            let update = release::update(
+                repo,
+                &layout,
+                from,
+                &id,
+                target.commit,
+                &config.shared.paths,
+                config.deploy.untracked,
+            )?;
+            let mut note = format!(
+                "{} written, {} removed",
+                output::count(update.written, "file"),
+                update.removed
+            );
+            if update.repaired > 0 {
+                note.push_str(&format!(
+                    ", {} changed on disk and rewritten",
+                    update.repaired
+                ));
+            }
+            if update.cleaned > 0 {
+                note.push_str(&format!(", {} untracked removed", update.cleaned));
+            }
+            output::say(format!(
+                "built from old release {from}: {note} in {}",
+                seconds(clock.elapsed())
+            ));
+        }
+        None => {
+            let checkout =
+                release::materialize(repo, target.commit, &dir, &layout.index_file(&id))?;
+            output::say(format!(
+                "checked out {} ({}) in {}",
+                output::count(checkout.files, "file"),
+                output::size(checkout.bytes),
+                seconds(clock.elapsed())
+            ));
+        }
+    }
+    session.built_from = built_from.clone();
+    session.checkout = Some(clock.elapsed());
+    session.timings.push(("checkout".into(), clock.elapsed()));
+    Ok(built_from)
 }
 
 /// An old release to build the new one from: the one pruning would remove next, once there
