@@ -482,3 +482,25 @@ fn tracked_symlinks_cannot_lead_writes_outside_the_release() {
         before
     );
 }
+
+#[test]
+fn the_shipped_hook_shim_deploys_too() {
+    let server = Server::new();
+    let hook = server.bare.join("hooks/post-receive");
+    std::fs::remove_file(&hook).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/post-receive"),
+        &hook,
+    )
+    .unwrap();
+    let clone = server.clone("work");
+    let sha = clone.commit_file("a", "a");
+    let mut push = command("git", server.path());
+    push.args(["push", "staging", "main"])
+        .current_dir(&clone.dir)
+        .env("ATS_HOOK_BIN", BIN);
+    run(&mut push, "git push through the shim")
+        .success()
+        .stderr_has(&format!("ats-hook: deployed {} (main)", &sha[..7]));
+    assert_eq!(server.live_file("a"), "a");
+}
