@@ -175,7 +175,7 @@ pub fn link_shared(layout: &Layout, release: &Path, paths: &[RelPath]) -> Result
     for path in paths {
         let shared = layout.shared().join(path.as_path());
         let link = release.join(path.as_path());
-        ensure_real_parents(release, path.as_path())?;
+        make_parents(release, path.as_path(), InTheWay::Refuse)?;
         let tracked = fs::symlink_metadata(&link).ok();
         if fs::symlink_metadata(&shared).is_err() {
             if let Some(parent) = shared.parent() {
@@ -214,28 +214,6 @@ pub fn link_shared(layout: &Layout, release: &Path, paths: &[RelPath]) -> Result
         })?;
     }
     Ok(notes)
-}
-
-/// Creates the folders above `rel` inside `release`, refusing to pass through a symlink: a
-/// tracked `log -> /var/log` must not let a shared link land outside the release.
-fn ensure_real_parents(release: &Path, rel: &Path) -> Result<()> {
-    let mut dir = release.to_path_buf();
-    let Some(parent) = rel.parent() else {
-        return Ok(());
-    };
-    for part in parent.components() {
-        dir.push(part);
-        match fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => bail!(
-                "cannot link a shared path through `{}`: it is not a folder of the release",
-                dir.display()
-            ),
-            Ok(_) => {}
-            Err(_) => fs::create_dir(&dir)
-                .with_context(|| format!("failed to create `{}`", dir.display()))?,
-        }
-    }
-    Ok(())
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
@@ -427,7 +405,7 @@ pub fn update(
             continue;
         }
         let path = dir.join(rel);
-        make_parents(&dir, Path::new(rel))?;
+        make_parents(&dir, Path::new(rel), InTheWay::Replace)?;
         remove_any(&path)?;
         write_blob_or_gitlink(repo, &path, rel, *mode, *id)?;
         add_entry(&mut index, &path, rel, *mode, *id)?;
@@ -530,9 +508,18 @@ fn remove_any(path: &Path) -> Result<()> {
     .with_context(|| format!("failed to remove `{}`", path.display()))
 }
 
-/// Creates the folders above `rel`, replacing anything in the way that is not a real folder
-/// (a symlink among them), so writes stay inside the release.
-fn make_parents(release: &Path, rel: &Path) -> Result<()> {
+/// What to do with something that is not a real folder where a folder is needed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InTheWay {
+    /// Fail: a tracked `log -> /var/log` must not let a shared link land outside the release.
+    Refuse,
+    /// Replace it: the new tree has a folder where the old one had a file or a symlink.
+    Replace,
+}
+
+/// Creates the folders above `rel` inside `release`, never passing through a symlink, so that
+/// what is written there stays inside the release.
+fn make_parents(release: &Path, rel: &Path, in_the_way: InTheWay) -> Result<()> {
     let mut dir = release.to_path_buf();
     let Some(parent) = rel.parent() else {
         return Ok(());
@@ -541,6 +528,10 @@ fn make_parents(release: &Path, rel: &Path) -> Result<()> {
         dir.push(part);
         match fs::symlink_metadata(&dir) {
             Ok(meta) if meta.is_dir() => continue,
+            Ok(_) if in_the_way == InTheWay::Refuse => bail!(
+                "cannot link a shared path through `{}`: it is not a folder of the release",
+                dir.display()
+            ),
             Ok(_) => fs::remove_file(&dir)
                 .with_context(|| format!("failed to remove `{}`", dir.display()))?,
             Err(_) => {}
