@@ -12,7 +12,7 @@
 
 use std::fmt::{self, Write as _};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
 
 use tracing::field::{Field, Visit};
@@ -47,13 +47,15 @@ pub fn init(verbose: u8) {
     let stderr_filter =
         EnvFilter::try_from_env("ATS_HOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let ours = Targets::new().with_target("ats_hook", LevelFilter::INFO);
+    // Colour only for a person at a terminal: a hook's stderr is a pipe to git.
+    let color = io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(io::stderr)
-        .event_format(PlainFormat)
+        .event_format(PlainFormat { color })
         .with_filter(stderr_filter);
     let log_file = tracing_subscriber::fmt::layer()
         .with_writer(DeployLogWriter)
-        .event_format(PlainFormat)
+        .event_format(PlainFormat { color: false })
         .with_filter(ours.clone());
     let journald = tracing_journald::layer().ok().map(|layer| {
         layer
@@ -139,7 +141,9 @@ pub fn step_line(step: &str, width: usize, line: &str) {
 
 /// Formats an event as the pusher reads it: the message alone, behind `ats-hook:` and the
 /// level when it is not plain information. Fields are for journald and `-v`.
-struct PlainFormat;
+struct PlainFormat {
+    color: bool,
+}
 
 impl<S, N> FormatEvent<S, N> for PlainFormat
 where
@@ -159,21 +163,46 @@ where
             return writeln!(writer, "{}", fields.message);
         }
         let level = *meta.level();
-        let prefix = if level == Level::INFO {
-            ""
-        } else if level == Level::WARN {
-            "warning: "
-        } else if level == Level::ERROR {
-            "error: "
-        } else {
-            "debug: "
-        };
-        write!(writer, "ats-hook: {prefix}{}", fields.message)?;
-        if level > Level::INFO {
-            write!(writer, " [{}]{}", meta.target(), fields.rest)?;
-        }
-        writeln!(writer)
+        writeln!(
+            writer,
+            "{}",
+            plain_line(level, &fields, meta.target(), self.color)
+        )
     }
+}
+
+/// `ats-hook: [level: ]message`, with fields and target below INFO; coloured on request.
+fn plain_line(level: Level, fields: &Fields, target: &str, color: bool) -> String {
+    const RED: &str = "\x1b[31m";
+    const YELLOW: &str = "\x1b[33m";
+    const GREEN: &str = "\x1b[32m";
+    const RESET: &str = "\x1b[0m";
+    let (prefix, paint) = if level == Level::INFO {
+        let summary = &fields.message;
+        let paint = if summary.starts_with("deployed ") || summary.starts_with("rolled back to ") {
+            GREEN
+        } else if summary.contains(" FAILED") || summary.contains(" INTERRUPTED") {
+            RED
+        } else {
+            ""
+        };
+        ("", paint)
+    } else if level == Level::WARN {
+        ("warning: ", YELLOW)
+    } else if level == Level::ERROR {
+        ("error: ", RED)
+    } else {
+        ("debug: ", "")
+    };
+    let mut line = if color && !paint.is_empty() {
+        format!("ats-hook: {paint}{prefix}{}{RESET}", fields.message)
+    } else {
+        format!("ats-hook: {prefix}{}", fields.message)
+    };
+    if level > Level::INFO {
+        line.push_str(&format!(" [{target}]{}", fields.rest));
+    }
+    line
 }
 
 #[derive(Default)]
@@ -256,4 +285,38 @@ pub fn count(n: usize, noun: &str) -> String {
 /// The first 7 characters of a sha.
 pub fn short(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(level: Level, message: &str, color: bool) -> String {
+        let fields = Fields {
+            message: message.to_string(),
+            rest: String::new(),
+        };
+        plain_line(level, &fields, "ats_hook", color)
+    }
+
+    #[test]
+    fn plain_lines_have_no_colour_unless_asked() {
+        assert_eq!(line(Level::ERROR, "boom", false), "ats-hook: error: boom");
+        assert_eq!(
+            line(Level::INFO, "deployed 723cd4e (main)", false),
+            "ats-hook: deployed 723cd4e (main)"
+        );
+        assert_eq!(
+            line(Level::ERROR, "boom", true),
+            "ats-hook: \x1b[31merror: boom\x1b[0m"
+        );
+        assert_eq!(
+            line(Level::INFO, "deployed x", true),
+            "ats-hook: \x1b[32mdeployed x\x1b[0m"
+        );
+        assert_eq!(
+            line(Level::INFO, "checked out 2 files", true),
+            "ats-hook: checked out 2 files"
+        );
+    }
 }
