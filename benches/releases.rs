@@ -20,54 +20,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ats-hook");
 
-/// A deterministic generator of file contents.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn text(&mut self, len: usize) -> Vec<u8> {
-        const WORDS: &[&str] = &[
-            "def ",
-            "return ",
-            "self",
-            ".objects",
-            "(request)",
-            " = ",
-            "import ",
-            "class ",
-            "\n",
-            "    ",
-            "if ",
-            "for ",
-            " in ",
-            "None",
-            "True",
-            "models",
-            "views",
-            "{% block %}",
-            "<div>",
-            "</div>",
-            "x",
-            "y",
-            "z",
-        ];
-        let mut out = Vec::with_capacity(len + 16);
-        while out.len() < len {
-            let word = WORDS[(self.next() % WORDS.len() as u64) as usize];
-            out.extend_from_slice(word.as_bytes());
-            if self.next() % 7 == 0 {
-                out.extend_from_slice(format!("{:x}", self.next() % 100_000).as_bytes());
-            }
-        }
-        out.truncate(len);
-        out
-    }
-}
+#[path = "../tests/support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = hermetic(Command::new("git"))
@@ -113,6 +68,20 @@ fn time(cmd: &mut Command) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     took
+}
+
+/// `git checkout -f SHA -- .` of the bare repository into `worktree`, with `index` as its
+/// index: how a hand-written hook checks out.
+fn git_checkout(bare: &Path, worktree: &Path, index: &Path, sha: &str) -> Duration {
+    time(
+        hermetic(Command::new("git"))
+            .arg("--git-dir")
+            .arg(bare)
+            .arg("--work-tree")
+            .arg(worktree)
+            .args(["checkout", "-f", sha, "--", "."])
+            .env("GIT_INDEX_FILE", index),
+    )
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -263,21 +232,7 @@ fn main() {
     let full_checkout = |sha: &str, n: usize| {
         let dir = base.join(format!("fresh{n}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let took = time(
-            hermetic(Command::new("git"))
-                .args([
-                    "--git-dir",
-                    bare.to_str().unwrap(),
-                    "--work-tree",
-                    dir.to_str().unwrap(),
-                    "checkout",
-                    "-f",
-                    sha,
-                    "--",
-                    ".",
-                ])
-                .env("GIT_INDEX_FILE", base.join(format!("fresh{n}.index"))),
-        );
+        let took = git_checkout(&bare, &dir, &base.join(format!("fresh{n}.index")), sha);
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_file(base.join(format!("fresh{n}.index"))).unwrap();
         took
@@ -292,23 +247,8 @@ fn main() {
     // The in-place tree, as a hand-written hook keeps it.
     let inplace = base.join("inplace");
     std::fs::create_dir_all(&inplace).unwrap();
-    let inplace_checkout = |sha: &str| {
-        time(
-            hermetic(Command::new("git"))
-                .args([
-                    "--git-dir",
-                    bare.to_str().unwrap(),
-                    "--work-tree",
-                    inplace.to_str().unwrap(),
-                    "checkout",
-                    "-f",
-                    sha,
-                    "--",
-                    ".",
-                ])
-                .env("GIT_INDEX_FILE", base.join("inplace.index")),
-        )
-    };
+    let inplace_checkout =
+        |sha: &str| git_checkout(&bare, &inplace, &base.join("inplace.index"), sha);
     inplace_checkout(&first);
 
     // A series of small changes: two files each.

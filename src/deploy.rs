@@ -311,14 +311,16 @@ impl Session {
     /// line, or what stopped `what`): the last line, still tagged with this run and kept in its
     /// log. The exit code says whether the run succeeded.
     fn finish(
-        self,
+        mut self,
         config: &Config,
         entry: &DeployRecord,
         what: &str,
         outcome: Result<String, Stop>,
     ) -> Result<ExitCode> {
         record::append(&self.layout.deploys_file(), entry)?;
-        let pruned = prune(config, &self.layout, &self.id);
+        // The history read under the lock, and this run: all of it, without reading it again.
+        self.records.push(entry.clone());
+        let pruned = prune(config, &self.layout, &self.records, &self.id);
         let was_live = self.was_live();
         self.lock.release()?;
         if let Err(err) = pruned {
@@ -629,20 +631,35 @@ fn recycle_candidate(
     if !config.deploy.recycle_releases {
         return Ok(None);
     }
-    let mut on_disk = layout.release_ids()?;
-    if on_disk.len() < config.deploy.keep_releases {
+    let (on_disk, expendable) = expendable_releases(layout, records, None)?;
+    if on_disk < config.deploy.keep_releases {
         return Ok(None);
     }
+    Ok(expendable
+        .into_iter()
+        .find(|id| layout.index_file(id).is_file()))
+}
+
+/// How many releases are on disk, and those that may go, in the order they would go: never
+/// the live release, the rollback target, nor `also_kept`.
+fn expendable_releases(
+    layout: &Layout,
+    records: &[DeployRecord],
+    also_kept: Option<&str>,
+) -> Result<(usize, Vec<String>)> {
+    let mut on_disk = layout.release_ids()?;
     record::sort_chronologically(&mut on_disk, records);
     let live = layout.live_release()?;
     let rollback = record::rollback_target(records, live.as_deref(), &on_disk).cloned();
     let mut protected: Vec<&str> = live.iter().map(String::as_str).collect();
     protected.extend(rollback.as_deref());
+    protected.extend(also_kept);
     let went_live = |id: &str| record::went_live(records, id);
-    Ok(release::expendable(&on_disk, &protected, &went_live)
+    let expendable = release::expendable(&on_disk, &protected, &went_live)
         .into_iter()
-        .find(|id| layout.index_file(id).is_file())
-        .cloned())
+        .cloned()
+        .collect();
+    Ok((on_disk.len(), expendable))
 }
 
 /// Switches `current` to `release`, restarts, checks health; on failure switches back.
@@ -659,35 +676,44 @@ fn go_live(
     let width = steps::prefix_width(config);
 
     if !config.restart.is_empty() {
-        let clock = Instant::now();
-        let restarted = restart::run(&config.restart, &layout, &layout.current(), env, width);
-        session.timings.push(("restart".into(), clock.elapsed()));
-        if let Err(error) = restarted {
-            output::error(format!("restart failed: {error:#}"));
-            let restored = switch_back(config, session);
-            return Err(Stop::AfterSwitch {
-                stage: "restart".into(),
-                error,
-                restored,
-            });
-        }
+        live_stage(config, session, "restart", "restart", |_| {
+            restart::run(&config.restart, &layout, &layout.current(), env, width)
+                .context("restart failed")
+        })?;
     }
     if let Some(check) = &config.health {
-        let clock = Instant::now();
-        let previous = session.previous_commit.clone();
-        let healthy = health::check(check, commit, previous.as_deref(), &layout.current(), env);
-        session.timings.push(("health".into(), clock.elapsed()));
-        if let Err(error) = healthy {
-            output::error(format!("{error:#}"));
-            let restored = switch_back(config, session);
-            return Err(Stop::AfterSwitch {
-                stage: "health check".into(),
-                error,
-                restored,
-            });
-        }
+        live_stage(config, session, "health check", "health", |session| {
+            health::check(
+                check,
+                commit,
+                session.previous_commit.as_deref(),
+                &layout.current(),
+                env,
+            )
+        })?;
     }
     Ok(())
+}
+
+/// Runs a stage once the release is live, timing it as `timing`; its failure switches back.
+fn live_stage(
+    config: &Config,
+    session: &mut Session,
+    stage: &str,
+    timing: &str,
+    run: impl FnOnce(&Session) -> Result<()>,
+) -> Result<(), Stop> {
+    let clock = Instant::now();
+    let outcome = run(session);
+    session.timings.push((timing.to_string(), clock.elapsed()));
+    let Err(error) = outcome else { return Ok(()) };
+    output::error(format!("{error:#}"));
+    let restored = switch_back(config, session);
+    Err(Stop::AfterSwitch {
+        stage: stage.to_string(),
+        error,
+        restored,
+    })
 }
 
 /// After a failure once live: `current` goes back to the release that was live before, which
@@ -734,11 +760,8 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
     let (commit, git_ref) = (made.commit.clone(), made.git_ref.clone());
     session.holder.commit = commit.clone();
     session.holder.git_ref = git_ref.clone();
-    let stamp: String = rfc3339(SystemTime::now())
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect();
-    session.start(format!("{stamp}-rollback-{}", short(&commit)))?;
+    let id = release::new_rollback_id(&session.layout, &commit, SystemTime::now());
+    session.start(id)?;
     let was = session
         .previous_release
         .clone()
@@ -808,23 +831,16 @@ fn rollback_target(
     }
 }
 
-fn prune(config: &Config, layout: &Layout, this_run: &str) -> Result<()> {
-    let records = record::read_all(&layout.deploys_file())?;
-    let live = layout.live_release()?;
-    let mut on_disk = layout.release_ids()?;
-    record::sort_chronologically(&mut on_disk, &records);
-    let rollback = record::rollback_target(&records, live.as_deref(), &on_disk).cloned();
-    let mut protected = vec![this_run];
-    protected.extend(live.as_deref());
-    protected.extend(rollback.as_deref());
-    let went_live = |id: &str| record::went_live(&records, id);
-    let removed = release::prune(
-        layout,
-        &on_disk,
-        config.deploy.keep_releases,
-        &protected,
-        &went_live,
-    )?;
+/// Removes releases beyond `keep_releases`, in the order `expendable_releases` gives; never
+/// the release of this run.
+fn prune(config: &Config, layout: &Layout, records: &[DeployRecord], this_run: &str) -> Result<()> {
+    let (on_disk, expendable) = expendable_releases(layout, records, Some(this_run))?;
+    let excess = on_disk.saturating_sub(config.deploy.keep_releases);
+    let mut removed = Vec::new();
+    for id in expendable.into_iter().take(excess) {
+        release::remove(layout, &id)?;
+        removed.push(id);
+    }
     if !removed.is_empty() {
         output::say(format!(
             "pruned {} old release(s): {}",

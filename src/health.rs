@@ -89,6 +89,8 @@ impl From<String> for Failed {
 
 /// One GET. `Ok` holds a short description of a passing answer.
 fn probe_http(url: &str, health: &Health, expect_body: Option<&str>) -> Result<String, Failed> {
+    // A new agent, so a new connection, for every probe: a kept-alive connection could still
+    // reach a worker of the old code after a graceful reload.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(health.probe_timeout.0))
         .http_status_as_error(false)

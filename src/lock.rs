@@ -64,6 +64,15 @@ fn read_holder(file: &mut File) -> Option<Holder> {
     serde_json::from_str(text.trim()).ok()
 }
 
+/// Replaces what the lock file says with `me`.
+fn write_holder(file: &mut File, me: &Holder) -> Result<()> {
+    let text = serde_json::to_string(me).context("failed to encode the lock holder")?;
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 /// Takes the lock, waiting up to `timeout`. `on_wait` is told who holds it when the wait starts
 /// and every so often after.
 pub fn acquire(
@@ -105,14 +114,7 @@ pub fn acquire(
         std::thread::sleep(POLL.min(timeout - waited));
     };
     let interrupted = read_holder(&mut locked);
-    let text = serde_json::to_string(me).context("failed to encode the lock holder")?;
-    locked
-        .set_len(0)
-        .and_then(|()| locked.seek(SeekFrom::Start(0)))
-        .and_then(|_| {
-            locked.write_all(text.as_bytes())?;
-            locked.flush()
-        })
+    write_holder(&mut locked, me)
         .with_context(|| format!("failed to write lock file `{}`", path.display()))?;
     Ok(DeployLock {
         file: locked,
@@ -123,12 +125,7 @@ pub fn acquire(
 impl DeployLock {
     /// Rewrites who holds the lock (once the release id is known).
     pub fn update(&mut self, me: &Holder) -> Result<()> {
-        let text = serde_json::to_string(me).context("failed to encode the lock holder")?;
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.seek(SeekFrom::Start(0)))
-            .and_then(|_| self.file.write_all(text.as_bytes()))
-            .context("failed to write the lock file")
+        write_holder(&mut self.file, me).context("failed to write the lock file")
     }
 
     /// Marks the deploy as finished and lets the next one in.

@@ -13,7 +13,7 @@
 use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -26,14 +26,16 @@ use tracing_subscriber::registry::LookupSpan;
 /// The target of a step's output lines; printed without our prefix.
 const STEP_TARGET: &str = "ats_hook::step";
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct DeployContext {
     deploy_id: String,
     commit: String,
     git_ref: String,
 }
 
-static CONTEXT: Mutex<Option<DeployContext>> = Mutex::new(None);
+/// Shared, so tagging a line costs a reference count, not three string copies: a chatty step
+/// emits thousands of lines.
+static CONTEXT: Mutex<Option<Arc<DeployContext>>> = Mutex::new(None);
 static DEPLOY_LOG: Mutex<Option<File>> = Mutex::new(None);
 
 /// Installs the subscriber. `verbose` raises stderr to debug (more `-v`, trace);
@@ -78,11 +80,11 @@ pub fn begin_deploy(
     git_ref: &str,
     log: Option<File>,
 ) -> DeployGuard {
-    *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = Some(DeployContext {
+    *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(DeployContext {
         deploy_id: deploy_id.to_string(),
         commit: commit.to_string(),
         git_ref: git_ref.to_string(),
-    });
+    }));
     *DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()) = log;
     DeployGuard(())
 }
@@ -96,7 +98,7 @@ impl Drop for DeployGuard {
     }
 }
 
-fn context() -> Option<DeployContext> {
+fn context() -> Option<Arc<DeployContext>> {
     CONTEXT.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 

@@ -220,7 +220,8 @@ impl Cmd {
             }
         });
 
-        let mut tail: Vec<String> = Vec::new();
+        let mut tail: std::collections::VecDeque<String> =
+            std::collections::VecDeque::with_capacity(TAIL);
         let mut stopping: Option<(Exit, Instant)> = None;
         let mut exited_at: Option<Instant> = None;
         let mut checked = Instant::now();
@@ -231,9 +232,9 @@ impl Cmd {
                     let text = text.trim_end_matches(['\n', '\r']);
                     on_line(text);
                     if tail.len() == TAIL {
-                        tail.remove(0);
+                        tail.pop_front();
                     }
-                    tail.push(text.to_string());
+                    tail.push_back(text.to_string());
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -290,7 +291,7 @@ impl Cmd {
             return Ok(Finished {
                 exit: why,
                 duration: started.elapsed(),
-                tail,
+                tail: tail.into(),
             });
         }
         let exit = match (output.code(), output.signal()) {
@@ -301,7 +302,7 @@ impl Cmd {
         Ok(Finished {
             exit,
             duration: started.elapsed(),
-            tail,
+            tail: tail.into(),
         })
     }
 

@@ -176,18 +176,13 @@ pub fn deploy_of<'a>(records: &'a [DeployRecord], release: &str) -> Option<&'a D
 /// Orders release ids oldest first: by their timestamp, and within one second by the order the
 /// history recorded them (ids of the same second otherwise sort by sha).
 pub fn sort_chronologically(ids: &mut [String], records: &[DeployRecord]) {
-    let position = |id: &str| {
-        records
+    ids.sort_by_cached_key(|id| {
+        let stamp = id.split('-').next().unwrap_or("").to_string();
+        let recorded = records
             .iter()
-            .position(|r| r.release == id)
-            .unwrap_or(usize::MAX)
-    };
-    ids.sort_by(|a, b| {
-        let stamp = |id: &str| id.split('-').next().unwrap_or("").to_string();
-        stamp(a)
-            .cmp(&stamp(b))
-            .then(position(a).cmp(&position(b)))
-            .then(a.cmp(b))
+            .position(|r| r.release == *id)
+            .unwrap_or(usize::MAX);
+        (stamp, recorded, id.clone())
     });
 }
 

@@ -20,18 +20,39 @@ use crate::config::RelPath;
 use crate::layout::Layout;
 use crate::output;
 
-/// `20261122T045500Z-723cd4e`; a suffix keeps ids unique when one commit is deployed twice in
-/// the same second.
+/// `20261122T045500Z-723cd4e`: the id of a deploy and of the release it makes.
 pub fn new_id(layout: &Layout, commit: Oid, now: SystemTime) -> String {
-    let stamp: String = humantime::format_rfc3339_seconds(now)
+    unique_id(
+        layout,
+        format!("{}-{}", stamp(now), output::short(&commit.to_string())),
+    )
+}
+
+/// `20261122T045500Z-rollback-723cd4e`: the id of a rollback to a release of `commit`.
+pub fn new_rollback_id(layout: &Layout, commit: &str, now: SystemTime) -> String {
+    unique_id(
+        layout,
+        format!("{}-rollback-{}", stamp(now), output::short(commit)),
+    )
+}
+
+/// The UTC time in a form that sorts and fits a file name: `20261122T045500Z`.
+fn stamp(now: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(now)
         .to_string()
         .chars()
         .filter(|c| *c != '-' && *c != ':')
-        .collect();
-    let base = format!("{stamp}-{}", output::short(&commit.to_string()));
+        .collect()
+}
+
+/// `base`, or `base-2`, `base-3`… when a release or a log already has that id (the same commit
+/// deployed twice in one second).
+fn unique_id(layout: &Layout, base: String) -> String {
+    let taken =
+        |id: &str| fs::symlink_metadata(layout.release(id)).is_ok() || layout.log_file(id).exists();
     let mut id = base.clone();
     let mut n = 2;
-    while fs::symlink_metadata(layout.release(&id)).is_ok() {
+    while taken(&id) {
         id = format!("{base}-{n}");
         n += 1;
     }
@@ -273,30 +294,13 @@ pub fn restore_current(layout: &Layout, previous: Option<&str>) -> Result<()> {
     }
 }
 
-/// Removes releases beyond `keep` from `ids` (oldest first), releases that never went live before those
-/// that did. Releases in `protected` are never removed.
-pub fn prune(
-    layout: &Layout,
-    ids: &[String],
-    keep: usize,
-    protected: &[&str],
-    went_live: &dyn Fn(&str) -> bool,
-) -> Result<Vec<String>> {
-    if ids.len() <= keep {
-        return Ok(Vec::new());
-    }
-    let mut removed = Vec::new();
-    for id in expendable(ids, protected, went_live)
-        .into_iter()
-        .take(ids.len() - keep)
-    {
-        let dir = layout.release(id);
-        fs::remove_dir_all(&dir)
-            .with_context(|| format!("failed to remove old release `{}`", dir.display()))?;
-        let _ = fs::remove_file(layout.index_file(id));
-        removed.push(id.clone());
-    }
-    Ok(removed)
+/// Removes a release and its index.
+pub fn remove(layout: &Layout, id: &str) -> Result<()> {
+    let dir = layout.release(id);
+    fs::remove_dir_all(&dir)
+        .with_context(|| format!("failed to remove old release `{}`", dir.display()))?;
+    let _ = fs::remove_file(layout.index_file(id));
+    Ok(())
 }
 
 /// The releases pruning may remove, in the order it removes them: never the `protected` ones,

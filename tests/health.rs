@@ -82,7 +82,9 @@ fn first_deploy_fails_health(health: &str, needle: &str) {
     let clone = server.clone("work");
     clone.commit_file("a", "a");
     let push = clone.push();
-    push.success().stderr_has(needle);
+    // `ROOT` in the needle stands for the deploy root.
+    push.success()
+        .stderr_has(&needle.replace("ROOT", server.root.to_str().unwrap()));
     assert_eq!(
         push.summary(),
         "ats-hook: deploy FAILED at health check; nothing is live"
@@ -136,6 +138,6 @@ fn a_server_error_fails_the_check() {
 fn a_health_command_is_run_in_the_new_release() {
     first_deploy_fails_health(
         "command = 'echo \"not ready in $PWD\"; exit 1'\ninterval = \"100ms\"\ntimeout = \"300ms\"\n",
-        "`echo \"not ready in $PWD\"; exit 1` failed (exit 1): \"not ready in ",
+        "`echo \"not ready in $PWD\"; exit 1` failed (exit 1): \"not ready in ROOT/",
     );
 }

@@ -8,22 +8,8 @@ use std::path::{Path, PathBuf};
 
 use pretty_assertions::assert_eq;
 
+use crate::support::rng::Rng;
 use crate::support::*;
-
-/// A small deterministic random generator (xorshift), so a failing series can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// Tracked paths of the work tree (files and symlinks), relative.
 fn tracked(dir: &Path) -> Vec<String> {

@@ -5,7 +5,7 @@
 //! touch). Then it pushes with the real `git` client and shows what the pusher sees.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -192,7 +192,7 @@ fn author_env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn git(dir: &PathBuf, args: &[&str]) -> Result<()> {
+fn git(dir: &Path, args: &[&str]) -> Result<()> {
     Cmd::new("git")
         .args(["-c", "commit.gpgsign=false"])
         .args(args)
