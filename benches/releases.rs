@@ -237,12 +237,13 @@ fn main() {
         std::fs::remove_file(base.join(format!("fresh{n}.index"))).unwrap();
         took
     };
-    let first_git = median(
-        (0..slow_samples)
-            .map(|n| full_checkout(&first, n))
-            .collect(),
-    );
-    let first_deploy = median((0..slow_samples).map(|_| full_deploy(&first)).collect());
+    // Taken in turns, so both see the same moods of the disk.
+    let (mut first_git, mut first_deploy) = (Vec::new(), Vec::new());
+    for n in 0..slow_samples {
+        first_git.push(full_checkout(&first, n));
+        first_deploy.push(full_deploy(&first));
+    }
+    let (first_git, first_deploy) = (median(first_git), median(first_deploy));
 
     // The in-place tree, as a hand-written hook keeps it.
     let inplace = base.join("inplace");
