@@ -139,8 +139,10 @@ pub struct Sshd {
     pub port: u16,
     pub host_keys: PathBuf,
     dir: PathBuf,
-    /// Inside a namespace, sshd dies with it (and its pidfile holds a pid of that namespace).
-    namespaced: bool,
+    /// The daemon's pid, read when it started (its folder may be gone when this is dropped).
+    /// `None` inside a namespace: sshd dies with it, and its pidfile holds a pid of that
+    /// namespace.
+    pid: Option<i32>,
 }
 
 impl Sshd {
@@ -207,11 +209,27 @@ impl Sshd {
         wait_for("sshd to listen", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
+        let pid = match namespace {
+            Some(_) => None,
+            None => {
+                let pidfile = dir.join("sshd.pid");
+                wait_for("sshd's pidfile", Duration::from_secs(10), || {
+                    pidfile.exists()
+                });
+                Some(
+                    std::fs::read_to_string(&pidfile)
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap(),
+                )
+            }
+        };
         Sshd {
             port,
             host_keys,
             dir,
-            namespaced: namespace.is_some(),
+            pid,
         }
     }
 
@@ -231,16 +249,11 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
-        if self.namespaced {
-            return;
-        }
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("sshd.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
 }
