@@ -264,6 +264,39 @@ fn keys_add_refuses_malformed_and_duplicate_keys() {
         ])
         .failure()
         .stderr_has("no repository at");
+
+    // Without --private-key-file, --generate prints what CI needs, the private key included.
+    let host_keys = public.path().join("hostkeys");
+    std::fs::create_dir_all(&host_keys).unwrap();
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(host_keys.join("ssh_host_ed25519_key"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let generate = [
+        "keys",
+        "add",
+        "--repo",
+        repo_arg,
+        "--user",
+        &user.name,
+        "--generate",
+        "--host",
+        "srv.example",
+        "--host-keys",
+        host_keys.to_str().unwrap(),
+    ];
+    public
+        .ats(&generate)
+        .success()
+        .stdout_has("SSH_DEPLOYMENT_KEY:\n-----BEGIN OPENSSH PRIVATE KEY-----")
+        .stdout_has("KNOWN_DEPLOYMENT_HOSTS:\nsrv.example ssh-ed25519 ")
+        .stdout_has(&format!(
+            "STAGING_REMOTE_REPO:\nssh://{}@srv.example{}",
+            user.name,
+            repo.canonicalize().unwrap().display()
+        ));
 }
 
 #[test]
