@@ -11,7 +11,7 @@
 //! - ats-hook's release, as the hook itself records it (`checkout_ms` in deploys.jsonl);
 //!
 //! plus the cost of a push whose ref ats-hook does not deploy (against a repository with no
-//! hook), the hook's peak memory, and what a skipped install step costs. It prints medians and
+//! hook), the hook's peak memory, and what a reused install step costs. It prints medians and
 //! ratios against the targets. Everything happens under one temporary folder, removed at the end.
 
 use std::path::Path;
@@ -194,8 +194,9 @@ fn main() {
     std::fs::write(
         bare.join("ats-hook.toml"),
         format!(
-            "[deploy]\nroot = \"{}\"\nkeep_releases = 5\nuntracked = \"keep\"\n\
-             [[step]]\nname = \"install\"\ninputs = [\"requirements.txt\"]\nrun = \"sleep 1\"\n",
+            "[deploy]\nroot = \"{}\"\nkeep_releases = 5\n\
+             [[step]]\nname = \"install\"\ninputs = [\"requirements.txt\"]\noutputs = [\"deps\"]\n\
+             run = \"sleep 1 && mkdir deps\"\n",
             root.display()
         ),
     )
@@ -296,7 +297,7 @@ fn main() {
         ours.push(Duration::from_millis(
             record["checkout_ms"].as_u64().unwrap(),
         ));
-        assert_eq!(record["steps"][0]["status"], "skipped", "{record}");
+        assert_eq!(record["steps"][0]["status"], "reused", "{record}");
         skipped.push(Duration::from_millis(
             record["steps"][0]["duration_ms"].as_u64().unwrap(),
         ));
@@ -419,7 +420,7 @@ fn main() {
     println!("| push of an ignored ref, ats-hook hook | {} |", ms(hook_m));
     println!("| push of the same ref, no hook | {} |", ms(plain_m));
     println!(
-        "| skipped install step (inputs unchanged) | {} |",
+        "| reused install step (inputs unchanged) | {} |",
         ms(skip_m)
     );
     println!();
@@ -455,7 +456,7 @@ fn main() {
         verdict(peak <= 64 * 1024)
     );
     println!(
-        "| skipped install < 50 ms | {} | {} |",
+        "| reused install < 50 ms | {} | {} |",
         ms(skip_m),
         verdict(skip_m < Duration::from_millis(50))
     );

@@ -49,23 +49,29 @@ pub struct DeploySection {
     #[serde(default = "default_lock_timeout")]
     pub lock_timeout: Duration,
     /// Build a new release from an old one that pruning would remove next, touching only the
-    /// files that differ, instead of checking the whole tree out again.
+    /// files that differ, instead of checking the whole tree out again. Its untracked files are
+    /// removed, so it starts from its commit alone, as a fresh checkout would.
     #[serde(default = "default_true")]
     pub recycle_releases: bool,
-    /// What happens to files a recycled release holds that its commit does not track (build
-    /// output such as `node_modules/` or `.venv/`): `remove` them (the default), so a release
-    /// starts from its tree alone as a fresh checkout would, or `keep` them, so steps can build
-    /// on them and skip themselves when their inputs did not change.
+    /// Gone: a reused release once could keep its untracked files so that steps could skip
+    /// themselves, which let a release run with what another commit built. Steps now declare
+    /// their `outputs`; the key explains the way.
     #[serde(default)]
-    pub untracked: Untracked,
+    pub untracked: Option<UntrackedIsGone>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Untracked {
-    Keep,
-    #[default]
-    Remove,
+/// `deploy.untracked`, which no value deserializes to: any is an error that says why.
+#[derive(Debug)]
+pub enum UntrackedIsGone {}
+
+impl<'de> Deserialize<'de> for UntrackedIsGone {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "`deploy.untracked` is gone: a release always starts from its commit alone. To reuse \
+         what a step builds (a virtualenv, `node_modules`), give the step `outputs` (and \
+         `inputs`): see `config.example.toml`",
+        ))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,10 +103,58 @@ pub struct Step {
     /// For an `after_switch` step: whether its failure switches back to the previous release.
     #[serde(default)]
     pub rollback_on_failure: bool,
-    /// Files or folders of the commit this step depends on: when they are the same as when the
-    /// step last ran in the release this one is built from, the step is skipped.
+    /// What the step builds (`.venv`, `node_modules`): kept in the output store under a key
+    /// made of the step's `run`, these paths, its `inputs` at the pushed commit and its `key`
+    /// command's output, and linked into every release with that key. When the key was built
+    /// before, the step does not run.
+    #[serde(default)]
+    pub outputs: Vec<RelPath>,
+    /// Files or folders of the commit the outputs are built from (`requirements.txt`,
+    /// `package-lock.json`); only with `outputs`.
     #[serde(default)]
     pub inputs: Vec<RelPath>,
+    /// A command whose output is part of the key, for what the commit does not hold: the
+    /// interpreter's version (`python3 --version`), so a system upgrade rebuilds.
+    pub key: Option<String>,
+}
+
+impl Step {
+    /// Whether what the step builds is kept in the output store.
+    pub fn has_outputs(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
+    fn check_outputs(&self, shared: &[RelPath]) -> Result<()> {
+        let name = &self.name;
+        if !self.has_outputs() {
+            if !self.inputs.is_empty() {
+                bail!(
+                    "`step.inputs` of step `{name}` needs `outputs`: a step is only skipped when what it built is stored under its inputs; name what it builds (`outputs = [\".venv\"]`), or drop `inputs` and it runs on every deploy"
+                );
+            }
+            if self.key.is_some() {
+                bail!("`step.key` of step `{name}` needs `outputs`: it is part of their key");
+            }
+            return Ok(());
+        }
+        if self.after_switch {
+            bail!("`step.outputs` of step `{name}`: a step with outputs runs before the switch, not with `after_switch`");
+        }
+        if self.key.as_deref().is_some_and(|key| key.trim().is_empty()) {
+            bail!("`step.key` of step `{name}` is empty");
+        }
+        for path in &self.outputs {
+            if let Some(link) = shared.iter().find(|s| s.overlaps(path)) {
+                bail!(
+                    "`step.outputs`: `{path}` of step `{name}` overlaps the shared path `{link}`"
+                );
+            }
+            if let Some(input) = self.inputs.iter().find(|i| i.overlaps(path)) {
+                bail!("`step.inputs`: `{input}` of step `{name}` overlaps its output `{path}`: an input comes from the commit, an output is built");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[health]`: how to tell that the new release really serves.
@@ -282,11 +336,24 @@ impl Config {
             if step.run.trim().is_empty() {
                 bail!("`step.run` of step `{}` is empty", step.name);
             }
+            step.check_outputs(&self.shared.paths)?;
             if step.rollback_on_failure && !step.after_switch {
                 bail!(
                     "`step.rollback_on_failure` of step `{}` needs `after_switch = true`: a step before the switch never changes what is live",
                     step.name
                 );
+            }
+        }
+        let mut built: Vec<(&RelPath, &str)> = Vec::new();
+        for step in &self.steps {
+            for path in &step.outputs {
+                if let Some((other, by)) = built.iter().find(|(o, _)| o.overlaps(path)) {
+                    bail!(
+                        "`step.outputs`: `{path}` of step `{}` overlaps `{other}` of step `{by}`",
+                        step.name
+                    );
+                }
+                built.push((path, step.name.as_str()));
             }
         }
         if self.deploy.keep_releases < 2 {
@@ -491,6 +558,11 @@ impl RelPath {
     pub fn as_path(&self) -> &Path {
         &self.0
     }
+
+    /// Whether one of the two paths is the other or inside it.
+    pub fn overlaps(&self, other: &RelPath) -> bool {
+        self.0.starts_with(&other.0) || other.0.starts_with(&self.0)
+    }
 }
 
 impl fmt::Display for RelPath {
@@ -582,7 +654,11 @@ mod tests {
         assert!(config.selects("refs/heads/main"));
         assert_eq!(config.steps_before_switch().count(), 2);
         assert!(config.deploy.recycle_releases);
-        assert_eq!(config.deploy.untracked, Untracked::Remove);
+        assert_eq!(
+            config.steps[0].outputs,
+            vec![RelPath::new(".venv").unwrap()]
+        );
+        assert_eq!(config.steps[0].key.as_deref(), Some("python3 --version"));
         assert_eq!(
             config.steps[0].inputs,
             vec![RelPath::new("requirements.txt").unwrap()]
@@ -694,6 +770,51 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("needs `after_switch = true`"));
+    }
+
+    #[test]
+    fn outputs_are_checked() {
+        let base = "[deploy]\nroot = \"/a\"\n[shared]\npaths = [\"log\"]\n[[step]]\nname = \"x\"\nrun = \"true\"\n";
+        for (body, needle) in [
+            (
+                "inputs = [\"r.txt\"]\n",
+                "`step.inputs` of step `x` needs `outputs`",
+            ),
+            (
+                "key = \"python3 --version\"\n",
+                "`step.key` of step `x` needs `outputs`",
+            ),
+            ("outputs = [\"log/x\"]\n", "overlaps the shared path `log`"),
+            (
+                "outputs = [\"a\"]\ninputs = [\"a/b\"]\n",
+                "overlaps its output `a`",
+            ),
+            (
+                "outputs = [\"a\"]\nafter_switch = true\n",
+                "not with `after_switch`",
+            ),
+            (
+                "outputs = [\"a/b\"]\n[[step]]\nname = \"y\"\nrun = \"true\"\noutputs = [\"a\"]\n",
+                "`a` of step `y` overlaps `a/b` of step `x`",
+            ),
+        ] {
+            let err = parse(&format!("{base}{body}")).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{body}: {err:#}");
+        }
+        let config = parse(&format!(
+            "{base}outputs = [\"node_modules/\"]\ninputs = [\"package-lock.json\"]\n"
+        ))
+        .unwrap();
+        assert!(config.steps[0].has_outputs());
+    }
+
+    #[test]
+    fn untracked_is_gone_with_a_pointer_to_outputs() {
+        let err = parse("[deploy]\nroot = \"/a\"\nuntracked = \"keep\"\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("line 3"), "{text}");
+        assert!(text.contains("`deploy.untracked` is gone"), "{text}");
+        assert!(text.contains("`outputs`"), "{text}");
     }
 
     #[test]

@@ -18,12 +18,13 @@ use crate::config::Config;
 use crate::layout::Layout;
 use crate::lock::{self, DeployLock, Holder};
 use crate::output::{self, seconds, short};
+use crate::outputs::Store;
 use crate::process::{self, Exit};
 use crate::record::{self, Action, DeployRecord, State, StepRecord};
 use crate::refs::short_ref;
 use crate::select::Target;
 use crate::steps::{self, DeployVars};
-use crate::{health, release, restart};
+use crate::{health, prune, release, restart};
 
 /// What started a deploy; recorded, and gate mode checks the pushed base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,7 +321,7 @@ impl Session {
         record::append(&self.layout.deploys_file(), entry)?;
         // The history read under the lock, and this run: all of it, without reading it again.
         self.records.push(entry.clone());
-        let pruned = prune(config, &self.layout, &self.records, &self.id);
+        let pruned = prune::prune(config, &self.layout, &self.records, &self.id);
         let was_live = self.was_live();
         self.lock.release()?;
         if let Err(err) = pruned {
@@ -467,7 +468,7 @@ fn pipeline(
     let dir = layout.release(&id);
     let commit = target.commit.to_string();
 
-    let built_from = make_release(repo, config, session, target)?;
+    make_release(repo, config, session, target)?;
     for note in release::link_shared(&layout, &dir, &config.shared.paths)? {
         output::say(note);
     }
@@ -481,48 +482,31 @@ fn pipeline(
         previous_commit.as_deref(),
         &target.git_ref,
     )?;
-    let width = steps::prefix_width(config);
     let tree = repo
         .find_commit(target.commit)
         .and_then(|commit| commit.tree())
         .with_context(|| format!("failed to read the tree of `{commit}`"))?;
-    // Steps build on what the release they start from holds only when its untracked files stay.
-    let base = built_from.filter(|_| config.deploy.untracked == crate::config::Untracked::Keep);
-    for step in config.steps_before_switch() {
-        if process::stop_requested() {
+    let store = Store::new(&layout);
+    let mut before = steps::BeforeSwitch {
+        config,
+        store: &store,
+        release_id: &id,
+        release_dir: &dir,
+        tree: &tree,
+        env: &env,
+        records: Vec::new(),
+        timings: Vec::new(),
+    };
+    let stopped = before.run();
+    steps.append(&mut before.records);
+    session.timings.append(&mut before.timings);
+    match stopped? {
+        None => {}
+        Some(steps::Stopped::Failed { name, exit }) => return Err(Stop::Step { name, exit }),
+        Some(steps::Stopped::Interrupted { before }) => {
             return Err(Stop::Interrupted {
-                during: format!("the steps, before `{}`", step.name),
-            });
-        }
-        let deciding = Instant::now();
-        let inputs = steps::inputs_digest(&tree, &step.inputs);
-        let done_before = base
-            .as_deref()
-            .and_then(|from| record::step_inputs(&session.records, from, step.name.as_str()));
-        if inputs.is_some() && inputs.as_deref() == done_before {
-            output::say(format!("{}: skipped (inputs unchanged)", step.name));
-            steps.push(StepRecord {
-                name: step.name.to_string(),
-                status: record::StepStatus::Skipped,
-                exit_code: None,
-                // What deciding to skip cost.
-                duration_ms: deciding.elapsed().as_millis() as u64,
-                inputs,
-            });
-            continue;
-        }
-        let (mut record, exit) = steps::run(step, &dir, &env, width)?;
-        record.inputs = inputs;
-        session.timings.push((
-            step.name.to_string(),
-            Duration::from_millis(record.duration_ms),
-        ));
-        steps.push(record);
-        if !exit.success() {
-            return Err(Stop::Step {
-                name: step.name.to_string(),
-                exit,
-            });
+                during: format!("the steps, before `{before}`"),
+            })
         }
     }
     if process::stop_requested() {
@@ -533,6 +517,7 @@ fn pipeline(
 
     go_live(config, session, &id, &commit, &env)?;
 
+    let width = steps::prefix_width(config);
     for step in config.steps_after_switch() {
         let (record, exit) = steps::run(step, &layout.current(), &env, width)?;
         session.timings.push((
@@ -561,29 +546,27 @@ fn pipeline(
 }
 
 /// Makes the new release's files: built from an old release when there is one to reuse, else
-/// checked out whole. Returns the old release it was built from.
+/// checked out whole.
 fn make_release(
     repo: &Repository,
     config: &Config,
     session: &mut Session,
     target: &Target,
-) -> Result<Option<String>> {
+) -> Result<()> {
     let layout = session.layout.clone();
     let id = session.id.clone();
     let dir = layout.release(&id);
     let clock = Instant::now();
-    let built_from = recycle_candidate(config, &layout, &session.records)?;
+    let built_from = prune::recycle_candidate(config, &layout, &session.records)?;
     match &built_from {
         Some(from) => {
-            let update = release::update(
-                repo,
-                &layout,
-                from,
-                &id,
-                target.commit,
-                &config.shared.paths,
-                config.deploy.untracked,
-            )?;
+            let links: Vec<_> = config
+                .shared
+                .paths
+                .iter()
+                .chain(config.steps.iter().flat_map(|step| &step.outputs))
+                .collect();
+            let update = release::update(repo, &layout, from, &id, target.commit, &links)?;
             let mut note = format!(
                 "{} written, {} removed",
                 output::count(update.written, "file"),
@@ -614,52 +597,10 @@ fn make_release(
             ));
         }
     }
-    session.built_from = built_from.clone();
     session.checkout = Some(clock.elapsed());
     session.timings.push(("checkout".into(), clock.elapsed()));
-    Ok(built_from)
-}
-
-/// An old release to build the new one from: the one pruning would remove next, once there
-/// are as many releases as are kept (before that, every release is kept and the new one is
-/// checked out whole). Never the live release nor the rollback target.
-fn recycle_candidate(
-    config: &Config,
-    layout: &Layout,
-    records: &[DeployRecord],
-) -> Result<Option<String>> {
-    if !config.deploy.recycle_releases {
-        return Ok(None);
-    }
-    let (on_disk, expendable) = expendable_releases(layout, records, None)?;
-    if on_disk < config.deploy.keep_releases {
-        return Ok(None);
-    }
-    Ok(expendable
-        .into_iter()
-        .find(|id| layout.index_file(id).is_file()))
-}
-
-/// How many releases are on disk, and those that may go, in the order they would go: never
-/// the live release, the rollback target, nor `also_kept`.
-fn expendable_releases(
-    layout: &Layout,
-    records: &[DeployRecord],
-    also_kept: Option<&str>,
-) -> Result<(usize, Vec<String>)> {
-    let mut on_disk = layout.release_ids()?;
-    record::sort_chronologically(&mut on_disk, records);
-    let live = layout.live_release()?;
-    let rollback = record::rollback_target(records, live.as_deref(), &on_disk).cloned();
-    let mut protected: Vec<&str> = live.iter().map(String::as_str).collect();
-    protected.extend(rollback.as_deref());
-    protected.extend(also_kept);
-    let went_live = |id: &str| record::went_live(records, id);
-    let expendable = release::expendable(&on_disk, &protected, &went_live)
-        .into_iter()
-        .cloned()
-        .collect();
-    Ok((on_disk.len(), expendable))
+    session.built_from = built_from;
+    Ok(())
 }
 
 /// Switches `current` to `release`, restarts, checks health; on failure switches back.
@@ -809,7 +750,7 @@ fn rollback_target(
     let mut on_disk = layout.release_ids()?;
     record::sort_chronologically(&mut on_disk, records);
     let live = layout.live_release()?;
-    match named {
+    let target = match named {
         Some(id) => {
             if !on_disk.iter().any(|r| r == id) {
                 bail!("no release `{id}` on disk (pruned, or never made); `ats-hook releases` lists them");
@@ -820,35 +761,27 @@ fn rollback_target(
             if !record::went_live(records, id) {
                 bail!("`{id}` never went live successfully (its deploy did not succeed); refusing to switch to it");
             }
-            Ok(id.to_string())
+            id.to_string()
         }
         None => record::rollback_target(records, live.as_deref(), &on_disk).cloned().with_context(|| {
             match &live {
                 Some(live) => format!("nothing to roll back to: no release older than `{live}` went live and is still on disk"),
                 None => "nothing to roll back to: no release went live yet".to_string(),
             }
-        }),
+        })?,
+    };
+    // Its dependencies are part of it: a release whose build is gone would not run.
+    let store = Store::new(layout);
+    for (step, output) in record::outputs_of(records, &target) {
+        let dir = store.build_dir(step, &output.build);
+        if !dir.is_dir() {
+            bail!(
+                "`{target}` runs on the build `{}` of step `{step}`, which is gone; refusing to switch to it",
+                dir.display()
+            );
+        }
     }
-}
-
-/// Removes releases beyond `keep_releases`, in the order `expendable_releases` gives; never
-/// the release of this run.
-fn prune(config: &Config, layout: &Layout, records: &[DeployRecord], this_run: &str) -> Result<()> {
-    let (on_disk, expendable) = expendable_releases(layout, records, Some(this_run))?;
-    let excess = on_disk.saturating_sub(config.deploy.keep_releases);
-    let mut removed = Vec::new();
-    for id in expendable.into_iter().take(excess) {
-        release::remove(layout, &id)?;
-        removed.push(id);
-    }
-    if !removed.is_empty() {
-        output::say(format!(
-            "pruned {} old release(s): {}",
-            removed.len(),
-            removed.join(", ")
-        ));
-    }
-    Ok(())
+    Ok(target)
 }
 
 /// A deploy whose process died holding the lock: recorded so the history has no gap.
@@ -890,7 +823,12 @@ fn record_interrupted(layout: &Layout, dead: &Holder) -> Result<()> {
 }
 
 /// `deploy --dry-run`: what a deploy of `target` would do, changing nothing.
-pub fn plan(config: &Config, target: &Target, out: &mut dyn std::io::Write) -> Result<()> {
+pub fn plan(
+    repo: &Repository,
+    config: &Config,
+    target: &Target,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
     let layout = Layout::new(&config.deploy.root);
     let live = layout.live_release()?;
     let id = release::new_id(&layout, target.commit, SystemTime::now());
@@ -905,5 +843,6 @@ pub fn plan(config: &Config, target: &Target, out: &mut dyn std::io::Write) -> R
     if let Some(lock) = lock::current_holder(&layout.lock_file())? {
         writeln!(out, "lock:      held by {lock}; the deploy would wait")?;
     }
-    crate::cmd::write_plan(config, out)
+    crate::cmd::write_plan(config, out)?;
+    crate::cmd::write_outputs_plan(config, repo, target.commit, &target.git_ref, out)
 }

@@ -4,6 +4,7 @@
 //! <root>/releases/<id>/        one folder per release
 //! <root>/current -> releases/<id>
 //! <root>/shared/               state that outlives releases
+//! <root>/outputs/<step>/       what steps built, shared by the releases with the same key
 //! <root>/.ats-hook/lock        the deploy lock, holding who has it
 //! <root>/.ats-hook/deploys.jsonl, logs/<id>.log, index/<id>
 //! ```
@@ -39,6 +40,9 @@ impl Layout {
     }
     pub fn shared(&self) -> PathBuf {
         self.root.join("shared")
+    }
+    pub fn outputs(&self) -> PathBuf {
+        self.root.join("outputs")
     }
     pub fn state(&self) -> PathBuf {
         self.root.join(".ats-hook")

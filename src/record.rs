@@ -38,7 +38,9 @@ pub enum StepStatus {
     Failed,
     TimedOut,
     Interrupted,
-    /// Its inputs were unchanged in the release this one was built from.
+    /// Its outputs were already built for the same key, and linked into the release.
+    Reused,
+    /// Recorded by earlier versions, which skipped a step whose inputs were unchanged.
     Skipped,
 }
 
@@ -53,6 +55,17 @@ pub struct StepRecord {
     /// A digest of the step's inputs at this commit, for steps that declare inputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<String>,
+    /// For a step with outputs: the build the release links to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<StepOutput>,
+}
+
+/// Which stored build a release's outputs of one step link to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepOutput {
+    pub key: String,
+    pub build: String,
+    pub paths: Vec<String>,
 }
 
 /// What a history entry did.
@@ -173,6 +186,17 @@ pub fn deploy_of<'a>(records: &'a [DeployRecord], release: &str) -> Option<&'a D
         .find(|r| r.action == Action::Deploy && r.release == release)
 }
 
+/// The builds a release's outputs link to, as its deploy recorded them: (step, build, output).
+pub fn outputs_of<'a>(
+    records: &'a [DeployRecord],
+    release: &str,
+) -> impl Iterator<Item = (&'a str, &'a StepOutput)> {
+    deploy_of(records, release)
+        .into_iter()
+        .flat_map(|made| made.steps.iter())
+        .filter_map(|step| step.output.as_ref().map(|o| (step.name.as_str(), o)))
+}
+
 /// Orders release ids oldest first: by their timestamp, and within one second by the order the
 /// history recorded them (ids of the same second otherwise sort by sha).
 pub fn sort_chronologically(ids: &mut [String], records: &[DeployRecord]) {
@@ -184,14 +208,4 @@ pub fn sort_chronologically(ids: &mut [String], records: &[DeployRecord]) {
             .unwrap_or(usize::MAX);
         (stamp, recorded, id.clone())
     });
-}
-
-/// The inputs digest a step last completed with in `release` (run or skipped), if it did.
-pub fn step_inputs<'a>(records: &'a [DeployRecord], release: &str, step: &str) -> Option<&'a str> {
-    let made = deploy_of(records, release)?;
-    let step = made.steps.iter().find(|s| s.name == step)?;
-    match step.status {
-        StepStatus::Ok | StepStatus::Skipped => step.inputs.as_deref(),
-        _ => None,
-    }
 }

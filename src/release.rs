@@ -196,15 +196,14 @@ pub fn link_shared(layout: &Layout, release: &Path, paths: &[RelPath]) -> Result
     for path in paths {
         let shared = layout.shared().join(path.as_path());
         let link = release.join(path.as_path());
-        make_parents(release, path.as_path(), InTheWay::Refuse)?;
-        let tracked = fs::symlink_metadata(&link).ok();
         if fs::symlink_metadata(&shared).is_err() {
             if let Some(parent) = shared.parent() {
                 fs::create_dir_all(parent)
                     .with_context(|| format!("failed to create `{}`", parent.display()))?;
             }
-            match &tracked {
-                Some(meta) if !meta.file_type().is_symlink() => {
+            make_parents(release, path.as_path(), InTheWay::Refuse)?;
+            match fs::symlink_metadata(&link) {
+                Ok(meta) if !meta.file_type().is_symlink() => {
                     copy_tree(&link, &shared)?;
                     notes.push(format!("shared: seeded `shared/{path}` from the release"));
                 }
@@ -215,26 +214,33 @@ pub fn link_shared(layout: &Layout, release: &Path, paths: &[RelPath]) -> Result
                 }
             }
         }
-        if let Some(meta) = tracked {
-            if meta.is_dir() {
-                fs::remove_dir_all(&link)
-            } else {
-                fs::remove_file(&link)
-            }
-            .with_context(|| format!("failed to remove `{}`", link.display()))?;
+        if link_path(release, path, &shared)? {
             notes.push(format!(
                 "shared: tracked `{path}` replaced by the link to `shared/{path}`"
             ));
         }
-        std::os::unix::fs::symlink(&shared, &link).with_context(|| {
-            format!(
-                "failed to link `{}` to `{}`",
-                link.display(),
-                shared.display()
-            )
-        })?;
     }
     Ok(notes)
+}
+
+/// Makes `rel` inside the release a symlink to `target`, replacing what the commit has there.
+/// Returns whether it replaced something. The folders above it must be real folders of the
+/// release, so that the link cannot land outside it.
+pub fn link_path(release: &Path, rel: &RelPath, target: &Path) -> Result<bool> {
+    let link = release.join(rel.as_path());
+    make_parents(release, rel.as_path(), InTheWay::Refuse)?;
+    let replaced = fs::symlink_metadata(&link).is_ok();
+    if replaced {
+        remove_any(&link)?;
+    }
+    std::os::unix::fs::symlink(target, &link).with_context(|| {
+        format!(
+            "failed to link `{}` to `{}`",
+            link.display(),
+            target.display()
+        )
+    })?;
+    Ok(replaced)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
@@ -326,22 +332,23 @@ pub struct Update {
     pub removed: usize,
     /// Tracked files found changed on disk since they were written (rewritten).
     pub repaired: usize,
-    /// Untracked files removed (with `untracked = "remove"`).
+    /// Untracked files removed (what steps wrote into the old release).
     pub cleaned: usize,
 }
 
 /// Builds release `new_id` from the old release `from_id`: renames it, then brings its tracked
 /// files to the tree of `commit`, touching only what differs. Its kept index says what it
-/// holds; a stat check catches files changed on disk since. Shared links of the old release
-/// are removed first and linked again afterwards, so no write can land in `shared/`.
+/// holds; a stat check catches files changed on disk since. The old release's links (shared
+/// paths, outputs) are removed first and linked again afterwards, so no write can land in
+/// `shared/` or in a build, and so are its untracked files: it starts from its commit alone,
+/// as a fresh checkout would.
 pub fn update(
     repo: &Repository,
     layout: &Layout,
     from_id: &str,
     new_id: &str,
     commit: Oid,
-    shared: &[RelPath],
-    untracked: crate::config::Untracked,
+    links: &[&RelPath],
 ) -> Result<Update> {
     let dir = layout.release(new_id);
     let index_path = layout.index_file(new_id);
@@ -349,7 +356,7 @@ pub fn update(
         .with_context(|| format!("failed to rename release `{from_id}` to `{new_id}`"))?;
     fs::rename(layout.index_file(from_id), &index_path)
         .with_context(|| format!("failed to move the index of `{from_id}`"))?;
-    for path in shared {
+    for path in links {
         let link = dir.join(path.as_path());
         if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
             fs::remove_file(&link)
@@ -415,19 +422,17 @@ pub fn update(
         add_entry(&mut index, &path, rel, *mode, *id)?;
         update.written += 1;
     }
-    if untracked == crate::config::Untracked::Remove {
-        let mut folders = std::collections::HashSet::new();
-        for (rel, _, _) in &wanted {
-            let mut parent = Path::new(rel.as_str()).parent();
-            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-                if !folders.insert(p.as_os_str().as_bytes().to_vec()) {
-                    break;
-                }
-                parent = p.parent();
+    let mut folders = std::collections::HashSet::new();
+    for (rel, _, _) in &wanted {
+        let mut parent = Path::new(rel.as_str()).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            if !folders.insert(p.as_os_str().as_bytes().to_vec()) {
+                break;
             }
+            parent = p.parent();
         }
-        update.cleaned = remove_untracked(&dir, Path::new(""), &keep, &folders)?;
     }
+    update.cleaned = remove_untracked(&dir, Path::new(""), &keep, &folders)?;
     index
         .write()
         .with_context(|| format!("failed to write index `{}`", index_path.display()))?;
@@ -503,7 +508,7 @@ fn unchanged_on_disk(path: &Path, entry: &IndexEntry) -> bool {
 }
 
 /// Removes a file, symlink or folder, never following a symlink.
-fn remove_any(path: &Path) -> Result<()> {
+pub fn remove_any(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Err(_) => Ok(()),
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),

@@ -4,16 +4,22 @@
 //! environment: the server's (without git's `GIT_*`), the `[env]` table, the env file, and the
 //! `ATS_*` variables. Values that came with the push (ref names, commit data) reach a step only
 //! through those variables, never through the command line.
+//!
+//! A step that declares `outputs` goes through the output store instead: when its key was
+//! built before, the release links to that build and the step does not run; otherwise it runs
+//! in a new build folder, where its outputs stay (see `outputs`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
 use crate::config::{Config, Step};
-use crate::output;
-use crate::process::{Cmd, Exit};
-use crate::record::{StepRecord, StepStatus};
+use crate::output::{self, seconds};
+use crate::outputs::{self, Build, Key, Store};
+use crate::process::{self, Cmd, Exit};
+use crate::record::{StepOutput, StepRecord, StepStatus};
 
 /// What the deploy tells its steps about itself.
 pub struct DeployVars<'a> {
@@ -58,25 +64,6 @@ pub fn environment(config: &Config, vars: &DeployVars<'_>) -> Result<BTreeMap<St
         env.insert(key.to_string(), value);
     }
     Ok(env)
-}
-
-/// What a step's declared inputs are at a commit: each path with the id of its blob or tree
-/// (`-` when absent), so equal text means equal content. `None` for a step without inputs.
-pub fn inputs_digest(tree: &git2::Tree<'_>, inputs: &[crate::config::RelPath]) -> Option<String> {
-    if inputs.is_empty() {
-        return None;
-    }
-    let parts: Vec<String> = inputs
-        .iter()
-        .map(|input| {
-            let id = tree
-                .get_path(input.as_path())
-                .map(|e| e.id().to_string())
-                .unwrap_or_else(|_| "-".into());
-            format!("{input}@{id}")
-        })
-        .collect();
-    Some(parts.join(" "))
 }
 
 /// The width step names are padded to, so output lines align.
@@ -125,6 +112,173 @@ pub fn run(
         exit_code: finished.exit.shell_code(),
         duration_ms: finished.duration.as_millis() as u64,
         inputs: None,
+        output: None,
     };
     Ok((record, finished.exit))
+}
+
+/// Why the steps before the switch stopped short.
+pub enum Stopped {
+    Failed { name: String, exit: Exit },
+    Interrupted { before: String },
+}
+
+/// One deploy's steps before the switch: where they run and what they record.
+pub struct BeforeSwitch<'a> {
+    pub config: &'a Config,
+    pub store: &'a Store,
+    pub release_id: &'a str,
+    pub release_dir: &'a Path,
+    pub tree: &'a git2::Tree<'a>,
+    pub env: &'a BTreeMap<String, String>,
+    /// Each step's record, in order.
+    pub records: Vec<StepRecord>,
+    /// Each step's time, for the summary line.
+    pub timings: Vec<(String, Duration)>,
+}
+
+impl BeforeSwitch<'_> {
+    /// Runs the steps in order, until one fails or ats-hook is asked to stop.
+    pub fn run(&mut self) -> Result<Option<Stopped>> {
+        let width = prefix_width(self.config);
+        for step in self.config.steps_before_switch() {
+            if process::stop_requested() {
+                return Ok(Some(Stopped::Interrupted {
+                    before: step.name.to_string(),
+                }));
+            }
+            let (record, exit) = if step.has_outputs() {
+                self.build_or_reuse(step, width)?
+            } else {
+                run(step, self.release_dir, self.env, width)?
+            };
+            self.timings.push((
+                step.name.to_string(),
+                Duration::from_millis(record.duration_ms),
+            ));
+            self.records.push(record);
+            if !exit.success() {
+                return Ok(Some(Stopped::Failed {
+                    name: step.name.to_string(),
+                    exit,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A step with outputs: links the build of its key into the release, building it first
+    /// when there is none.
+    fn build_or_reuse(&self, step: &Step, width: usize) -> Result<(StepRecord, Exit)> {
+        let name = step.name.as_str();
+        let started = Instant::now();
+        let key_output = match &step.key {
+            None => None,
+            Some(command) => {
+                match outputs::run_key_command(command, self.release_dir, self.env, step.timeout.0)?
+                {
+                    Ok(text) => Some(text),
+                    Err((exit, tail)) => {
+                        for line in &tail {
+                            output::step_line(name, width, line);
+                        }
+                        output::error(format!(
+                            "step `{name}`: its key command `{command}` failed ({exit})"
+                        ));
+                        return Ok((failed_record(name, exit, started.elapsed()), exit));
+                    }
+                }
+            }
+        };
+        let key = Key::of(step, self.tree, key_output);
+        let paths: Vec<String> = step.outputs.iter().map(ToString::to_string).collect();
+        if let Some(build) = self.store.find(step, &key)? {
+            for note in self.store.link(&build, self.release_dir)? {
+                output::say(note);
+            }
+            output::say(format!(
+                "{name}: reused {} ({} unchanged since {})",
+                paths.join(", "),
+                outputs::describe_key(step),
+                build.build
+            ));
+            let record = StepRecord {
+                name: name.to_string(),
+                status: StepStatus::Reused,
+                exit_code: None,
+                duration_ms: started.elapsed().as_millis() as u64,
+                inputs: key.inputs,
+                output: Some(StepOutput {
+                    key: key.digest,
+                    build: build.build,
+                    paths,
+                }),
+            };
+            return Ok((record, Exit::Code(0)));
+        }
+
+        output::say(format!(
+            "{name}: building {} (key {}: {} not built before)",
+            paths.join(", "),
+            key.short(),
+            outputs::describe_key(step)
+        ));
+        let workspace = self
+            .store
+            .prepare(step, self.release_id, self.release_dir)?;
+        let (mut record, exit) = run(step, &workspace.dir, self.env, width)?;
+        record.inputs = key.inputs.clone();
+        if !exit.success() {
+            self.store.discard(workspace);
+            return Ok((record, exit));
+        }
+        let build = Build {
+            step: name.to_string(),
+            key: key.digest.clone(),
+            build: self.release_id.to_string(),
+            outputs: paths.clone(),
+            inputs: key.inputs,
+            key_output: key.key_output,
+            run: step.run.clone(),
+            built_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            duration_ms: record.duration_ms,
+        };
+        let strays = self
+            .store
+            .finish(workspace, &build)
+            .with_context(|| format!("step `{name}` cannot be stored"))?;
+        if !strays.is_empty() {
+            output::say(format!(
+                "{name}: removed what it wrote beside its outputs: {}",
+                strays.join(", ")
+            ));
+        }
+        for note in self.store.link(&build, self.release_dir)? {
+            output::say(note);
+        }
+        output::say(format!(
+            "{name}: stored {} as build {} in {}",
+            paths.join(", "),
+            build.build,
+            seconds(started.elapsed())
+        ));
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        record.output = Some(StepOutput {
+            key: build.key,
+            build: build.build,
+            paths,
+        });
+        Ok((record, exit))
+    }
+}
+
+fn failed_record(name: &str, exit: Exit, took: Duration) -> StepRecord {
+    StepRecord {
+        name: name.to_string(),
+        status: StepStatus::Failed,
+        exit_code: exit.shell_code(),
+        duration_ms: took.as_millis() as u64,
+        inputs: None,
+        output: None,
+    }
 }

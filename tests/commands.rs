@@ -87,8 +87,9 @@ fn check_prints_the_plan() {
     check.stdout_has("env:       DJANGO_SETTINGS_MODULE");
     check.stdout_has("health:    GET http://127.0.0.1:8000/health, expect 200 with `{commit}` in the body, every 1s for up to 30s");
     check.stdout_has("after:     notify (timeout 15m; on failure keep the release)");
-    check.stdout_has("skipped when unchanged: requirements.txt");
-    check.stdout_has("steps with `inputs` always run while `untracked = \"remove\"`");
+    check.stdout_has("builds .venv, stored under a key of its command and requirements.txt and `python3 --version`; reused while it holds");
+    // No push yet: no commit to compute a key at.
+    check.stdout_has("outputs:   (no branch tip to compute keys at");
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod gate;
 mod health;
 mod install;
 mod journald;
+mod outputs;
 mod push;
 mod releases;
 mod rollback;

@@ -272,77 +272,23 @@ fn every_release_equals_its_commit_through_a_random_history() {
 }
 
 #[test]
-fn untracked_files_go_by_default_and_stay_when_kept() {
-    for (policy, stays) in [("remove", false), ("keep", true)] {
-        let server = Server::new();
-        server.config(&format!(
-            "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\nuntracked = \"{policy}\"\n\
-             [[step]]\nname = \"build\"\nrun = \"test -e build/first || {{ mkdir -p build; echo $ATS_COMMIT > build/first; }}\"\n"
-        ));
-        let clone = server.clone("work");
-        let first = clone.commit_file("a", "0");
-        clone.push().success();
-        for n in 1..4 {
-            clone.commit_file("a", &n.to_string());
-            clone.push().success();
-        }
-        assert!(server.last_record()["built_from"].is_string());
-        let kept = server.live_file("build/first").trim() == first;
-        assert_eq!(kept, stays, "untracked = {policy}");
-    }
-}
-
-#[test]
-fn a_step_whose_inputs_did_not_change_is_skipped() {
+fn a_reused_release_starts_from_its_commit_alone() {
     let server = Server::new();
     server.config(
-        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\nuntracked = \"keep\"\n\
-         [[step]]\nname = \"install\"\ninputs = [\"requirements.txt\", \"vendor\"]\n\
-         run = \"cat requirements.txt > installed.txt; echo ran >> $ATS_DEPLOY_ROOT/install-runs\"\n\
-         [[step]]\nname = \"build\"\nrun = \"true\"\n",
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n\
+         [[step]]\nname = \"build\"\nrun = \"test -e build/first || { mkdir -p build; echo $ATS_COMMIT > build/first; }\"\n",
     );
     let clone = server.clone("work");
-    clone.write("requirements.txt", "flask==3.0\n");
-    clone.write("vendor/lib.txt", "v1\n");
-    for n in 0..3 {
-        clone.commit_file("app.py", &format!("{n}\n"));
+    let first = clone.commit_file("a", "0");
+    clone.push().success();
+    for n in 1..4 {
+        clone.commit_file("a", &n.to_string());
         clone.push().success();
     }
-    let runs = || {
-        std::fs::read_to_string(server.root.join("install-runs"))
-            .unwrap()
-            .lines()
-            .count()
-    };
-    assert_eq!(
-        runs(),
-        3,
-        "no release to build from yet: each deploy installs"
-    );
-
-    // Built from the first release, whose install ran with the same inputs: skipped.
-    clone.commit_file("app.py", "3\n");
-    let push = clone.push();
-    push.success()
-        .stderr_has("ats-hook: install: skipped (inputs unchanged)");
-    assert_eq!(runs(), 3);
-    assert_eq!(server.live_file("installed.txt"), "flask==3.0\n");
-    let record = server.last_record();
-    assert_eq!(record["steps"][0]["status"], "skipped");
-    assert_eq!(record["steps"][1]["status"], "ok");
-    assert!(record["steps"][0]["inputs"]
-        .as_str()
-        .unwrap()
-        .starts_with("requirements.txt@"));
-
-    // A changed input runs the step, whichever one changed.
-    clone.commit_file("requirements.txt", "flask==3.1\n");
-    clone.push().success().stderr_lacks("install: skipped");
-    assert_eq!(runs(), 4);
-    assert_eq!(server.live_file("installed.txt"), "flask==3.1\n");
-    clone.commit_file("vendor/lib.txt", "v2\n");
-    clone.push().success().stderr_lacks("install: skipped");
-    assert_eq!(runs(), 5);
+    let last = server.last_record();
+    assert!(last["built_from"].is_string(), "{last}");
+    assert_ne!(server.live_file("build/first").trim(), first);
+    assert_eq!(server.live_file("build/first").trim(), clone.head());
 }
 
 #[test]

@@ -7,11 +7,113 @@ use anyhow::Result;
 
 use crate::cli::Location;
 use crate::config::Config;
+use crate::layout::Layout;
+use crate::output::short;
+use crate::outputs::{self, Key, Store};
+use crate::refs::short_ref;
 
 pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
     let config = super::load(location)?;
     write_plan(&config, out)?;
+    if config.steps.iter().any(|step| step.has_outputs()) {
+        // The repository is only read for this part: `check` also serves an admin who cannot
+        // open it.
+        let tip = super::repo_dir(location)
+            .ok()
+            .and_then(|dir| git2::Repository::open_bare(dir).ok())
+            .and_then(|repo| {
+                let git_ref = config.default_ref()?;
+                let commit = repo.refname_to_id(&git_ref).ok()?;
+                Some((repo, commit, git_ref))
+            });
+        match tip {
+            Some((repo, commit, git_ref)) => {
+                write_outputs_plan(&config, &repo, commit, &git_ref, out)?
+            }
+            None => writeln!(
+                out,
+                "outputs:   (no branch tip to compute keys at: push first, or run as the repository's owner)"
+            )?,
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For each step with outputs: the key a deploy of `commit` would have, and whether it would
+/// reuse a stored build or build one.
+pub fn write_outputs_plan(
+    config: &Config,
+    repo: &git2::Repository,
+    commit: git2::Oid,
+    git_ref: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let layout = Layout::new(&config.deploy.root);
+    let store = Store::new(&layout);
+    let tree = repo.find_commit(commit).and_then(|c| c.tree())?;
+    let dir = if layout.current().is_dir() {
+        layout.current()
+    } else {
+        layout.root().to_path_buf()
+    };
+    let env = crate::steps::environment(
+        config,
+        &crate::steps::DeployVars {
+            release_dir: &dir,
+            release_id: "",
+            commit: &commit.to_string(),
+            previous_commit: None,
+            git_ref,
+            deploy_root: layout.root(),
+        },
+    )
+    .unwrap_or_default();
+    let at = format!("{} ({})", short(&commit.to_string()), short_ref(git_ref));
+    for step in config.steps.iter().filter(|step| step.has_outputs()) {
+        let key_output = match &step.key {
+            None => None,
+            Some(command) => match outputs::run_key_command(command, &dir, &env, step.timeout.0)? {
+                Ok(text) => Some(text),
+                Err((exit, _)) => {
+                    writeln!(
+                            out,
+                            "outputs:   {}: its key command `{command}` fails ({exit}): deploys would fail",
+                            step.name
+                        )?;
+                    continue;
+                }
+            },
+        };
+        let key = Key::of(step, &tree, key_output);
+        let missing: Vec<String> = outputs::missing_inputs(step, &tree)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if !missing.is_empty() {
+            writeln!(
+                out,
+                "outputs:   {}: not in {at}, so keyed as absent: {}",
+                step.name,
+                missing.join(", ")
+            )?;
+        }
+        match store.find(step, &key)? {
+            Some(build) => writeln!(
+                out,
+                "outputs:   {}: at {at}, key {}: reused from build {}",
+                step.name,
+                key.short(),
+                build.build
+            )?,
+            None => writeln!(
+                out,
+                "outputs:   {}: at {at}, key {}: not stored, the next deploy builds it",
+                step.name,
+                key.short()
+            )?,
+        }
+    }
+    Ok(())
 }
 
 pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
@@ -40,22 +142,13 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
         };
         writeln!(out, "env file:  {} ({state})", file.display())?;
     }
-    let untracked = match deploy.untracked {
-        crate::config::Untracked::Keep => "kept",
-        crate::config::Untracked::Remove => "removed",
-    };
     if deploy.recycle_releases {
-        writeln!(out, "building:  from the release pruning would remove next (its untracked files {untracked}), else a full checkout")?;
-    } else {
-        writeln!(out, "building:  a full checkout for every release")?;
-    }
-    if config.steps.iter().any(|s| !s.inputs.is_empty())
-        && deploy.untracked == crate::config::Untracked::Remove
-    {
         writeln!(
             out,
-            "note:      steps with `inputs` always run while `untracked = \"remove\"`"
+            "building:  from the release pruning would remove next, else a full checkout"
         )?;
+    } else {
+        writeln!(out, "building:  a full checkout for every release")?;
     }
     if config.steps_before_switch().next().is_none() {
         writeln!(out, "steps:     none")?;
@@ -69,12 +162,13 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             step.timeout,
             step.run
         )?;
-        if !step.inputs.is_empty() {
-            let inputs: Vec<String> = step.inputs.iter().map(|i| i.to_string()).collect();
+        if step.has_outputs() {
+            let paths: Vec<String> = step.outputs.iter().map(ToString::to_string).collect();
             writeln!(
                 out,
-                "           skipped when unchanged: {}",
-                inputs.join(", ")
+                "           builds {}, stored under a key of its command and {}; reused while it holds",
+                paths.join(", "),
+                outputs::describe_key(step)
             )?;
         }
     }

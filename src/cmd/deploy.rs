@@ -41,7 +41,7 @@ pub fn run(
         commit: commit.id(),
     };
     if dry_run {
-        deploy::plan(&config, &target, out)?;
+        deploy::plan(&repo, &config, &target, out)?;
         return Ok(ExitCode::SUCCESS);
     }
     deploy::deploy(&repo, &config, &target, Trigger::Manual)

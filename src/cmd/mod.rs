@@ -13,7 +13,7 @@ mod remote;
 mod ssh_gate;
 mod status;
 
-pub(crate) use check::write_plan;
+pub(crate) use check::{write_outputs_plan, write_plan};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

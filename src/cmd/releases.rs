@@ -23,6 +23,16 @@ struct ReleaseInfo {
     created: Option<String>,
     live: bool,
     rollback_target: bool,
+    /// The stored builds its outputs link to.
+    outputs: Vec<OutputInfo>,
+}
+
+#[derive(Debug, Serialize)]
+struct OutputInfo {
+    step: String,
+    paths: Vec<String>,
+    key: String,
+    build: String,
 }
 
 pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
@@ -45,6 +55,14 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
                 created: made.map(|r| r.started_at.clone()),
                 live: live.as_deref() == Some(id),
                 rollback_target: rollback.as_deref() == Some(id),
+                outputs: record::outputs_of(&records, id)
+                    .map(|(step, output)| OutputInfo {
+                        step: step.to_string(),
+                        paths: output.paths.clone(),
+                        key: output.key.clone(),
+                        build: output.build.clone(),
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -60,8 +78,8 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
     let width = releases.iter().map(|r| r.id.len()).max().unwrap_or(0);
     writeln!(
         out,
-        "  {:width$}  {:7}  {:12}  {:11}  CREATED",
-        "RELEASE", "COMMIT", "REF", "STATE"
+        "  {:width$}  {:7}  {:12}  {:11}  {:20}  OUTPUTS",
+        "RELEASE", "COMMIT", "REF", "STATE", "CREATED"
     )?;
     for release in &releases {
         let marker = if release.live { "*" } else { " " };
@@ -72,9 +90,19 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         } else {
             ""
         };
+        let outputs: Vec<String> = release
+            .outputs
+            .iter()
+            .map(|o| format!("{}={}", o.step, &o.key[..o.key.len().min(12)]))
+            .collect();
+        let outputs = if outputs.is_empty() {
+            "-".to_string()
+        } else {
+            outputs.join(",")
+        };
         writeln!(
             out,
-            "{marker} {:width$}  {:7}  {:12}  {:11}  {}{note}",
+            "{marker} {:width$}  {:7}  {:12}  {:11}  {:20}  {outputs}{note}",
             release.id,
             release.commit.as_deref().map(short).unwrap_or("-"),
             release.git_ref.as_deref().map(short_ref).unwrap_or("-"),

@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::cli::Location;
 use crate::layout::Layout;
 use crate::lock::{self, Holder};
-use crate::output::short;
+use crate::output::{self, short};
+use crate::outputs::Store;
 use crate::record::{self, DeployRecord};
 use crate::refs::short_ref;
 
@@ -20,6 +21,15 @@ struct Status {
     last_deploy: Option<DeployRecord>,
     lock: Option<Holder>,
     releases: Vec<String>,
+    outputs: Outputs,
+}
+
+/// The output store: how many builds it keeps and the disk they take.
+#[derive(Debug, Serialize)]
+struct Outputs {
+    dir: String,
+    builds: usize,
+    bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,12 +58,19 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
     });
     let mut releases = layout.release_ids()?;
     record::sort_chronologically(&mut releases, &records);
+    let store = Store::new(&layout);
+    let outputs = Outputs {
+        dir: store.dir().display().to_string(),
+        builds: store.list()?.len(),
+        bytes: store.disk_usage()?,
+    };
     let status = Status {
         root: layout.root().display().to_string(),
         live,
         last_deploy: records.last().cloned(),
         lock: lock::current_holder(&layout.lock_file())?,
         releases,
+        outputs,
     };
     if json {
         serde_json::to_writer_pretty(&mut *out, &status).context("failed to write status")?;
@@ -96,5 +113,14 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         None => writeln!(out, "lock:        free")?,
     }
     writeln!(out, "releases:    {} on disk", status.releases.len())?;
+    if status.outputs.builds > 0 || status.outputs.bytes > 0 {
+        writeln!(
+            out,
+            "outputs:     {}, {} in {}",
+            output::count(status.outputs.builds, "stored build"),
+            output::size(status.outputs.bytes),
+            status.outputs.dir
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -184,9 +184,10 @@ impl Server {
         self.tmp.path()
     }
 
-    /// Writes `ats-hook.toml`; `ROOT` stands for the deploy root.
+    /// Writes `ats-hook.toml`; `"ROOT"` (quoted) stands for the deploy root.
     pub fn config(&self, toml: &str) -> &Self {
-        let text = toml.replace("ROOT", self.root.to_str().unwrap());
+        let quoted = format!("\"{}\"", self.root.to_str().unwrap());
+        let text = toml.replace("\"ROOT\"", &quoted);
         std::fs::write(self.bare.join("ats-hook.toml"), text).unwrap();
         self
     }
@@ -289,6 +290,49 @@ impl Server {
 
     pub fn last_record(&self) -> Value {
         self.records().pop().expect("no deploy recorded")
+    }
+
+    /// The build folders the output store holds for `step`, finished or not.
+    pub fn builds(&self, step: &str) -> std::collections::BTreeSet<String> {
+        match std::fs::read_dir(self.root.join("outputs").join(step)) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Default::default(),
+        }
+    }
+
+    /// The build of `step` that `release`'s output `path` links to.
+    #[track_caller]
+    pub fn build_of(&self, release: &str, step: &str, path: &str) -> String {
+        let link = self.root.join("releases").join(release).join(path);
+        let target = std::fs::read_link(&link)
+            .unwrap_or_else(|err| panic!("{} is not a link: {err}", link.display()));
+        let rest = target
+            .strip_prefix(self.root.join("outputs").join(step))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} points outside the store: {}",
+                    link.display(),
+                    target.display()
+                )
+            });
+        rest.components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The builds of `step` that the releases on disk link to at `path`.
+    pub fn builds_in_use(&self, step: &str, path: &str) -> std::collections::BTreeSet<String> {
+        self.releases()
+            .iter()
+            .map(|release| self.build_of(release, step, path))
+            .collect()
     }
 }
 

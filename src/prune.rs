@@ -1,0 +1,115 @@
+//! What stays on disk: the releases pruning removes (and the one a new release is built from),
+//! and the stored builds no kept release links to.
+//!
+//! The live release and the one a rollback would go to are never removed, and neither is any
+//! build they link to, so a rollback always finds its release as it was, dependencies included.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+
+use crate::config::Config;
+use crate::layout::Layout;
+use crate::output;
+use crate::outputs::Store;
+use crate::record::{self, DeployRecord};
+use crate::release;
+
+/// An old release to build the new one from: the one pruning would remove next, once there
+/// are as many releases as are kept (before that, every release is kept and the new one is
+/// checked out whole). Never the live release nor the rollback target.
+pub fn recycle_candidate(
+    config: &Config,
+    layout: &Layout,
+    records: &[DeployRecord],
+) -> Result<Option<String>> {
+    if !config.deploy.recycle_releases {
+        return Ok(None);
+    }
+    let (on_disk, expendable) = expendable_releases(layout, records, None)?;
+    if on_disk < config.deploy.keep_releases {
+        return Ok(None);
+    }
+    Ok(expendable
+        .into_iter()
+        .find(|id| layout.index_file(id).is_file()))
+}
+
+/// How many releases are on disk, and those that may go, in the order they would go: never
+/// the live release, the rollback target, nor `also_kept`.
+fn expendable_releases(
+    layout: &Layout,
+    records: &[DeployRecord],
+    also_kept: Option<&str>,
+) -> Result<(usize, Vec<String>)> {
+    let mut on_disk = layout.release_ids()?;
+    record::sort_chronologically(&mut on_disk, records);
+    let live = layout.live_release()?;
+    let rollback = record::rollback_target(records, live.as_deref(), &on_disk).cloned();
+    let mut protected: Vec<&str> = live.iter().map(String::as_str).collect();
+    protected.extend(rollback.as_deref());
+    protected.extend(also_kept);
+    let went_live = |id: &str| record::went_live(records, id);
+    let expendable = release::expendable(&on_disk, &protected, &went_live)
+        .into_iter()
+        .cloned()
+        .collect();
+    Ok((on_disk.len(), expendable))
+}
+
+/// Removes releases beyond `keep_releases`, in the order `expendable_releases` gives, never
+/// the release of this run; then the stored builds that no release left on disk links to.
+pub fn prune(
+    config: &Config,
+    layout: &Layout,
+    records: &[DeployRecord],
+    this_run: &str,
+) -> Result<()> {
+    let (on_disk, expendable) = expendable_releases(layout, records, Some(this_run))?;
+    let excess = on_disk.saturating_sub(config.deploy.keep_releases);
+    let mut removed = Vec::new();
+    for id in expendable.into_iter().take(excess) {
+        release::remove(layout, &id)?;
+        removed.push(id);
+    }
+    if !removed.is_empty() {
+        output::say(format!(
+            "pruned {} old release(s): {}",
+            removed.len(),
+            removed.join(", ")
+        ));
+    }
+    let store = Store::new(layout);
+    let used = builds_in_use(config, layout, &store, records)?;
+    let builds = store.prune(&used)?;
+    if !builds.is_empty() {
+        output::say(format!(
+            "pruned {} stored build(s) no release uses: {}",
+            builds.len(),
+            builds.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// The builds (step, build) the releases on disk link to: as their deploys recorded it, and as
+/// their links at today's output paths show it, so neither a changed config nor a lost record
+/// can free a build a release still runs on.
+pub fn builds_in_use(
+    config: &Config,
+    layout: &Layout,
+    store: &Store,
+    records: &[DeployRecord],
+) -> Result<HashSet<(String, String)>> {
+    let mut used = HashSet::new();
+    for id in layout.release_ids()? {
+        for (step, output) in record::outputs_of(records, &id) {
+            used.insert((step.to_string(), output.build.clone()));
+        }
+        let dir = layout.release(&id);
+        for path in config.steps.iter().flat_map(|step| &step.outputs) {
+            used.extend(store.build_linked_at(&dir.join(path.as_path())));
+        }
+    }
+    Ok(used)
+}
