@@ -8,6 +8,7 @@ mod apps;
 mod commands;
 mod concurrency;
 mod config_errors;
+mod deps;
 mod gate;
 mod health;
 mod install;
