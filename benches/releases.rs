@@ -16,59 +16,14 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ats-hook");
+mod support;
+use support::*;
 
 #[path = "../tests/support/rng.rs"]
 mod rng;
 use rng::Rng;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = hermetic(Command::new("git"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn hermetic(mut cmd: Command) -> Command {
-    for (key, _) in std::env::vars() {
-        if key.starts_with("GIT_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com");
-    cmd
-}
-
-/// Runs a command, returning its wall time; panics on failure. Dirty pages of earlier samples
-/// are written out first, so no sample pays for another's writes.
-fn time(cmd: &mut Command) -> Duration {
-    let synced = Command::new("sync").status().expect("sync");
-    assert!(synced.success());
-    let start = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
-    let took = start.elapsed();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
-}
 
 /// `git checkout -f SHA -- .` of the bare repository into `worktree`, with `index` as its
 /// index: how a hand-written hook checks out.
@@ -82,15 +37,6 @@ fn git_checkout(bare: &Path, worktree: &Path, index: &Path, sha: &str) -> Durati
             .args(["checkout", "-f", sha, "--", "."])
             .env("GIT_INDEX_FILE", index),
     )
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// The app's tree: nested folders of source-like files, and a few large files.
@@ -123,12 +69,6 @@ fn generate(work: &Path, rng: &mut Rng) -> (usize, u64) {
     }
     std::fs::write(work.join("requirements.txt"), "django==5.0\ngunicorn\n").unwrap();
     (files + 1, bytes)
-}
-
-/// The hook's own record of the last deploy.
-fn last_record(root: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(root.join(".ats-hook/deploys.jsonl")).unwrap();
-    serde_json::from_str(text.lines().last().unwrap()).unwrap()
 }
 
 /// Peak resident memory of a command, in KiB: run from a child of ours that has no other
@@ -385,7 +325,6 @@ fn main() {
     let plain_m = median(without_hook.clone());
     let skip_m = median(skipped);
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
 
     println!();
     println!("ats-hook release benchmark: {files} files, {:.1} MB; medians of {series} small changes (2 files each),", bytes as f64 / 1e6);

@@ -1,9 +1,10 @@
 //! The flows our users run today, end to end, with the real parts: a Flask app with a Makefile,
 //! uWSGI and PostgreSQL; gunicorn and a worker under a real systemd, pushed to over SSH by a
-//! user whose only privilege is the shipped sudoers rule; production tags with a virtualenv per
-//! release; and a deploy under load that fails no request. The configs are the ones in
-//! contrib/examples/.
+//! user whose only privilege is the shipped sudoers rule; production tags, each on the
+//! virtualenv of its requirements; and a deploy under load that fails no request. The configs
+//! are the ones in contrib/examples/.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,6 +68,7 @@ fn flask_with_make_uwsgi_touch_reload_and_postgres() {
     let v2 = clone.commit("items have a price");
     let push = clone.push();
     push.success()
+        .stderr_has("install-deps: reused .venv (requirements.txt, Makefile and `/usr/bin/python3 --version` unchanged since ")
         .stderr_has("upgrade-db | applying 0002_price.sql")
         .stderr_has("restart: touched `wsgi.py`")
         .stderr_has("health: ok after");
@@ -101,7 +103,7 @@ fn flask_with_make_uwsgi_touch_reload_and_postgres() {
 }
 
 #[test]
-fn production_deploys_tags_only_each_release_with_its_own_virtualenv() {
+fn production_deploys_tags_only_each_on_the_virtualenv_of_its_requirements() {
     let server = Server::new();
     let root = server.root.clone();
     write_env_file(&root, None);
@@ -132,18 +134,41 @@ fn production_deploys_tags_only_each_release_with_its_own_virtualenv() {
         push.success()
             .stderr_has("check | flask 3.")
             .stderr_has(&format!("({tag})"));
+        if deployed.is_empty() {
+            push.stderr_has("venv: building .venv");
+        } else {
+            push.stderr_has(&format!("venv: reused .venv (requirements.txt and `/usr/bin/python3 --version` unchanged since {})", deployed[0]));
+        }
         let live = server.live().unwrap();
-        let venv = root.join("releases").join(&live).join(".venv/bin/python");
-        assert!(venv.exists(), "release {live} has no virtualenv");
+        assert!(server.root.join("current/.venv/bin/python").exists());
         assert_eq!(server.last_record()["ref"], format!("refs/tags/{tag}"));
         deployed.push(live);
     }
-    // keep_releases = 3: the oldest release went, its virtualenv with it.
+    // keep_releases = 3: the oldest release went; the virtualenv it built stays, because the
+    // releases kept run on it.
     let mut kept = deployed[1..].to_vec();
     kept.sort();
     assert_eq!(server.releases(), kept);
-    assert!(!root.join("releases").join(&deployed[0]).exists());
+    assert_eq!(server.builds("venv"), BTreeSet::from([deployed[0].clone()]));
     assert_eq!(server.live_file("VERSION"), "1.3.0");
+
+    // A tag with other requirements gets its own; the previous tags keep theirs.
+    clone.write(
+        "requirements.txt",
+        &format!(
+            "{}itsdangerous\n",
+            std::fs::read_to_string(clone.dir.join("requirements.txt")).unwrap()
+        ),
+    );
+    clone.commit("release 1.4.0");
+    clone.git(&["tag", "-a", "-m", "1.4.0", "1.4.0"]).success();
+    clone
+        .push_args(&["1.4.0"])
+        .success()
+        .stderr_has("venv: building .venv");
+    let live = server.live().unwrap();
+    assert_eq!(server.build_of(&live, "venv", ".venv"), live);
+    assert_eq!(server.build_of(&deployed[3], "venv", ".venv"), deployed[0]);
 }
 
 /// gunicorn (`app.service`) and a worker (`app-worker.service`) under a systemd of their own,
@@ -166,7 +191,7 @@ fn app_unit(user: &str, root: &Path, port: u16, chdir: bool) -> String {
     };
     format!(
         "[Unit]\nDefaultDependencies=no\n[Service]\nUser={user}\nGroup={user}\nWorkingDirectory={root}/current\n\
-         ExecStart={root}/shared/venv/bin/gunicorn -b 127.0.0.1:{port} --workers 2 --graceful-timeout 10{chdir} wsgi:application\n\
+         ExecStart={root}/current/.venv/bin/gunicorn -b 127.0.0.1:{port} --workers 2 --graceful-timeout 10{chdir} wsgi:application\n\
          ExecReload=/bin/kill -s HUP $MAINPID\nKillMode=mixed\n",
         root = root.display()
     )
@@ -189,7 +214,7 @@ impl SystemdApp {
             units.join("app-worker.service"),
             format!(
                 "[Unit]\nDefaultDependencies=no\n[Service]\nUser={user}\nGroup={user}\nWorkingDirectory={root}/current\n\
-                 Environment=WORKER_STATUS={root}/shared/worker-status\nExecStart={root}/shared/venv/bin/python worker.py\n",
+                 Environment=WORKER_STATUS={root}/shared/worker-status\nExecStart={root}/current/.venv/bin/python worker.py\n",
                 user = user.name,
                 root = root.display()
             ),

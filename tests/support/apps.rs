@@ -305,7 +305,7 @@ impl Uwsgi {
         .arg("--http-socket")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--virtualenv")
-        .arg(root.join("shared/venv"))
+        .arg(root.join("current/.venv"))
         .arg("--chdir")
         .arg(&current)
         .arg("--wsgi-file")
