@@ -157,7 +157,8 @@ fn main() {
     let (mut fresh_push, mut fresh_install) = (Vec::new(), Vec::new());
     for n in 0..series {
         std::fs::write(work.join("VERSION"), format!("{n}\n")).unwrap();
-        git(&work, &["commit", "-q", "-am", &format!("change {n}")]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", &format!("change {n}")]);
         none_push.push(none.push(&work).0);
         let (took, install) = stored.push(&work);
         stored_push.push(took);

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -415,4 +416,117 @@ fn a_graceful_reload_deploy_under_load_fails_no_request() {
         &failures[..failures.len().min(5)]
     );
     assert_eq!(get(&app.url()).unwrap().trim(), v2);
+}
+
+#[test]
+fn django_with_sqlite_in_shared_migrations_static_files_and_gunicorn() {
+    let server = Server::new();
+    let root = server.root.clone();
+    let port = closed_port();
+    let database = root.join("shared/db.sqlite3");
+    let env_file = write_env_file(&root, None);
+    std::fs::write(
+        &env_file,
+        format!(
+            "{}DJANGO_SECRET_KEY=test-only-secret\nDJANGO_DATABASE={}\n",
+            std::fs::read_to_string(&env_file).unwrap(),
+            database.display()
+        ),
+    )
+    .unwrap();
+    let example = example_config(
+        "django-gunicorn.toml",
+        &[
+            ("/srv/django-app", root.to_str().unwrap()),
+            ("127.0.0.1:8000", &format!("127.0.0.1:{port}")),
+        ],
+    );
+    // gunicorn runs here as a plain process, not a unit: HUP it through its pidfile.
+    let (steps, rest) = example.split_once("[restart]").unwrap();
+    let health = &rest[rest.find("[health]").unwrap()..];
+    let config = format!(
+        "{steps}[restart]\nsignal = {{ pidfile = \"shared/gunicorn.pid\", signal = \"HUP\" }}\n\n{health}"
+    );
+    // The first deploy comes before gunicorn runs: nothing to restart or probe yet.
+    server.config(steps);
+    let clone = server.clone("work");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django-app"),
+        &clone.dir,
+    );
+    let v1 = clone.commit("a Django app");
+    clone
+        .push()
+        .success()
+        .stderr_has("install: building .venv")
+        .stderr_has("Applying notes.0001_initial... OK");
+    assert!(database.is_file(), "the database is not in shared/");
+    assert!(server
+        .root
+        .join("current/static/admin/css/base.css")
+        .is_file());
+
+    let mut gunicorn = Command::new(root.join("current/.venv/bin/gunicorn"));
+    gunicorn
+        .args(["--bind", &format!("127.0.0.1:{port}"), "--workers", "2"])
+        .arg("--chdir")
+        .arg(root.join("current"))
+        .arg("--pid")
+        .arg(root.join("shared/gunicorn.pid"))
+        .arg("mysite.wsgi")
+        .current_dir(&root)
+        .env("DJANGO_SECRET_KEY", "test-only-secret")
+        .env("DJANGO_DATABASE", &database)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _gunicorn = ChildGuard(gunicorn.spawn().unwrap());
+    let url = |path: &str| format!("http://127.0.0.1:{port}/{path}");
+    wait_for_body(&url("version"), &v1, Duration::from_secs(30));
+    assert_eq!(get(&url("notes")).unwrap().trim(), "id,text");
+
+    // A model change with its migration: the virtualenv is reused, the migration runs before
+    // the switch, gunicorn reloads into the new release.
+    server.config(&config);
+    wait_for("gunicorn's pidfile", Duration::from_secs(10), || {
+        root.join("shared/gunicorn.pid").exists()
+    });
+    clone.write(
+        "notes/models.py",
+        "from django.db import models\n\n\nclass Note(models.Model):\n    text = models.TextField()\n    pinned = models.BooleanField(default=False)\n",
+    );
+    clone.write(
+        "notes/migrations/0002_pinned.py",
+        "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"notes\", \"0001_initial\")]\n    operations = [migrations.AddField(\"note\", \"pinned\", models.BooleanField(default=False))]\n",
+    );
+    let v2 = clone.commit("notes can be pinned");
+    clone
+        .push()
+        .success()
+        .stderr_has("install: reused .venv")
+        .stderr_has("Applying notes.0002_pinned... OK")
+        .stderr_has("health: ok after");
+    assert_eq!(get(&url("version")).unwrap().trim(), v2);
+    assert_eq!(get(&url("notes")).unwrap().trim(), "id,text,pinned");
+
+    // A migration that fails: the deploy stops before the switch, the site serves v2 on its
+    // schema, with its own static files.
+    clone.write(
+        "notes/migrations/0003_broken.py",
+        "from django.db import migrations\n\n\ndef fail(apps, schema_editor):\n    raise RuntimeError(\"data migration failed\")\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"notes\", \"0002_pinned\")]\n    operations = [migrations.RunPython(fail)]\n",
+    );
+    clone.commit("a data migration that fails");
+    clone
+        .push()
+        .success()
+        .stderr_has("RuntimeError: data migration failed")
+        .stderr_has(&format!(
+            "deploy FAILED at step migrate (exit 1); {} is still live",
+            &v2[..7]
+        ));
+    assert_eq!(get(&url("version")).unwrap().trim(), v2);
+    assert_eq!(get(&url("notes")).unwrap().trim(), "id,text,pinned");
+    assert!(server
+        .root
+        .join("current/static/admin/css/base.css")
+        .is_file());
 }

@@ -255,7 +255,7 @@ fn gunicorn_runs_from_a_build_whose_builder_was_pruned() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let child = gunicorn.spawn().expect("gunicorn from the release");
-    let _gunicorn = KillOnDrop(child);
+    let _gunicorn = ChildGuard(child);
     let url = format!("http://127.0.0.1:{port}/");
     wait_for_body(&url, &clone.head(), Duration::from_secs(30));
 
@@ -271,15 +271,6 @@ fn gunicorn_runs_from_a_build_whose_builder_was_pruned() {
         .stderr_has("install: reused .venv")
         .stderr_has("health: ok after");
     assert_eq!(get(&url).unwrap().trim(), v4);
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The install step with a pause after pip, while `ROOT/pause` exists: a build whose

@@ -27,7 +27,7 @@ pub fn copy_sample_app(clone: &Clone) {
     copy_dir(&source, &clone.dir);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

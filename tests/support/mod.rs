@@ -425,6 +425,16 @@ impl Clone {
     }
 }
 
+/// A child process killed when the test ends, however it ends.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits (bounded) until `check` holds.
 #[track_caller]
 pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
