@@ -23,6 +23,10 @@ use std::time::Duration;
 mod support;
 use support::*;
 
+#[path = "../tests/support/files.rs"]
+mod files;
+use files::copy_dir;
+
 const INSTALL: &str = "/usr/bin/python3 -m venv .venv && .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt";
 
 /// One bare repository with ats-hook as its hook, and its deploy root.
@@ -35,22 +39,17 @@ impl Target {
     fn new(base: &Path, name: &str, steps: &str, wheels: &Path) -> Target {
         let bare = base.join(format!("{name}.git"));
         let root = base.join(name);
-        git(
+        hooked_repository(
             base,
-            &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
-        );
-        std::os::unix::fs::symlink(BIN, bare.join("hooks/post-receive")).unwrap();
-        std::fs::write(
-            bare.join("ats-hook.toml"),
-            format!(
+            &bare,
+            &format!(
                 "[deploy]\nroot = \"{}\"\nkeep_releases = 5\n\
                  [env]\nPIP_NO_INDEX = \"1\"\nPIP_FIND_LINKS = \"{}\"\n{steps}\
                  [[step]]\nname = \"build\"\nrun = \"make build\"\n",
                 root.display(),
                 wheels.display()
             ),
-        )
-        .unwrap();
+        );
         Target { bare, root }
     }
 
@@ -95,19 +94,6 @@ fn disk_usage(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn main() {

@@ -126,21 +126,16 @@ fn main() {
     git(&work, &["init", "-q", "-b", "main"]);
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-q", "-m", "initial"]);
-    git(
+    hooked_repository(
         base,
-        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
-    );
-    std::os::unix::fs::symlink(BIN, bare.join("hooks/post-receive")).unwrap();
-    std::fs::write(
-        bare.join("ats-hook.toml"),
-        format!(
+        &bare,
+        &format!(
             "[deploy]\nroot = \"{}\"\nkeep_releases = 5\n\
              [[step]]\nname = \"install\"\ninputs = [\"requirements.txt\"]\noutputs = [\"deps\"]\n\
              run = \"sleep 1 && mkdir deps\"\n",
             root.display()
         ),
-    )
-    .unwrap();
+    );
     git(&work, &["remote", "add", "staging", bare.to_str().unwrap()]);
     let first = git(&work, &["rev-parse", "HEAD"]);
 

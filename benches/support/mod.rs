@@ -70,6 +70,17 @@ pub fn last_record(root: &Path) -> serde_json::Value {
     serde_json::from_str(text.lines().last().unwrap()).unwrap()
 }
 
+/// A bare repository `bare` with ats-hook as its post-receive hook and `config` as its
+/// `ats-hook.toml`.
+pub fn hooked_repository(base: &Path, bare: &Path, config: &str) {
+    git(
+        base,
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+    );
+    std::os::unix::fs::symlink(BIN, bare.join("hooks/post-receive")).unwrap();
+    std::fs::write(bare.join("ats-hook.toml"), config).unwrap();
+}
+
 /// Whether a target is met, as the tables print it.
 pub fn verdict(met: bool) -> &'static str {
     if met {

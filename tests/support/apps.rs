@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use super::files::copy_dir;
 use super::*;
 
 /// Wheels for the sample app, fetched by tests/run, so steps install without reaching PyPI.
@@ -25,19 +26,6 @@ pub fn wheelhouse() -> PathBuf {
 pub fn copy_sample_app(clone: &Clone) {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flask-app");
     copy_dir(&source, &clone.dir);
-}
-
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// One GET; the body, or what went wrong.

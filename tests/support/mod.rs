@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod files;
 pub mod rng;
 pub mod system;
 
