@@ -328,3 +328,41 @@ fn pruning_keeps_the_builds_kept_releases_use_and_rollback_refuses_a_lost_one() 
         .stderr_has(&format!("`{target}` runs on the build"))
         .stderr_has("which is gone; refusing to switch to it");
 }
+
+#[test]
+fn gate_mode_builds_from_the_quarantine_and_dry_run_tells_the_key() {
+    let server = install_server(5);
+    server.gate();
+    let clone = server.clone("work");
+    clone.write("requirements.txt", "flask==3.0\n");
+    clone.write("vendor/lib.txt", "lib v1\n");
+    let first = clone.commit("first");
+    clone.push().success().stderr_has("install: building deps");
+    let built = server.live().unwrap();
+    assert_eq!(
+        server.tip("refs/heads/main").as_deref(),
+        Some(first.as_str())
+    );
+    clone.commit_file("app.py", "1\n");
+    clone
+        .push()
+        .success()
+        .stderr_has(&format!("install: reused deps (requirements.txt, vendor and `cat \"$ATS_DEPLOY_ROOT/toolchain\"` unchanged since {built})"));
+    // A failed build in gate mode: the push is rejected, nothing is stored for its key.
+    std::fs::write(server.root.join("fail"), "").unwrap();
+    clone.commit_file("requirements.txt", "flask==3.1\n");
+    clone
+        .push()
+        .failure()
+        .stderr_has("deploy FAILED at step install (exit 1)");
+    assert_eq!(server.builds("install"), BTreeSet::from([built.clone()]));
+
+    // `deploy --dry-run` computes the key of the commit it would deploy, changing nothing.
+    let live = server.live();
+    server
+        .ats(&["deploy", "--dry-run"])
+        .success()
+        .stdout_has("outputs:   install: at ")
+        .stdout_has(&format!(": reused from build {built}"));
+    assert_eq!(server.live(), live);
+}
