@@ -617,9 +617,18 @@ fn go_live(
     let width = steps::prefix_width(config);
 
     if !config.restart.is_empty() {
-        live_stage(config, session, "restart", "restart", |_| {
-            restart::run(&config.restart, &layout, &layout.current(), env, width)
-                .context("restart failed")
+        live_stage(config, session, "restart", "restart", |session| {
+            let was_live = session.previous_release.as_deref();
+            let was_live = was_live.map(|id| layout.release(id));
+            restart::run(
+                &config.restart,
+                &layout,
+                &layout.current(),
+                was_live.as_deref(),
+                env,
+                width,
+            )
+            .context("restart failed")
         })?;
     }
     if let Some(check) = &config.health {
@@ -662,6 +671,7 @@ fn live_stage(
 fn switch_back(config: &Config, session: &Session) -> Result<()> {
     let layout = &session.layout;
     let previous = session.previous_release.as_deref();
+    let leaving = layout.live_release().ok().flatten();
     release::restore_current(layout, previous)?;
     let Some(previous) = previous else {
         output::say("removed `current`: nothing was live before");
@@ -680,6 +690,7 @@ fn switch_back(config: &Config, session: &Session) -> Result<()> {
         &config.restart,
         layout,
         &layout.current(),
+        leaving.map(|id| layout.release(&id)).as_deref(),
         &env,
         steps::prefix_width(config),
     )

@@ -17,15 +17,20 @@ use crate::layout::Layout;
 use crate::output;
 use crate::process::Cmd;
 
-/// Runs the restart actions against the release `current` now points at.
+/// Runs the restart actions against the release `current` now points at; `was_live` is the
+/// release it pointed at before.
 pub fn run(
     restart: &Restart,
     layout: &Layout,
     release_dir: &Path,
+    was_live: Option<&Path>,
     env: &BTreeMap<String, String>,
     width: usize,
 ) -> Result<()> {
     if let Some(touch) = &restart.touch {
+        if let Some(was_live) = was_live {
+            after_the_second_of(&was_live.join(touch.as_path()));
+        }
         touch_file(layout, &release_dir.join(touch.as_path()))?;
         output::say(format!("restart: touched `{touch}`"));
     }
@@ -79,6 +84,26 @@ fn run_command(cmd: Cmd, label: &str, width: usize) -> Result<()> {
         bail!("`{label}` failed ({})", finished.exit);
     }
     Ok(())
+}
+
+/// Waits, if need be, until the clock has left the second of `path`'s modification time.
+/// Watchers of a touched file (uWSGI's `touch-reload`) compare whole seconds: a touch in the
+/// same second as the file they saw last would not reload the app.
+fn after_the_second_of(path: &Path) {
+    let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified()) else {
+        return;
+    };
+    let second = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let seen = second(modified);
+    // Bounded: a clock that went back must not stall the deploy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1100);
+    while second(SystemTime::now()) <= seen && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Sets a file's mtime to now, creating it if needed, but only inside the deploy root: a

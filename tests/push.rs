@@ -504,3 +504,27 @@ fn the_shipped_hook_shim_deploys_too() {
         .stderr_has(&format!("ats-hook: deployed {} (main)", &sha[..7]));
     assert_eq!(server.live_file("a"), "a");
 }
+
+#[test]
+fn a_touch_lands_in_a_later_second_than_the_file_the_app_saw() {
+    // uWSGI's touch-reload compares whole seconds: two deploys in one second must still touch
+    // the new release's file in a later second than the previous one's.
+    use std::os::unix::fs::MetadataExt;
+    let server = Server::new();
+    server.config("[deploy]\nroot = \"ROOT\"\n[restart]\ntouch = \"wsgi.py\"\n");
+    let clone = server.clone("work");
+    let mut seconds = Vec::new();
+    for n in 0..3 {
+        clone.commit_file("wsgi.py", &format!("# {n}\n"));
+        clone
+            .push()
+            .success()
+            .stderr_has("restart: touched `wsgi.py`");
+        let live = server.root.join("current/wsgi.py");
+        seconds.push(std::fs::metadata(live).unwrap().mtime());
+    }
+    assert!(
+        seconds.windows(2).all(|w| w[1] > w[0]),
+        "touches in the same second: {seconds:?}"
+    );
+}
