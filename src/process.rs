@@ -5,6 +5,14 @@
 //! by line as they come. On a timeout, or when ats-hook itself is asked to stop (SIGTERM,
 //! SIGINT, SIGHUP), the whole group is sent SIGTERM and, after a grace period, SIGKILL, so a
 //! step that started background children leaves nothing running.
+//!
+//! Output costs bounded memory whatever a child prints: lines travel from the reading thread
+//! through a bounded queue, so a child that prints faster than the pusher's connection takes
+//! it is slowed down by its full pipe instead of filling our memory, and a line longer than
+//! `MAX_LINE` is handed over in pieces. Nothing a child printed before it exited is dropped:
+//! after the exit, reading goes on to the end of the pipe, and stops early only for a
+//! background process that keeps the pipe open (silent for `DRAIN`, or still writing after
+//! more than a pipe's worth).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -12,7 +20,7 @@ use std::fmt;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,9 +31,16 @@ use nix::unistd::Pid;
 
 /// How long a group gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
-/// How long to keep reading after the child exited, for output still in the pipe. A background
-/// process that holds the pipe open longer is not waited for.
+/// After the child exited: how long the pipe may stay silent before a background process that
+/// holds it open is no longer waited for.
 const DRAIN: Duration = Duration::from_secs(1);
+/// After the child exited: how much more may be read from the pipe before what still comes is
+/// taken for a background process writing (what the child wrote fits in the pipe's buffer).
+const AFTER_EXIT: u64 = 1 << 20;
+/// The longest piece of a line handed over at once; a longer line comes in pieces.
+pub const MAX_LINE: usize = 16 << 10;
+/// Pieces in flight between the reading thread and the caller.
+const IN_FLIGHT: usize = 256;
 /// How many of the last output lines an error quotes.
 const TAIL: usize = 20;
 
@@ -203,38 +218,35 @@ impl Cmd {
         );
         let pgid = handle.pids().first().map(|&pid| Pid::from_raw(pid as i32));
 
-        let (lines, incoming) = mpsc::channel::<Vec<u8>>();
+        let (lines, incoming) = mpsc::sync_channel::<Piece>(IN_FLIGHT);
+        let read = Arc::new(AtomicU64::new(0));
         let reader = Arc::clone(&handle);
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(&*reader);
-            loop {
-                let mut line = Vec::new();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        if lines.send(line).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+        let counter = Arc::clone(&read);
+        std::thread::spawn(move || read_pieces(&reader, &counter, &lines));
 
         let mut tail: std::collections::VecDeque<String> =
             std::collections::VecDeque::with_capacity(TAIL);
         let mut stopping: Option<(Exit, Instant)> = None;
-        let mut exited_at: Option<Instant> = None;
+        // When the child exited, and how much had been read by then.
+        let mut exited: Option<(Instant, u64)> = None;
+        let mut last_piece = Instant::now();
         let mut checked = Instant::now();
         loop {
             match incoming.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    let text = String::from_utf8_lossy(&line);
+                Ok(piece) => {
+                    last_piece = Instant::now();
+                    let text = String::from_utf8_lossy(&piece.bytes);
                     let text = text.trim_end_matches(['\n', '\r']);
-                    on_line(text);
+                    let text = if piece.continues {
+                        format!("{text} …")
+                    } else {
+                        text.to_string()
+                    };
+                    on_line(&text);
                     if tail.len() == TAIL {
                         tail.pop_front();
                     }
-                    tail.push_back(text.to_string());
+                    tail.push_back(text);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -244,15 +256,19 @@ impl Cmd {
                 continue;
             }
             checked = Instant::now();
+            if let Some((_, read_at_exit)) = exited {
+                let since = read.load(Ordering::Relaxed).saturating_sub(read_at_exit);
+                if last_piece.elapsed() >= DRAIN || since > AFTER_EXIT {
+                    tracing::debug!(command = %self.display(), "not waiting for background processes that hold its output");
+                    break;
+                }
+                continue;
+            }
             let status = handle
                 .try_wait()
                 .with_context(|| format!("failed to wait for `{}`", self.display()))?;
             if status.is_some() {
-                let at = *exited_at.get_or_insert_with(Instant::now);
-                if at.elapsed() >= DRAIN {
-                    tracing::debug!(command = %self.display(), "not waiting for background processes that hold its output");
-                    break;
-                }
+                exited = Some((Instant::now(), read.load(Ordering::Relaxed)));
                 continue;
             }
             match stopping {
@@ -341,6 +357,57 @@ impl Cmd {
     }
 }
 
+/// A line of output, or a piece of a long one (`continues`: more of the line follows).
+struct Piece {
+    bytes: Vec<u8>,
+    continues: bool,
+}
+
+/// Reads `from` until its end, handing over lines and pieces of long lines, counting the bytes
+/// read. Blocks while `to` is full, which is what slows a child down to the pace of its reader.
+fn read_pieces(from: &duct::ReaderHandle, read: &AtomicU64, to: &mpsc::SyncSender<Piece>) {
+    let mut reader = BufReader::with_capacity(64 << 10, from);
+    let mut line = Vec::new();
+    loop {
+        let (used, complete) = match reader.fill_buf() {
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+            Ok([]) => break,
+            Ok(buf) => {
+                let room = MAX_LINE - line.len();
+                match buf.iter().take(room).position(|&b| b == b'\n') {
+                    Some(at) => {
+                        line.extend_from_slice(&buf[..=at]);
+                        (at + 1, true)
+                    }
+                    None => {
+                        let used = buf.len().min(room);
+                        line.extend_from_slice(&buf[..used]);
+                        (used, false)
+                    }
+                }
+            }
+        };
+        reader.consume(used);
+        read.fetch_add(used as u64, Ordering::Relaxed);
+        if complete || line.len() >= MAX_LINE {
+            let piece = Piece {
+                bytes: std::mem::take(&mut line),
+                continues: !complete,
+            };
+            if to.send(piece).is_err() {
+                return;
+            }
+        }
+    }
+    if !line.is_empty() {
+        let _ = to.send(Piece {
+            bytes: line,
+            continues: false,
+        });
+    }
+}
+
 fn signal_group(pgid: Option<Pid>, signal: Signal) {
     if let Some(pgid) = pgid {
         // ESRCH: the group is already gone, which is what we want.
@@ -377,11 +444,56 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // The background sleep is gone (or a zombie waiting for its reaper).
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| !stat.split(' ').nth(2).is_some_and(|s| s == "Z"))
-            .unwrap_or(false);
-        assert!(!alive, "background child {pid} survived the timeout");
+        // The background sleep is gone (or a zombie waiting for its reaper) once the SIGKILL,
+        // which the kernel delivers on its own time, has landed.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| !stat.split(' ').nth(2).is_some_and(|s| s == "Z"))
+                .unwrap_or(false)
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!alive(), "background child {pid} survived the timeout");
+    }
+
+    #[test]
+    fn output_printed_before_the_exit_is_never_dropped_by_a_slow_reader() {
+        let mut lines = 0usize;
+        let mut last = String::new();
+        let finished = Cmd::shell("seq 1 200000; echo 'ERROR: the real cause' >&2; exit 1")
+            .stream(&mut |line| {
+                lines += 1;
+                // A reader slower than the child, as a pusher over SSH is.
+                if lines % 20_000 == 0 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                last = line.to_string();
+            })
+            .unwrap();
+        assert_eq!(finished.exit, Exit::Code(1));
+        assert_eq!(lines, 200_001);
+        assert_eq!(last, "ERROR: the real cause");
+        assert_eq!(finished.tail.last().unwrap(), "ERROR: the real cause");
+    }
+
+    #[test]
+    fn a_long_line_comes_in_pieces() {
+        let mut pieces = Vec::new();
+        Cmd::shell("head -c 40000 /dev/zero | tr '\\0' x; echo; echo after")
+            .stream(&mut |line| pieces.push(line.to_string()))
+            .unwrap();
+        assert_eq!(
+            pieces.len(),
+            4,
+            "{:?}",
+            pieces.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(pieces[0].ends_with(" …") && pieces[0].len() == MAX_LINE + " …".len());
+        assert!(pieces[1].ends_with(" …"));
+        assert_eq!(pieces[2].len(), 40_000 - 2 * MAX_LINE);
+        assert_eq!(pieces[3], "after");
     }
 
     #[test]
