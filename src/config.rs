@@ -53,6 +53,9 @@ pub struct DeploySection {
     /// removed, so it starts from its commit alone, as a fresh checkout would.
     #[serde(default = "default_true")]
     pub recycle_releases: bool,
+    /// How much step output one deploy's log keeps; what comes past it is counted, not kept.
+    #[serde(default = "default_log_limit")]
+    pub log_limit: Size,
     /// Gone: a reused release once could keep its untracked files so that steps could skip
     /// themselves, which let a release run with what another commit built. Steps now declare
     /// their `outputs`; the key explains the way.
@@ -255,6 +258,9 @@ pub struct SignalAction {
 
 fn default_branches() -> Vec<Pattern> {
     vec![Pattern::new("main").expect("`main` is a valid pattern")]
+}
+fn default_log_limit() -> Size {
+    Size(50 << 20)
 }
 fn default_true() -> bool {
     true
@@ -486,6 +492,31 @@ impl<'de> Deserialize<'de> for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A size written like `"50 MiB"`, `"200MB"`, `"1 GiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let text = String::deserialize(deserializer)?;
+        text.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|size| Size(size.as_u64()))
+            .map_err(|err| {
+                D::Error::custom(format!(
+                    "invalid size `{text}` ({err}); write it like \"50 MiB\" or \"1 GiB\""
+                ))
+            })
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
     }
 }
 
@@ -806,6 +837,18 @@ mod tests {
         ))
         .unwrap();
         assert!(config.steps[0].has_outputs());
+    }
+
+    #[test]
+    fn sizes_parse_and_bad_ones_name_the_line() {
+        let config = parse("[deploy]\nroot = \"/a\"\nlog_limit = \"2 MiB\"\n").unwrap();
+        assert_eq!(config.deploy.log_limit, Size(2 << 20));
+        let err = parse("[deploy]\nroot = \"/a\"\nlog_limit = \"lots\"\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("line 3") && text.contains("invalid size `lots`"),
+            "{text}"
+        );
     }
 
     #[test]

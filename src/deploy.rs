@@ -187,6 +187,8 @@ struct Session {
     /// The old release the new one was built from, and how long making its files took.
     built_from: Option<String>,
     checkout: Option<Duration>,
+    /// How much step output the run's log keeps.
+    log_limit: u64,
     _output: Option<output::DeployGuard>,
 }
 
@@ -247,6 +249,7 @@ impl Session {
             timings: Vec::new(),
             built_from: None,
             checkout: None,
+            log_limit: config.deploy.log_limit.0,
             _output: None,
         })
     }
@@ -266,6 +269,7 @@ impl Session {
             &self.holder.commit,
             &self.holder.git_ref,
             Some(log),
+            self.log_limit,
         ));
         self.id = id;
         Ok(())

@@ -9,10 +9,17 @@
 //!
 //! The deploy's identity is held here while it runs, so that every line carries it without
 //! each caller repeating it.
+//!
+//! A step's output is bounded on both sides (`StepLines`): the pusher sees the first lines of
+//! each step as they come and, of a longer output, a count of what was not shown and the last
+//! lines, which is where the error is; the log keeps everything up to `deploy.log_limit` and
+//! says what it cut. journald gets what the pusher sees.
 
+use std::collections::VecDeque;
 use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::field::{Field, Visit};
@@ -25,6 +32,22 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// The target of a step's output lines; printed without our prefix.
 const STEP_TARGET: &str = "ats_hook::step";
+/// Step lines for the log only: past what the pusher is shown.
+const LOG_ONLY: &str = "ats_hook::step::log_only";
+/// Step lines for the pusher only: the last lines of a long output, already in the log.
+const PUSHER_ONLY: &str = "ats_hook::step::pusher_only";
+
+/// How much of one step's output the pusher sees as it comes: lines, and bytes.
+pub const PUSHER_HEAD_LINES: usize = 2000;
+pub const PUSHER_HEAD_BYTES: usize = 512 << 10;
+/// How many of the last lines of a longer output the pusher sees when the step ends, at most
+/// how many bytes.
+pub const PUSHER_TAIL: usize = 100;
+pub const PUSHER_TAIL_BYTES: usize = 64 << 10;
+
+/// The step output the running deploy's log has taken, and what it may take.
+static LOGGED: AtomicU64 = AtomicU64::new(0);
+static LOG_LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
 
 #[derive(Debug, Default)]
 struct DeployContext {
@@ -46,9 +69,16 @@ pub fn init(verbose: u8) {
         1 => "ats_hook=debug",
         _ => "trace",
     };
-    let stderr_filter =
-        EnvFilter::try_from_env("ATS_HOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let stderr_filter = EnvFilter::try_from_env("ATS_HOOK_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(default))
+        .add_directive(
+            format!("{LOG_ONLY}=off")
+                .parse()
+                .expect("a valid directive"),
+        );
     let ours = Targets::new().with_target("ats_hook", LevelFilter::INFO);
+    let for_log = ours.clone().with_target(PUSHER_ONLY, LevelFilter::OFF);
+    let for_journal = ours.with_target(LOG_ONLY, LevelFilter::OFF);
     // Colour only for a person at a terminal: a hook's stderr is a pipe to git.
     let color = io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let stderr = tracing_subscriber::fmt::layer()
@@ -58,12 +88,12 @@ pub fn init(verbose: u8) {
     let log_file = tracing_subscriber::fmt::layer()
         .with_writer(DeployLogWriter)
         .event_format(PlainFormat { color: false })
-        .with_filter(ours.clone());
+        .with_filter(for_log);
     let journald = tracing_journald::layer().ok().map(|layer| {
         layer
             .with_syslog_identifier("ats-hook".to_string())
             .with_field_prefix(None)
-            .with_filter(ours)
+            .with_filter(for_journal)
     });
     let _ = tracing_subscriber::registry()
         .with(stderr)
@@ -73,13 +103,16 @@ pub fn init(verbose: u8) {
 }
 
 /// While the returned guard lives, every line carries this deploy's identity and is appended
-/// to `log`.
+/// to `log`, which takes up to `log_limit` bytes of step output.
 pub fn begin_deploy(
     deploy_id: &str,
     commit: &str,
     git_ref: &str,
     log: Option<File>,
+    log_limit: u64,
 ) -> DeployGuard {
+    LOGGED.store(0, Ordering::SeqCst);
+    LOG_LIMIT.store(log_limit, Ordering::SeqCst);
     *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(DeployContext {
         deploy_id: deploy_id.to_string(),
         commit: commit.to_string(),
@@ -95,6 +128,7 @@ impl Drop for DeployGuard {
     fn drop(&mut self) {
         *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        LOG_LIMIT.store(u64::MAX, Ordering::SeqCst);
     }
 }
 
@@ -129,15 +163,122 @@ pub fn error(text: impl fmt::Display) {
     emit!(Level::ERROR, "{text}");
 }
 
-/// One line of a step's output, prefixed with the step's name padded to `width`.
+/// One line of a step's output for the pusher, the log and journald alike, prefixed with the
+/// step's name padded to `width`.
 pub fn step_line(step: &str, width: usize, line: &str) {
-    match context() {
-        Some(c) => tracing::info!(
-            target: STEP_TARGET,
-            deploy_id = %c.deploy_id, commit = %c.commit, git_ref = %c.git_ref, step,
-            "{step:>width$} | {line}"
-        ),
-        None => tracing::info!(target: STEP_TARGET, step, "{step:>width$} | {line}"),
+    step_event(Route::Everywhere, step, width, line);
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Everywhere,
+    LogOnly,
+    PusherOnly,
+}
+
+fn step_event(route: Route, step: &str, width: usize, line: &str) {
+    macro_rules! event_to {
+        ($target:expr) => {
+            match context() {
+                Some(c) => tracing::info!(
+                    target: $target,
+                    deploy_id = %c.deploy_id, commit = %c.commit, git_ref = %c.git_ref, step,
+                    "{step:>width$} | {line}"
+                ),
+                None => tracing::info!(target: $target, step, "{step:>width$} | {line}"),
+            }
+        };
+    }
+    match route {
+        Route::Everywhere => event_to!(STEP_TARGET),
+        Route::LogOnly => event_to!(LOG_ONLY),
+        Route::PusherOnly => event_to!(PUSHER_ONLY),
+    }
+}
+
+/// One step's output, bounded for the pusher and for the log (see the module's header).
+pub struct StepLines {
+    step: String,
+    width: usize,
+    shown_lines: usize,
+    shown_bytes: usize,
+    /// The last lines past what was shown, for the end, and their size.
+    held: VecDeque<String>,
+    held_bytes: usize,
+    not_shown: u64,
+    not_logged: (u64, u64),
+}
+
+impl StepLines {
+    pub fn new(step: &str, width: usize) -> StepLines {
+        StepLines {
+            step: step.to_string(),
+            width,
+            shown_lines: 0,
+            shown_bytes: 0,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            not_shown: 0,
+            not_logged: (0, 0),
+        }
+    }
+
+    pub fn line(&mut self, line: &str) {
+        // As the log writes it: `<step> | <line>\n`.
+        let size = (self.width.max(self.step.len()) + 3 + line.len() + 1) as u64;
+        let logged = LOGGED.fetch_add(size, Ordering::Relaxed) + size;
+        let to_log = logged <= LOG_LIMIT.load(Ordering::Relaxed);
+        if !to_log {
+            self.not_logged.0 += 1;
+            self.not_logged.1 += size;
+        }
+        let to_pusher =
+            self.shown_lines < PUSHER_HEAD_LINES && self.shown_bytes < PUSHER_HEAD_BYTES;
+        if to_pusher {
+            self.shown_lines += 1;
+            self.shown_bytes += line.len();
+        } else {
+            self.held_bytes += line.len();
+            self.held.push_back(line.to_string());
+            while self.held.len() > PUSHER_TAIL
+                || (self.held_bytes > PUSHER_TAIL_BYTES && self.held.len() > 1)
+            {
+                let gone = self.held.pop_front().unwrap_or_default();
+                self.held_bytes -= gone.len();
+                self.not_shown += 1;
+            }
+        }
+        let route = match (to_pusher, to_log) {
+            (true, true) => Route::Everywhere,
+            (true, false) => Route::PusherOnly,
+            (false, true) => Route::LogOnly,
+            (false, false) => return,
+        };
+        step_event(route, &self.step, self.width, line);
+    }
+
+    /// Shows what the pusher has not seen yet of the end, and says what was left out.
+    pub fn finish(self) {
+        if self.not_shown > 0 {
+            let id = context().map(|c| c.deploy_id.clone()).unwrap_or_default();
+            say(format!(
+                "… {} of `{}` not shown here; the whole output: `ats-hook log {id}`",
+                count(self.not_shown as usize, "line"),
+                self.step
+            ));
+        }
+        for line in &self.held {
+            step_event(Route::PusherOnly, &self.step, self.width, line);
+        }
+        if self.not_logged.0 > 0 {
+            warn(format!(
+                "{} of `{}` ({}) not kept in the log: it keeps {} of output (`deploy.log_limit`)",
+                count(self.not_logged.0 as usize, "line"),
+                self.step,
+                size(self.not_logged.1),
+                crate::config::Size(LOG_LIMIT.load(Ordering::Relaxed))
+            ));
+        }
     }
 }
 
@@ -161,7 +302,7 @@ where
         let meta = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
-        if meta.target() == STEP_TARGET {
+        if meta.target().starts_with(STEP_TARGET) {
             return writeln!(writer, "{}", fields.message);
         }
         let level = *meta.level();

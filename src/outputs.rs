@@ -150,6 +150,9 @@ pub fn describe_key(step: &Step) -> String {
     }
 }
 
+/// The most a `key` command may print.
+const MAX_KEY_OUTPUT: usize = 64 << 10;
+
 /// Runs a step's `key` command in `dir`: its output, trimmed, or how it failed with its last
 /// lines.
 pub fn run_key_command(
@@ -164,10 +167,18 @@ pub fn run_key_command(
         .envs(env)
         .timeout(timeout)
         .stream(&mut |line| {
-            text.push_str(line);
-            text.push('\n');
+            if text.len() <= MAX_KEY_OUTPUT {
+                text.push_str(line);
+                text.push('\n');
+            }
         })
         .with_context(|| format!("key command `{command}` could not run"))?;
+    if text.len() > MAX_KEY_OUTPUT {
+        bail!(
+            "key command `{command}` printed more than {}: it should print a version or a digest, not a file",
+            crate::output::size(MAX_KEY_OUTPUT as u64)
+        );
+    }
     if finished.exit.success() {
         Ok(Ok(text.trim().to_string()))
     } else {

@@ -79,7 +79,10 @@ pub fn run(
 }
 
 fn run_command(cmd: Cmd, label: &str, width: usize) -> Result<()> {
-    let finished = cmd.stream(&mut |line| output::step_line("restart", width, line))?;
+    let mut lines = output::StepLines::new("restart", width);
+    let finished = cmd.stream(&mut |line| lines.line(line));
+    lines.finish();
+    let finished = finished?;
     if !finished.exit.success() {
         bail!("`{label}` failed ({})", finished.exit);
     }

@@ -85,12 +85,14 @@ pub fn run(
     width: usize,
 ) -> Result<(StepRecord, Exit)> {
     let name = step.name.as_str();
+    let mut lines = output::StepLines::new(name, width);
     let finished = Cmd::shell(&step.run)
         .dir(dir)
         .envs(env)
         .timeout(step.timeout.0)
-        .stream(&mut |line| output::step_line(name, width, line))
-        .with_context(|| format!("step `{name}` could not run"))?;
+        .stream(&mut |line| lines.line(line));
+    lines.finish();
+    let finished = finished.with_context(|| format!("step `{name}` could not run"))?;
     let status = match finished.exit {
         Exit::Code(0) => StepStatus::Ok,
         Exit::TimedOut(_) => StepStatus::TimedOut,
