@@ -113,38 +113,65 @@ pub struct DeployRecord {
     pub duration_ms: u64,
 }
 
+/// Appends one record and makes it durable before returning, so that whatever the pusher reads
+/// next is already in the history. A last line left torn (a power loss or a full disk during an
+/// earlier append) is closed first: the new record starts on a line of its own.
 pub fn append(path: &Path, record: &DeployRecord) -> Result<()> {
     let mut line = serde_json::to_string(record).context("failed to encode the deploy record")?;
     line.push('\n');
     let mut file = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .with_context(|| format!("failed to open history `{}`", path.display()))?;
+    if ends_torn(&mut file)? {
+        line.insert(0, '\n');
+    }
     file.write_all(line.as_bytes())
+        .and_then(|()| file.sync_data())
         .with_context(|| format!("failed to append to history `{}`", path.display()))
 }
 
-/// Every record, oldest first. A line that does not parse (a disk that filled up mid-write) is
-/// skipped with a warning rather than hiding the rest of the history.
+/// Whether the file's last byte is something other than a newline.
+fn ends_torn(file: &mut std::fs::File) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata().context("failed to stat the history")?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8];
+    file.seek(SeekFrom::Start(len - 1))
+        .and_then(|_| file.read_exact(&mut last))
+        .context("failed to read the end of the history")?;
+    Ok(last[0] != b'\n')
+}
+
+/// Every record, oldest first. Lines that do not parse (a record torn by a power loss or a full
+/// disk) are skipped, with one warning, rather than hiding the rest of the history.
 pub fn read_all(path: &Path) -> Result<Vec<DeployRecord>> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match std::fs::read(path) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         other => other.with_context(|| format!("failed to read history `{}`", path.display()))?,
     };
     let mut records = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+    let mut damaged = Vec::new();
+    for (number, line) in text.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_str(line) {
+        match serde_json::from_slice(line) {
             Ok(record) => records.push(record),
-            Err(err) => tracing::warn!(
-                "skipping line {} of `{}`: {err}",
-                number + 1,
-                path.display()
-            ),
+            Err(_) => damaged.push(number + 1),
         }
+    }
+    if let Some(first) = damaged.first() {
+        crate::output::warn(format!(
+            "history `{}`: skipped {} that did not parse (line {first}{}), most likely cut by a power loss or a full disk",
+            path.display(),
+            crate::output::count(damaged.len(), "damaged line"),
+            if damaged.len() > 1 { " and more" } else { "" }
+        ));
     }
     Ok(records)
 }

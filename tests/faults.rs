@@ -139,3 +139,55 @@ fn memory_stays_bounded_whatever_a_step_prints() {
         push.stderr().len()
     );
 }
+
+#[test]
+fn a_torn_last_line_of_the_history_loses_no_later_deploy() {
+    let server = Server::new();
+    let clone = server.clone("work");
+    clone.commit_file("app.py", "1\n");
+    clone.push().success();
+    clone.commit_file("app.py", "2\n");
+    clone.push().success();
+    // A power loss during the last append: the record is cut mid-line.
+    let history = server.root.join(".ats-hook/deploys.jsonl");
+    let text = std::fs::read(&history).unwrap();
+    std::fs::write(&history, &text[..text.len() - 40]).unwrap();
+
+    let v3 = clone.commit_file("app.py", "3\n");
+    let push = clone.push();
+    push.success()
+        .stderr_has("skipped 1 damaged line that did not parse (line 2)")
+        .stderr_has(&format!("ats-hook: deployed {}", &v3[..7]));
+    let text = std::fs::read_to_string(&history).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(serde_json::from_str::<serde_json::Value>(lines[1]).is_err());
+    let last: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    assert_eq!(last["commit"], v3.as_str());
+
+    // What people read: the live release is known, and the last deploy is the new one.
+    let releases: serde_json::Value =
+        serde_json::from_str(&server.ats(&["releases", "--json"]).stdout()).unwrap();
+    let live = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["live"] == true)
+        .unwrap();
+    assert_eq!(live["state"], "succeeded");
+    assert_eq!(live["commit"], v3.as_str());
+    server
+        .ats(&["status"])
+        .success()
+        .stdout_has(&format!(
+            "last deploy: {} succeeded",
+            last["id"].as_str().unwrap()
+        ))
+        .stderr_has("skipped 1 damaged line");
+    // And the next deploy appends cleanly.
+    clone.commit_file("app.py", "4\n");
+    clone.push().success();
+    let text = std::fs::read_to_string(&history).unwrap();
+    assert_eq!(text.lines().count(), 4);
+    assert!(text.ends_with("}\n"));
+}
