@@ -187,6 +187,8 @@ struct Session {
     /// The old release the new one was built from, and how long making its files took.
     built_from: Option<String>,
     checkout: Option<Duration>,
+    /// How long making the release durable took.
+    sync: Option<Duration>,
     /// How much step output the run's log keeps.
     log_limit: u64,
     _output: Option<output::DeployGuard>,
@@ -249,6 +251,7 @@ impl Session {
             timings: Vec::new(),
             built_from: None,
             checkout: None,
+            sync: None,
             log_limit: config.deploy.log_limit.0,
             _output: None,
         })
@@ -301,6 +304,7 @@ impl Session {
             previous_release: self.previous_release.clone(),
             built_from: self.built_from.clone(),
             checkout_ms: self.checkout.map(|d| d.as_millis() as u64),
+            sync_ms: self.sync.map(|d| d.as_millis() as u64),
             state: State::Succeeded,
             failed_step: None,
             error: None,
@@ -513,6 +517,12 @@ fn pipeline(
             })
         }
     }
+    // What goes live must be on disk first: after a power loss, `current` must not point at
+    // files the kernel had not written yet.
+    let clock = Instant::now();
+    release::make_durable(&dir)?;
+    session.sync = Some(clock.elapsed());
+    session.timings.push(("sync".into(), clock.elapsed()));
     if process::stop_requested() {
         return Err(Stop::Interrupted {
             during: "the switch".into(),
@@ -822,6 +832,7 @@ fn record_interrupted(layout: &Layout, dead: &Holder) -> Result<()> {
             previous_release: None,
             built_from: None,
             checkout_ms: None,
+            sync_ms: None,
             state: State::Interrupted,
             failed_step: None,
             error: Some(format!(

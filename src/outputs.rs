@@ -354,7 +354,7 @@ impl Store {
                 );
             }
         }
-        sync_filesystem(&workspace.dir)?;
+        release::make_durable(&workspace.dir)?;
         let path = self.key_file(&workspace.step, &build.key);
         let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
         let text = serde_json::to_string_pretty(build).context("failed to encode the build")?;
@@ -516,14 +516,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|dir| dir.sync_all())
         .with_context(|| format!("failed to sync `{}`", dir.display()))
-}
-
-/// Makes everything written to the filesystem of `dir` durable: a build is only recorded once
-/// its files would survive a power loss.
-fn sync_filesystem(dir: &Path) -> Result<()> {
-    let file =
-        fs::File::open(dir).with_context(|| format!("failed to open `{}`", dir.display()))?;
-    nix::unistd::syncfs(&file).with_context(|| format!("failed to sync `{}`", dir.display()))
 }
 
 fn disk_usage(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {

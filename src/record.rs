@@ -101,6 +101,9 @@ pub struct DeployRecord {
     /// How long making the release's files took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkout_ms: Option<u64>,
+    /// How long making the release durable before the switch took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_ms: Option<u64>,
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<String>,

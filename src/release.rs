@@ -264,6 +264,15 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     .with_context(|| format!("failed to copy `{}` to `{}`", from.display(), to.display()))
 }
 
+/// Writes everything of the filesystem holding `release` to disk (`syncfs(2)`): its files, its
+/// folders and its index, in one call, however many files it has.
+pub fn make_durable(release: &Path) -> Result<()> {
+    let dir = fs::File::open(release)
+        .with_context(|| format!("failed to open `{}`", release.display()))?;
+    nix::unistd::syncfs(&dir)
+        .with_context(|| format!("failed to write `{}` to disk", release.display()))
+}
+
 /// Points `current` at a release with one `rename(2)`, so a reader sees the old or the new
 /// release, never neither.
 pub fn switch_current(layout: &Layout, id: &str) -> Result<()> {

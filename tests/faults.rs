@@ -191,3 +191,64 @@ fn a_torn_last_line_of_the_history_loses_no_later_deploy() {
     assert_eq!(text.lines().count(), 4);
     assert!(text.ends_with("}\n"));
 }
+
+#[test]
+fn the_release_is_on_disk_before_current_switches_and_the_history_before_the_summary() {
+    // A power loss cannot be staged here; the order of the system calls that guard against it
+    // can be read with strace: the release's filesystem is synced (syncfs) before `current` is
+    // renamed onto it, and the history's append is synced (fdatasync) before the summary line
+    // is written for the pusher.
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\n[[step]]\nname = \"build\"\nrun = \"echo built > built.txt\"\n",
+    );
+    let trace = server.path().join("trace");
+    let hook = server.bare.join("hooks/post-receive");
+    std::fs::remove_file(&hook).unwrap();
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nexec strace -f -qq -s 200 -o {} -e trace=syncfs,rename,renameat,renameat2,fdatasync,write {BIN} post-receive\n",
+            trace.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let clone = server.clone("work");
+    let commit = clone.commit_file("app.py", "1\n");
+    clone
+        .push()
+        .success()
+        .stderr_has(&format!("ats-hook: deployed {}", &commit[..7]));
+    assert_eq!(server.live_file("built.txt"), "built\n");
+    let text =
+        std::fs::read_to_string(&trace).expect("strace wrote no trace (tests/run installs strace)");
+    let lines: Vec<&str> = text.lines().collect();
+    let first = |what: &str, found: &dyn Fn(&str) -> bool| {
+        lines
+            .iter()
+            .position(|l| found(l))
+            .unwrap_or_else(|| panic!("no {what} in the trace:\n{text}"))
+    };
+    let switch = first("rename onto `current`", &|l| {
+        l.contains("rename") && l.contains("/.current.") && l.contains("/current\"")
+    });
+    let release_sync = lines[..switch]
+        .iter()
+        .rposition(|l| l.contains("syncfs(") && l.ends_with("= 0"));
+    assert!(
+        release_sync.is_some(),
+        "no syncfs before the switch:\n{text}"
+    );
+    let summary = first("summary line", &|l| {
+        l.contains("write(2, \"ats-hook: deployed ")
+    });
+    let history_sync = lines[switch..summary]
+        .iter()
+        .any(|l| l.contains("fdatasync(") && l.ends_with("= 0"));
+    assert!(
+        history_sync,
+        "no fdatasync between the switch and the summary:\n{text}"
+    );
+}
