@@ -871,4 +871,29 @@ mod tests {
             nix::sys::signal::Signal::SIGUSR2
         );
     }
+
+    #[test]
+    fn generated_configs_never_panic() {
+        let valid = vec![
+            EXAMPLE.as_bytes().to_vec(),
+            b"[deploy]\nroot = \"app\"\n".to_vec(),
+            b"[deploy]\nroot = \"/a\"\nkeep_releases = 3\nlog_limit = \"1 MiB\"\n[[step]]\nname = \"i\"\nrun = \"true\"\noutputs = [\".venv\"]\ninputs = [\"r.txt\"]\nkey = \"python3 --version\"\n[health]\nurl = \"http://127.0.0.1:1/\"\ntimeout = \"1s\"\n".to_vec(),
+        ];
+        let ran = crate::fuzz::check("configs", crate::fuzz::inputs(valid), |bytes| {
+            let text = String::from_utf8_lossy(&bytes);
+            match parse(&text) {
+                Ok(config) => proptest::prop_assert!(config.deploy.keep_releases >= 2),
+                Err(err) => {
+                    let text = format!("{err:#}");
+                    proptest::prop_assert!(
+                        text.starts_with("invalid config `/srv/app.git/ats-hook.toml`"),
+                        "{}",
+                        text
+                    );
+                }
+            }
+            Ok(())
+        });
+        assert!(ran >= 4000);
+    }
 }

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod deploy;
+#[cfg(test)]
+mod fuzz;
 pub mod health;
 pub mod layout;
 pub mod lock;

@@ -144,4 +144,24 @@ mod tests {
             assert!(err.contains(needle), "{err}");
         }
     }
+
+    #[test]
+    fn generated_ref_lines_never_panic() {
+        let valid = vec![
+            format!("{Z} {A} refs/heads/main\n").into_bytes(),
+            format!("{A} {A} refs/tags/1.0\n{A} {Z} refs/heads/old\n").into_bytes(),
+            format!("{A} {A} refs/heads/feature/x\r\n\n").into_bytes(),
+        ];
+        let ran = crate::fuzz::check("ref lines", crate::fuzz::inputs(valid), |bytes| {
+            if let Ok(updates) = parse(bytes.as_slice()) {
+                proptest::prop_assert!(!updates.is_empty());
+                for update in updates {
+                    proptest::prop_assert!(update.name.starts_with("refs/"));
+                    proptest::prop_assert!(update.old.is_some() || update.new.is_some());
+                }
+            }
+            Ok(())
+        });
+        assert!(ran >= 4000);
+    }
 }

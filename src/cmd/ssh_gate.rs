@@ -220,4 +220,34 @@ mod tests {
             assert!(resolves_to(bad, home, &allowed).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn generated_commands_never_panic_nor_pass_something_else() {
+        let valid = [
+            "git-receive-pack '/srv/app.git'",
+            "git-upload-pack 'app.git'",
+            "git receive-pack '~/it'\\''s.git'",
+            "git-receive-pack app.git",
+            "git-receive-pack '/srv/app.git'; rm -rf /",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let ran = crate::fuzz::check("ssh-gate commands", crate::fuzz::inputs(valid), |bytes| {
+            let request = String::from_utf8_lossy(&bytes);
+            if let Ok((_, path)) = parse_request(&request) {
+                // Only a git service with one path argument gets through.
+                proptest::prop_assert!(
+                    request.starts_with("git-receive-pack ")
+                        || request.starts_with("git receive-pack ")
+                        || request.starts_with("git-upload-pack ")
+                        || request.starts_with("git upload-pack ")
+                );
+                proptest::prop_assert!(!path.chars().any(|c| c.is_control()));
+                proptest::prop_assert!(!request.contains('\n'));
+            }
+            Ok(())
+        });
+        assert!(ran >= 4000);
+    }
 }
