@@ -24,7 +24,7 @@ use crate::record::{self, Action, DeployRecord, State, StepRecord};
 use crate::refs::short_ref;
 use crate::select::Target;
 use crate::steps::{self, DeployVars};
-use crate::{health, prune, release, restart};
+use crate::{health, prune, recover, release, restart};
 
 /// What started a deploy; recorded, and gate mode checks the pushed base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +167,7 @@ pub fn pusher() -> String {
         .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
 }
 
-fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
@@ -230,7 +230,8 @@ impl Session {
             },
         )?;
         if let Some(dead) = lock.interrupted.take() {
-            record_interrupted(&layout, &dead)?;
+            let records = record::read_all(&layout.deploys_file())?;
+            recover::after_death(config, &layout, &records, &dead)?;
         }
         let records = record::read_all(&layout.deploys_file())?;
         let previous_release = layout.live_release()?;
@@ -362,7 +363,7 @@ impl Session {
 }
 
 /// The environment of steps and restart commands for one release.
-fn environment(
+pub(crate) fn environment(
     config: &Config,
     layout: &Layout,
     release: &str,
@@ -411,7 +412,7 @@ pub fn deploy(
         _ => Ok(()),
     };
     if outcome.is_ok() {
-        outcome = pipeline(repo, config, &mut session, target, &mut steps);
+        outcome = pipeline(repo, config, &mut session, target, trigger, &mut steps);
     }
 
     let mut entry = session.record(Action::Deploy, trigger, &id, target.old);
@@ -469,6 +470,7 @@ fn pipeline(
     config: &Config,
     session: &mut Session,
     target: &Target,
+    trigger: Trigger,
     steps: &mut Vec<StepRecord>,
 ) -> Result<(), Stop> {
     let layout = session.layout.clone();
@@ -529,7 +531,9 @@ fn pipeline(
         });
     }
 
-    go_live(config, session, &id, &commit, &env)?;
+    let mut intent = session.record(Action::Deploy, trigger, &id, target.old);
+    intent.steps = steps.clone();
+    go_live(config, session, &intent, &env)?;
 
     let width = steps::prefix_width(config);
     for step in config.steps_after_switch() {
@@ -617,15 +621,24 @@ fn make_release(
     Ok(())
 }
 
-/// Switches `current` to `release`, restarts, checks health; on failure switches back.
+/// Switches `current` to the release of `intent`, restarts, checks health; on failure switches
+/// back. The intent is in the history before the switch: should the process die after it, the
+/// next run knows what to put back (`recover`).
 fn go_live(
     config: &Config,
     session: &mut Session,
-    release: &str,
-    commit: &str,
+    intent: &DeployRecord,
     env: &BTreeMap<String, String>,
 ) -> Result<(), Stop> {
     let layout = session.layout.clone();
+    let (release, commit) = (intent.release.as_str(), intent.commit.as_str());
+    record::append(
+        &layout.deploys_file(),
+        &DeployRecord {
+            state: State::Switching,
+            ..intent.clone()
+        },
+    )?;
     release::switch_current(&layout, release)?;
     output::say(format!("switched current to {release}"));
     let width = steps::prefix_width(config);
@@ -746,7 +759,8 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
         session.previous_commit.as_deref(),
         &git_ref,
     )?;
-    let outcome = go_live(config, &mut session, &target, &commit, &env);
+    let intent = session.record(Action::Rollback, Trigger::Manual, &target, None);
+    let outcome = go_live(config, &mut session, &intent, &env);
     let mut entry = session.record(Action::Rollback, Trigger::Manual, &target, None);
     if let Err(stop) = &outcome {
         (entry.state, entry.failed_step, entry.error) = stop.describe();
@@ -807,45 +821,6 @@ fn rollback_target(
         }
     }
     Ok(target)
-}
-
-/// A deploy whose process died holding the lock: recorded so the history has no gap.
-fn record_interrupted(layout: &Layout, dead: &Holder) -> Result<()> {
-    output::warn(format!(
-        "the previous deploy, {dead}, did not finish (its process died); recording it as interrupted"
-    ));
-    let release = if dead.release.is_empty() {
-        "unknown".to_string()
-    } else {
-        dead.release.clone()
-    };
-    record::append(
-        &layout.deploys_file(),
-        &DeployRecord {
-            id: release.clone(),
-            action: Action::Deploy,
-            hook: None,
-            git_ref: dead.git_ref.clone(),
-            old_commit: None,
-            commit: dead.commit.clone(),
-            release,
-            previous_release: None,
-            built_from: None,
-            checkout_ms: None,
-            sync_ms: None,
-            state: State::Interrupted,
-            failed_step: None,
-            error: Some(format!(
-                "ats-hook (pid {}) died before the deploy finished",
-                dead.pid
-            )),
-            steps: Vec::new(),
-            pusher: dead.pusher.clone(),
-            started_at: dead.since.clone(),
-            finished_at: rfc3339(SystemTime::now()),
-            duration_ms: 0,
-        },
-    )
 }
 
 /// `deploy --dry-run`: what a deploy of `target` would do, changing nothing.

@@ -18,6 +18,7 @@ pub mod outputs;
 pub mod process;
 pub mod prune;
 pub mod record;
+pub mod recover;
 pub mod refs;
 pub mod release;
 pub mod restart;

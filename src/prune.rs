@@ -65,6 +65,7 @@ pub fn prune(
     records: &[DeployRecord],
     this_run: &str,
 ) -> Result<()> {
+    release::remove_leftovers(layout)?;
     let (on_disk, expendable) = expendable_releases(layout, records, Some(this_run))?;
     let excess = on_disk.saturating_sub(config.deploy.keep_releases);
     let mut removed = Vec::new();

@@ -18,6 +18,9 @@ pub enum State {
     Failed,
     RolledBack,
     Interrupted,
+    /// Written just before `current` is switched; the deploy's final record replaces it. Found
+    /// as the last word of a deploy, it means the deploy died after the switch.
+    Switching,
 }
 
 impl State {
@@ -27,6 +30,7 @@ impl State {
             State::Failed => "failed",
             State::RolledBack => "rolled-back",
             State::Interrupted => "interrupted",
+            State::Switching => "switching",
         }
     }
 }
@@ -157,15 +161,29 @@ pub fn read_all(path: &Path) -> Result<Vec<DeployRecord>> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         other => other.with_context(|| format!("failed to read history `{}`", path.display()))?,
     };
-    let mut records = Vec::new();
+    let mut records: Vec<DeployRecord> = Vec::new();
     let mut damaged = Vec::new();
+    // Where each deploy's record of its switch is: its final record takes that place.
+    let mut switching = std::collections::HashMap::new();
     for (number, line) in text.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice(line) {
-            Ok(record) => records.push(record),
-            Err(_) => damaged.push(number + 1),
+        let record: DeployRecord = match serde_json::from_slice(line) {
+            Ok(record) => record,
+            Err(_) => {
+                damaged.push(number + 1);
+                continue;
+            }
+        };
+        match switching.remove(&record.id) {
+            Some(at) => records[at] = record,
+            None => {
+                if record.state == State::Switching {
+                    switching.insert(record.id.clone(), records.len());
+                }
+                records.push(record);
+            }
         }
     }
     if let Some(first) = damaged.first() {

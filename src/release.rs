@@ -310,11 +310,36 @@ pub fn restore_current(layout: &Layout, previous: Option<&str>) -> Result<()> {
 }
 
 /// Removes a release and its index.
+///
+/// The release is first renamed out of the list of releases (`releases/.removing-<id>`), in one
+/// `rename(2)`: a removal cut short (a kill, a full disk) never leaves a half-deleted folder
+/// that could be listed, recycled or rolled back to. What is left is removed the next time.
 pub fn remove(layout: &Layout, id: &str) -> Result<()> {
     let dir = layout.release(id);
-    fs::remove_dir_all(&dir)
+    let doomed = layout.releases().join(format!(".removing-{id}"));
+    fs::rename(&dir, &doomed)
         .with_context(|| format!("failed to remove old release `{}`", dir.display()))?;
     let _ = fs::remove_file(layout.index_file(id));
+    fs::remove_dir_all(&doomed)
+        .with_context(|| format!("failed to remove old release `{}`", doomed.display()))
+}
+
+/// Finishes removals that were cut short (see `remove`).
+pub fn remove_leftovers(layout: &Layout) -> Result<()> {
+    let dir = layout.releases();
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".removing-")
+        {
+            fs::remove_dir_all(entry.path())
+                .with_context(|| format!("failed to remove `{}`", entry.path().display()))?;
+        }
+    }
     Ok(())
 }
 

@@ -151,19 +151,24 @@ fn a_torn_last_line_of_the_history_loses_no_later_deploy() {
     // A power loss during the last append: the record is cut mid-line.
     let history = server.root.join(".ats-hook/deploys.jsonl");
     let text = std::fs::read(&history).unwrap();
+    let whole = text.iter().filter(|&&b| b == b'\n').count();
     std::fs::write(&history, &text[..text.len() - 40]).unwrap();
 
     let v3 = clone.commit_file("app.py", "3\n");
     let push = clone.push();
     push.success()
-        .stderr_has("skipped 1 damaged line that did not parse (line 2)")
+        .stderr_has(&format!(
+            "skipped 1 damaged line that did not parse (line {whole})"
+        ))
         .stderr_has(&format!("ats-hook: deployed {}", &v3[..7]));
     let text = std::fs::read_to_string(&history).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}");
-    assert!(serde_json::from_str::<serde_json::Value>(lines[1]).is_err());
-    let last: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    // The torn line stands alone; v3's records of its switch and of its end follow it.
+    assert_eq!(lines.len(), whole + 2, "{text}");
+    assert!(serde_json::from_str::<serde_json::Value>(lines[whole - 1]).is_err());
+    let last: serde_json::Value = serde_json::from_str(lines[whole + 1]).unwrap();
     assert_eq!(last["commit"], v3.as_str());
+    assert_eq!(last["state"], "succeeded");
 
     // What people read: the live release is known, and the last deploy is the new one.
     let releases: serde_json::Value =
@@ -188,7 +193,7 @@ fn a_torn_last_line_of_the_history_loses_no_later_deploy() {
     clone.commit_file("app.py", "4\n");
     clone.push().success();
     let text = std::fs::read_to_string(&history).unwrap();
-    assert_eq!(text.lines().count(), 4);
+    assert_eq!(text.lines().count(), whole + 4);
     assert!(text.ends_with("}\n"));
 }
 

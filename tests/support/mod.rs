@@ -279,14 +279,28 @@ impl Server {
         ids
     }
 
+    /// The history as ats-hook reads it: a deploy's record of its switch is replaced by its
+    /// final record when there is one.
     pub fn records(&self) -> Vec<Value> {
-        match std::fs::read_to_string(self.root.join(".ats-hook/deploys.jsonl")) {
-            Ok(text) => text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect(),
-            Err(_) => Vec::new(),
+        let Ok(text) = std::fs::read_to_string(self.root.join(".ats-hook/deploys.jsonl")) else {
+            return Vec::new();
+        };
+        let mut records: Vec<Value> = Vec::new();
+        let mut switching = std::collections::HashMap::new();
+        for line in text.lines() {
+            let record: Value = serde_json::from_str(line).unwrap();
+            let id = record["id"].as_str().unwrap().to_string();
+            match switching.remove(&id) {
+                Some(at) => records[at] = record,
+                None => {
+                    if record["state"] == "switching" {
+                        switching.insert(id, records.len());
+                    }
+                    records.push(record);
+                }
+            }
         }
+        records
     }
 
     pub fn last_record(&self) -> Value {

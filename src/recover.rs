@@ -1,0 +1,137 @@
+//! What a deploy that died (SIGKILL, the OOM killer, a power loss) left behind, found by the
+//! next run when it takes the lock from a holder that is gone.
+//!
+//! A deploy that died before its switch left the live release as it was: it is recorded as
+//! interrupted. One that died after it (during the restart, the health check, the prune)
+//! left `current` on a release nobody vouched for: restarted or not, healthy or not. Its
+//! record of the switch, written just before it, says where `current` was; the next run puts
+//! it back there and restarts that release, then records the deploy as interrupted. Undoing
+//! rather than finishing is what keeps gate mode's promise (the branch did not move, so the
+//! live release must not either) and what a health check that never ran would demand. The
+//! commit is deployed again by the next push, or by `ats-hook deploy`.
+
+use std::time::SystemTime;
+
+use anyhow::Result;
+
+use crate::config::Config;
+use crate::deploy::{environment, rfc3339};
+use crate::layout::Layout;
+use crate::lock::Holder;
+use crate::output;
+use crate::record::{self, Action, DeployRecord, State};
+use crate::{release, restart, steps};
+
+/// Records the deploy `dead` was running, and undoes its switch if it died after it.
+pub fn after_death(
+    config: &Config,
+    layout: &Layout,
+    records: &[DeployRecord],
+    dead: &Holder,
+) -> Result<()> {
+    let intent = records
+        .iter()
+        .rev()
+        .find(|r| r.id == dead.release && r.state == State::Switching);
+    let Some(intent) = intent else {
+        output::warn(format!(
+            "the previous deploy, {dead}, did not finish (its process died); recording it as interrupted"
+        ));
+        return record::append(&layout.deploys_file(), &interrupted(dead));
+    };
+    let live = layout.live_release()?;
+    let error = if live.as_deref() == Some(intent.release.as_str()) {
+        let back = intent.previous_release.as_deref();
+        output::warn(format!(
+            "the previous deploy, {dead}, died after switching `current` to {}; switching back to {}",
+            intent.release,
+            back.unwrap_or("nothing")
+        ));
+        release::restore_current(layout, back)?;
+        if let Some(back) = back {
+            restart_after_undo(config, layout, records, back, &intent.release);
+        }
+        format!(
+            "ats-hook (pid {}) died after the switch; the next run switched `current` back to {}",
+            dead.pid,
+            back.unwrap_or("nothing")
+        )
+    } else {
+        output::warn(format!(
+            "the previous deploy, {dead}, died after switching back; recording it as interrupted"
+        ));
+        format!("ats-hook (pid {}) died after the switch", dead.pid)
+    };
+    record::append(
+        &layout.deploys_file(),
+        &DeployRecord {
+            state: State::Interrupted,
+            error: Some(error),
+            finished_at: rfc3339(SystemTime::now()),
+            ..intent.clone()
+        },
+    )
+}
+
+/// Restarts the release `current` is back on; a failure is said, not fatal: the run that
+/// recovers goes on to deploy.
+fn restart_after_undo(
+    config: &Config,
+    layout: &Layout,
+    records: &[DeployRecord],
+    back: &str,
+    left: &str,
+) {
+    if config.restart.is_empty() {
+        return;
+    }
+    let made = record::live_record(records, back);
+    let commit = made.map(|r| r.commit.clone()).unwrap_or_default();
+    let git_ref = made.map(|r| r.git_ref.clone()).unwrap_or_default();
+    let restarted = environment(config, layout, back, &commit, None, &git_ref).and_then(|env| {
+        restart::run(
+            &config.restart,
+            layout,
+            &layout.current(),
+            Some(&layout.release(left)),
+            &env,
+            steps::prefix_width(config),
+        )
+    });
+    if let Err(err) = restarted {
+        output::warn(format!("restarting {back} failed: {err:#}"));
+    }
+}
+
+/// The record of a deploy that died before its switch.
+fn interrupted(dead: &Holder) -> DeployRecord {
+    let release = if dead.release.is_empty() {
+        "unknown".to_string()
+    } else {
+        dead.release.clone()
+    };
+    DeployRecord {
+        id: release.clone(),
+        action: Action::Deploy,
+        hook: None,
+        git_ref: dead.git_ref.clone(),
+        old_commit: None,
+        commit: dead.commit.clone(),
+        release,
+        previous_release: None,
+        built_from: None,
+        checkout_ms: None,
+        sync_ms: None,
+        state: State::Interrupted,
+        failed_step: None,
+        error: Some(format!(
+            "ats-hook (pid {}) died before the deploy finished",
+            dead.pid
+        )),
+        steps: Vec::new(),
+        pusher: dead.pusher.clone(),
+        started_at: dead.since.clone(),
+        finished_at: rfc3339(SystemTime::now()),
+        duration_ms: 0,
+    }
+}
