@@ -213,16 +213,16 @@ impl Sshd {
             Some(_) => None,
             None => {
                 let pidfile = dir.join("sshd.pid");
-                wait_for("sshd's pidfile", Duration::from_secs(10), || {
-                    pidfile.exists()
-                });
-                Some(
+                let read = || {
                     std::fs::read_to_string(&pidfile)
-                        .unwrap()
-                        .trim()
-                        .parse()
-                        .unwrap(),
-                )
+                        .ok()
+                        .and_then(|text| text.trim().parse::<i32>().ok())
+                };
+                // sshd creates the file before it writes the pid into it.
+                wait_for("a pid in sshd's pidfile", Duration::from_secs(10), || {
+                    read().is_some()
+                });
+                read()
             }
         };
         Sshd {
