@@ -29,11 +29,17 @@ pub fn after_death(
     records: &[DeployRecord],
     dead: &Holder,
 ) -> Result<()> {
-    let intent = records
-        .iter()
-        .rev()
-        .find(|r| r.id == dead.release && r.state == State::Switching);
-    let Some(intent) = intent else {
+    let last_word = records.iter().rev().find(|r| r.id == dead.release);
+    if let Some(done) = last_word.filter(|r| r.state != State::Switching) {
+        // It recorded how it ended, then died before letting go of the lock (while pruning):
+        // its record stands, and this run prunes again.
+        output::warn(format!(
+            "the previous deploy, {dead}, recorded that it {} but died before it was done pruning",
+            done.state.as_str()
+        ));
+        return Ok(());
+    }
+    let Some(intent) = last_word else {
         output::warn(format!(
             "the previous deploy, {dead}, did not finish (its process died); recording it as interrupted"
         ));

@@ -257,3 +257,201 @@ fn the_release_is_on_disk_before_current_switches_and_the_history_before_the_sum
         "no fdatasync between the switch and the summary:\n{text}"
     );
 }
+
+/// Whether `release`'s tracked files are exactly `commit`'s (what a fresh checkout would hold),
+/// compared by git itself through a throwaway index.
+fn release_equals_commit(server: &Server, release: &std::path::Path, commit: &str) -> bool {
+    let index = server.path().join("compare.index");
+    let _ = std::fs::remove_file(&index);
+    let git = |args: &[&str]| {
+        let mut cmd = command("git", server.path());
+        cmd.arg("--git-dir")
+            .arg(&server.bare)
+            .arg("--work-tree")
+            .arg(release)
+            .args(args)
+            .env("GIT_INDEX_FILE", &index);
+        run(&mut cmd, format!("git {}", args.join(" ")))
+    };
+    git(&["read-tree", commit]).success();
+    let _ = git(&["update-index", "-q", "--really-refresh"]);
+    git(&["diff-files", "--quiet"]).output.status.success()
+}
+
+#[test]
+fn sigkill_at_random_points_never_leaves_a_partial_or_unrecorded_release_live() {
+    use crate::support::rng::Rng;
+    use std::os::unix::fs::PermissionsExt;
+    const TRIALS: usize = 32;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("SIGKILL trials: seed {seed}");
+    let mut rng = Rng(seed);
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n\
+         [[step]]\nname = \"build\"\nrun = \"sleep 0.1; echo built > built.txt\"\n\
+         [restart]\ntouch = \"wsgi.py\"\ncommand = \"sleep 0.1\"\n\
+         [health]\ncommand = \"test -e built.txt\"\n",
+    );
+    // The hook records its pid, then becomes ats-hook (exec keeps the pid).
+    let pidfile = server.path().join("hook.pid");
+    let hook = server.bare.join("hooks/post-receive");
+    std::fs::remove_file(&hook).unwrap();
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec {BIN} post-receive\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A tree of 2,000 files in 40 folders.
+    let clone = server.clone("work");
+    for folder in 0..40 {
+        for file in 0..50 {
+            clone.write(
+                &format!("app/module{folder}/file{file}.py"),
+                &format!("# {folder}/{file}\n"),
+            );
+        }
+    }
+    clone.write("wsgi.py", "application = None\n");
+    clone.commit("a large tree");
+    clone.push().success();
+    // How long a deploy takes, by how the release is made: checked out whole (every third
+    // trial) or built from an old release. Kills land anywhere in that span, and a bit past.
+    let config = |recycle: bool| {
+        format!(
+            "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\nrecycle_releases = {recycle}\n\
+             [[step]]\nname = \"build\"\nrun = \"sleep 0.1; echo built > built.txt\"\n\
+             [restart]\ntouch = \"wsgi.py\"\ncommand = \"sleep 0.1\"\n\
+             [health]\ncommand = \"test -e built.txt\"\n"
+        )
+    };
+    let mut took = [std::time::Duration::ZERO; 2];
+    for recycle in [false, true, true, true] {
+        server.config(&config(recycle));
+        clone.commit_file("wsgi.py", &format!("application = {recycle}\n"));
+        clone.push().success();
+        let hook_ms = server.last_record()["duration_ms"].as_u64().unwrap();
+        took[recycle as usize] = std::time::Duration::from_millis(hook_ms);
+    }
+
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for trial in 0..TRIALS {
+        // A change of a few files, and now and then a folder added or removed.
+        for _ in 0..3 {
+            let (folder, file) = (rng.below(40), rng.below(50));
+            clone.write(
+                &format!("app/module{folder}/file{file}.py"),
+                &format!("# trial {trial}\n"),
+            );
+        }
+        if rng.below(4) == 0 {
+            let folder = format!("app/extra{}", rng.below(3));
+            if clone.dir.join(&folder).exists() {
+                std::fs::remove_dir_all(clone.dir.join(&folder)).unwrap();
+            } else {
+                for file in 0..100 {
+                    clone.write(&format!("{folder}/f{file}.txt"), &format!("{trial}\n"));
+                }
+            }
+        }
+        clone.commit(&format!("trial {trial}"));
+        let recycle = trial % 3 != 0;
+        server.config(&config(recycle));
+        let _ = std::fs::remove_file(&pidfile);
+        let push = clone.spawn_push(&["main"]);
+        let hook_pid = pid_in(&pidfile);
+        let delay = rng.below(took[recycle as usize].as_millis() as usize + 1);
+        std::thread::sleep(std::time::Duration::from_millis(delay as u64));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(hook_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let killed = push.wait_with_output().unwrap();
+        assert!(killed.status.success(), "a post-receive push never fails");
+
+        // Right after the kill: `current`, if set, is a whole release the history knows.
+        if let Some(live) = server.live() {
+            let made = server
+                .records()
+                .into_iter()
+                .rev()
+                .find(|r| r["release"] == live.as_str())
+                .unwrap_or_else(|| panic!("trial {trial}: {live} is live with no record"));
+            let dir = server.root.join("releases").join(&live);
+            assert!(
+                release_equals_commit(&server, &dir, made["commit"].as_str().unwrap()),
+                "trial {trial}: live release {live} is not whole"
+            );
+        }
+
+        // The next push takes the lock at once, puts right what the kill left, and deploys.
+        clone.commit_file("wsgi.py", &format!("application = {trial}\n"));
+        let next = clone.push();
+        next.success().stderr_lacks("waiting for the deploy lock");
+        assert!(
+            next.summary().starts_with("ats-hook: deployed "),
+            "trial {trial}: {}",
+            next.stderr()
+        );
+        let records = server.records();
+        let killed = &records[records.len() - 2];
+        let outcome = match (killed["state"].as_str().unwrap(), killed["error"].as_str()) {
+            ("succeeded", _) => "finished before the kill",
+            (_, Some(error)) if error.contains("after the switch") => "killed after the switch",
+            ("interrupted", _) => "killed before the switch",
+            (other, _) => panic!("trial {trial}: the killed deploy is recorded as {other}"),
+        };
+        *outcomes.entry(outcome.to_string()).or_default() += 1;
+
+        // What is live is whole and recorded as succeeded, and so is the release a rollback
+        // would pick; nothing half-removed is listed.
+        let live = server.live().unwrap();
+        let live_record = records.last().unwrap();
+        assert_eq!(live_record["release"], live.as_str());
+        assert_eq!(live_record["state"], "succeeded");
+        let listed = server.ats(&["releases", "--json"]);
+        let listed: serde_json::Value = serde_json::from_str(&listed.stdout()).unwrap();
+        for release in listed.as_array().unwrap() {
+            if release["rollback_target"] == true || release["live"] == true {
+                assert_eq!(release["state"], "succeeded", "trial {trial}: {release}");
+                let dir = server
+                    .root
+                    .join("releases")
+                    .join(release["id"].as_str().unwrap());
+                assert!(
+                    release_equals_commit(&server, &dir, release["commit"].as_str().unwrap()),
+                    "trial {trial}: {release} is not whole"
+                );
+            }
+        }
+        assert!(
+            server.releases().iter().all(|r| !r.starts_with('.')),
+            "trial {trial}: {:?}",
+            server.releases()
+        );
+    }
+    println!("SIGKILL trials: {TRIALS} (seed {seed}): {outcomes:?}; every one recovered");
+    // A rollback after all that picks a whole release.
+    server.ats(&["rollback"]).success();
+    let live = server.live().unwrap();
+    let made = server
+        .records()
+        .into_iter()
+        .rev()
+        .find(|r| r["release"] == live.as_str() && r["action"] == "deploy")
+        .unwrap();
+    assert!(release_equals_commit(
+        &server,
+        &server.root.join("current"),
+        made["commit"].as_str().unwrap()
+    ));
+}
