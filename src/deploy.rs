@@ -125,7 +125,7 @@ impl Stop {
                 format!("{what} INTERRUPTED during {during}; {still_live}")
             }
             Stop::Error(err) => {
-                output::error(format!("{err:#}"));
+                output::error(format!("{:#}", output::with_disk_full_hint(err)));
                 format!("{what} FAILED; {still_live}")
             }
             Stop::AfterSwitch {
@@ -478,7 +478,14 @@ fn pipeline(
     let dir = layout.release(&id);
     let commit = target.commit.to_string();
 
-    make_release(repo, config, session, target)?;
+    if let Err(err) = make_release(repo, config, session, target) {
+        // Half a release is of no use, and on a full disk it holds the space the next push
+        // needs.
+        if release::remove(&layout, &id).is_ok() {
+            output::say(format!("removed the unfinished release {id}"));
+        }
+        return Err(err.into());
+    }
     for note in release::link_shared(&layout, &dir, &config.shared.paths)? {
         output::say(note);
     }

@@ -32,5 +32,5 @@ use std::process::ExitCode;
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = cli::parse();
     output::init(cli.verbose);
-    cmd::run(cli.command)
+    cmd::run(cli.command).map_err(output::with_disk_full_hint)
 }

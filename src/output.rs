@@ -397,6 +397,43 @@ impl Write for DeployLogWriter {
     }
 }
 
+/// Whether an error comes from a full disk (ENOSPC, or EDQUOT for a user over quota).
+pub fn is_disk_full(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|code| {
+                code == nix::errno::Errno::ENOSPC as i32 || code == nix::errno::Errno::EDQUOT as i32
+            })
+    })
+}
+
+/// Says so when the filesystem holding `path` has (almost) no space left: what a failed step
+/// that ran into a full disk does not say itself.
+pub fn warn_if_disk_full(path: &std::path::Path) {
+    let Ok(stats) = nix::sys::statvfs::statvfs(path) else {
+        return;
+    };
+    let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
+    if free < 1 << 20 {
+        warn(format!(
+            "the disk holding `{}` is full ({} free): free some space (`df -h` shows where), then push again",
+            path.display(),
+            size(free)
+        ));
+    }
+}
+
+/// The error, with what to do about it when a disk is full.
+pub fn with_disk_full_hint(err: anyhow::Error) -> anyhow::Error {
+    if is_disk_full(&err) {
+        err.context("a disk is full: free some space (`df -h` shows where), then push again")
+    } else {
+        err
+    }
+}
+
 /// `1.2s`, `340ms`: how durations read in the pusher's output.
 pub fn seconds(duration: std::time::Duration) -> String {
     let ms = duration.as_millis();

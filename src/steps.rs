@@ -107,6 +107,7 @@ pub fn run(
             "step `{name}` failed ({}) after {took}",
             finished.exit
         ));
+        output::warn_if_disk_full(dir);
     }
     let record = StepRecord {
         name: name.to_string(),
