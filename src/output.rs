@@ -415,7 +415,7 @@ pub fn warn_if_disk_full(path: &std::path::Path) {
     let Ok(stats) = nix::sys::statvfs::statvfs(path) else {
         return;
     };
-    let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
+    let free = stats.blocks_available() * stats.fragment_size();
     if free < 1 << 20 {
         warn(format!(
             "the disk holding `{}` is full ({} free): free some space (`df -h` shows where), then push again",
