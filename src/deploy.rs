@@ -235,6 +235,14 @@ impl Session {
         }
         let records = record::read_all(&layout.deploys_file())?;
         let previous_release = layout.live_release()?;
+        if let Some(gone) = previous_release
+            .as_deref()
+            .filter(|id| !layout.release(id).is_dir())
+        {
+            output::warn(format!(
+                "`current` points at release {gone}, whose folder is gone: this deploy replaces it"
+            ));
+        }
         let previous_commit = previous_release
             .as_deref()
             .and_then(|live| record::live_record(&records, live))

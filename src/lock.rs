@@ -48,6 +48,13 @@ const POLL: Duration = Duration::from_millis(100);
 const REMIND: Duration = Duration::from_secs(30);
 
 fn open(path: &Path) -> Result<File> {
+    if path.is_dir() {
+        bail!(
+            "the lock file `{}` is a folder: remove it (`rmdir {}`), and ats-hook makes its lock file there again",
+            path.display(),
+            path.display()
+        );
+    }
     OpenOptions::new()
         .read(true)
         .write(true)

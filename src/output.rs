@@ -425,10 +425,20 @@ pub fn warn_if_disk_full(path: &std::path::Path) {
     }
 }
 
-/// The error, with what to do about it when a disk is full.
+/// The error, with what to do about it when a disk is full or ats-hook may not write where it
+/// must.
 pub fn with_disk_full_hint(err: anyhow::Error) -> anyhow::Error {
+    let denied = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::PermissionDenied)
+    });
     if is_disk_full(&err) {
         err.context("a disk is full: free some space (`df -h` shows where), then push again")
+    } else if denied {
+        err.context(
+            "permission denied: the deploy user must own the deploy root (`chown -R <deploy user>: <root>`), and commands be run as that user",
+        )
     } else {
         err
     }

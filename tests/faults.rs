@@ -551,3 +551,74 @@ fn a_full_disk_during_a_step_or_the_checkout_leaves_the_live_release_and_says_wh
     assert_eq!(states.last(), Some(&"succeeded"));
     assert!(states.contains(&"failed"), "{states:?}");
 }
+
+#[test]
+fn damaged_state_is_named_with_a_way_out_and_a_redeploy_repairs_it() {
+    let server = Server::new();
+    server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n");
+    let clone = server.clone("work");
+    clone.commit_file("app.py", "1\n");
+    clone.push().success();
+    clone.commit_file("app.py", "2\n");
+    clone.push().success();
+
+    // The live release's folder deleted: `status` says so and how to mend it; a push does.
+    let live = server.live().unwrap();
+    std::fs::remove_dir_all(server.root.join("releases").join(&live)).unwrap();
+    server
+        .ats(&["status"])
+        .success()
+        .stdout_has("its folder is gone: push again or run `ats-hook deploy` to replace it");
+    let v3 = clone.commit_file("app.py", "3\n");
+    clone
+        .push()
+        .success()
+        .stderr_has(&format!(
+            "`current` points at release {live}, whose folder is gone"
+        ))
+        .stderr_has(&format!("ats-hook: deployed {}", &v3[..7]));
+    assert_eq!(server.live_file("app.py"), "3\n");
+
+    // `current` pointing at nothing at all: the same.
+    std::fs::remove_file(server.root.join("current")).unwrap();
+    std::os::unix::fs::symlink("releases/nothing", server.root.join("current")).unwrap();
+    let v4 = clone.commit_file("app.py", "4\n");
+    clone
+        .push()
+        .success()
+        .stderr_has("`current` points at release nothing, whose folder is gone")
+        .stderr_has(&format!("ats-hook: deployed {}", &v4[..7]));
+
+    // The lock path is a folder: named, with the way out; nothing changes.
+    let lock = server.root.join(".ats-hook/lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::create_dir(&lock).unwrap();
+    let live = server.live();
+    clone.commit_file("app.py", "5\n");
+    clone.push().success().stderr_has(&format!(
+        "the lock file `{}` is a folder: remove it (`rmdir {}`)",
+        lock.display(),
+        lock.display()
+    ));
+    assert_eq!(server.live(), live);
+    std::fs::remove_dir(&lock).unwrap();
+    let v6 = clone.commit_file("app.py", "6\n");
+    clone
+        .push()
+        .success()
+        .stderr_has(&format!("ats-hook: deployed {}", &v6[..7]));
+
+    // Every kept index lost: releases are checked out whole again, as whole as before.
+    for entry in std::fs::read_dir(server.root.join(".ats-hook/index")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    for n in 7..10 {
+        clone.commit_file("app.py", &format!("{n}\n"));
+        let push = clone.push();
+        push.success().stderr_lacks("built from old release");
+        assert_eq!(server.live_file("app.py"), format!("{n}\n"));
+    }
+    clone.commit_file("app.py", "10\n");
+    clone.push().success().stderr_has("built from old release");
+    assert_eq!(server.live_file("app.py"), "10\n");
+}

@@ -88,6 +88,12 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
                 _ => String::new(),
             };
             writeln!(out, "live:        {}{what}", live.release)?;
+            if !layout.release(&live.release).is_dir() {
+                writeln!(
+                    out,
+                    "             its folder is gone: push again or run `ats-hook deploy` to replace it"
+                )?;
+            }
             if let (Some(since), Some(pusher)) = (&live.since, &live.pusher) {
                 writeln!(out, "since:       {since}, pushed by {pusher}")?;
             }
