@@ -509,4 +509,33 @@ mod tests {
             "ats-hook: checked out 2 files"
         );
     }
+
+    #[test]
+    fn errors_of_a_full_disk_or_a_denied_write_say_what_to_do() {
+        let full = anyhow::Error::new(io::Error::from_raw_os_error(
+            nix::errno::Errno::ENOSPC as i32,
+        ))
+        .context("failed to write `x`");
+        let text = format!("{:#}", with_disk_full_hint(full));
+        assert!(
+            text.starts_with("a disk is full: free some space"),
+            "{text}"
+        );
+        let denied = anyhow::Error::new(io::Error::from(io::ErrorKind::PermissionDenied))
+            .context("failed to create `/srv/app/.ats-hook/logs`");
+        let text = format!("{:#}", with_disk_full_hint(denied));
+        assert!(
+            text.contains("the deploy user must own the deploy root"),
+            "{text}"
+        );
+        assert!(
+            text.contains("failed to create `/srv/app/.ats-hook/logs`"),
+            "{text}"
+        );
+        let other = anyhow::anyhow!("something else");
+        assert_eq!(
+            format!("{:#}", with_disk_full_hint(other)),
+            "something else"
+        );
+    }
 }

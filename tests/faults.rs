@@ -110,6 +110,10 @@ fn memory_stays_bounded_whatever_a_step_prints() {
         .stderr_has("of `flood` (")
         .stderr_has("not kept in the log: it keeps 50.0 MiB of output (`deploy.log_limit`)")
         .stderr_has("ats-hook: deployed ");
+    println!(
+        "floods: peak memory {} MiB while a step printed 300 MB",
+        peak_kib / 1024
+    );
     assert!(
         peak_kib <= 64 * 1024,
         "the hook peaked at {} MiB printing 300 MB",
@@ -128,6 +132,10 @@ fn memory_stays_bounded_whatever_a_step_prints() {
     assert!(pusher_read(&push, "flood | ERROR: after the long line"));
     push.success()
         .stderr_has("deploy FAILED at step flood (exit 1)");
+    println!(
+        "floods: peak memory {} MiB on one 50 MB line",
+        peak_kib / 1024
+    );
     assert!(
         peak_kib <= 64 * 1024,
         "the hook peaked at {} MiB on one 50 MB line",
