@@ -630,3 +630,58 @@ fn damaged_state_is_named_with_a_way_out_and_a_redeploy_repairs_it() {
     clone.push().success().stderr_has("built from old release");
     assert_eq!(server.live_file("app.py"), "10\n");
 }
+
+#[test]
+fn a_full_disk_at_the_history_append_is_said_and_the_next_push_records_it() {
+    let server = Server::new();
+    let _disk = SmallDisk::mount(&server.root, "4m");
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 2\n\
+         [[step]]\nname = \"build\"\nrun = \"test ! -e fill-disk || head -c 20000000 /dev/zero > \\\"$ATS_DEPLOY_ROOT/filler\\\" || true\"\n",
+    );
+    let clone = server.clone("work");
+    let v1 = clone.commit_file("app.py", "1\n");
+    clone.push().success();
+    let live = server.live().unwrap();
+    // Blank lines, which readers skip, bring the history to a page boundary: its next record
+    // needs a new page of the full disk, as a record on a real server eventually does.
+    let history = server.root.join(".ats-hook/deploys.jsonl");
+    let len = std::fs::metadata(&history).unwrap().len() as usize;
+    let mut padded = std::fs::read(&history).unwrap();
+    padded.resize(len.div_ceil(4096) * 4096, b'\n');
+    std::fs::write(&history, padded).unwrap();
+
+    // The step fills the disk and succeeds; the deploy goes on, but its record cannot be
+    // written: the pusher is told, and the switch it announced was never made.
+    clone.write("fill-disk", "");
+    clone.commit_file("app.py", "2\n");
+    let push = clone.push();
+    push.success()
+        .stderr_has("a disk is full: free some space (`df -h` shows where), then push again")
+        .stderr_has("failed to append to history");
+    assert_eq!(server.live(), Some(live));
+    assert_eq!(server.live_file("app.py"), "1\n");
+    server
+        .ats(&["status"])
+        .success()
+        .stdout_has(&format!("({} of main)", &v1[..7]));
+
+    // Space freed: the next push records the one that could not, and deploys.
+    std::fs::remove_file(server.root.join("filler")).unwrap();
+    std::fs::remove_file(clone.dir.join("fill-disk")).unwrap();
+    let v3 = clone.commit_file("app.py", "3\n");
+    clone
+        .push()
+        .success()
+        .stderr_has("recording it as interrupted")
+        .stderr_has(&format!("ats-hook: deployed {}", &v3[..7]));
+    let log = server.ats(&["log", "--json"]);
+    let history: serde_json::Value = serde_json::from_str(&log.success().stdout()).unwrap();
+    let states: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["succeeded", "interrupted", "succeeded"]);
+}
