@@ -399,6 +399,13 @@ fn sigkill_at_random_points_never_leaves_a_partial_or_unrecorded_release_live() 
                 release_equals_commit(&server, &dir, made["commit"].as_str().unwrap()),
                 "trial {trial}: live release {live} is not whole"
             );
+            // Killed after its switch: `status` says what the next run will do about it.
+            if made["state"] == "switching" {
+                server.ats(&["status"]).success().stdout_has(&format!(
+                    "its deploy died after switching to it, before any check passed: the next push, `deploy` or `rollback` switches back to {}",
+                    made["previous_release"].as_str().unwrap()
+                ));
+            }
         }
 
         // The next push takes the lock at once, puts right what the kill left, and deploys.

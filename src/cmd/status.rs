@@ -94,6 +94,18 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
                     "             its folder is gone: push again or run `ats-hook deploy` to replace it"
                 )?;
             }
+            let switched = records
+                .iter()
+                .rev()
+                .find(|r| r.release == live.release)
+                .filter(|r| r.state == record::State::Switching);
+            if let (Some(dead), None) = (switched, &status.lock) {
+                writeln!(
+                    out,
+                    "             its deploy died after switching to it, before any check passed: the next push, `deploy` or `rollback` switches back to {}",
+                    dead.previous_release.as_deref().unwrap_or("nothing")
+                )?;
+            }
             if let (Some(since), Some(pusher)) = (&live.since, &live.pusher) {
                 writeln!(out, "since:       {since}, pushed by {pusher}")?;
             }
