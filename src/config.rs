@@ -471,6 +471,9 @@ impl<'de> Deserialize<'de> for EnvSection {
     }
 }
 
+/// The longest duration a config may name.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// A duration written like `"90s"`, `"10m"`, `"1h 30m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duration(pub std::time::Duration);
@@ -479,13 +482,19 @@ impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(Duration)
-            .map_err(|err| {
-                D::Error::custom(format!(
-                    "invalid duration `{text}` ({err}); write it like \"30s\", \"10m\" or \"1h\""
-                ))
-            })
+        let duration = humantime::parse_duration(&text).map_err(|err| {
+            D::Error::custom(format!(
+                "invalid duration `{text}` ({err}); write it like \"30s\", \"10m\" or \"1h\""
+            ))
+        })?;
+        // Timeouts and pauses beyond a week are mistakes, and would overflow a deadline.
+        if duration > MAX_DURATION {
+            return Err(D::Error::custom(format!(
+                "duration `{text}` is too long: at most {}",
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
+        Ok(Duration(duration))
     }
 }
 
@@ -837,6 +846,19 @@ mod tests {
         ))
         .unwrap();
         assert!(config.steps[0].has_outputs());
+    }
+
+    #[test]
+    fn durations_that_would_overflow_a_deadline_are_refused() {
+        for key in ["probe_timeout", "interval", "timeout"] {
+            let err = parse(&format!(
+                "[deploy]\nroot = \"/a\"\n[health]\nurl = \"http://127.0.0.1:1/\"\n{key} = \"18446744073709551615s\"\n"
+            ))
+            .unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains("is too long: at most 7days"), "{text}");
+            assert!(text.contains("line 5"), "{text}");
+        }
     }
 
     #[test]

@@ -486,6 +486,11 @@ fn pipeline(
     let dir = layout.release(&id);
     let commit = target.commit.to_string();
 
+    if process::stop_requested() {
+        return Err(Stop::Interrupted {
+            during: "the wait for the lock".into(),
+        });
+    }
     if let Err(err) = make_release(repo, config, session, target) {
         // Half a release is of no use, and on a full disk it holds the space the next push
         // needs.

@@ -27,7 +27,7 @@ pub struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let short = &self.commit[..self.commit.len().min(7)];
+        let short = crate::output::short(&self.commit);
         write!(
             f,
             "pid {} (deploying {short} of `{}` for {}, since {})",
@@ -101,6 +101,9 @@ pub fn acquire(
         }
         let waited = started.elapsed();
         let holder = read_holder(&mut file);
+        if crate::process::stop_requested() {
+            bail!("stopped while waiting for the deploy lock; nothing was deployed");
+        }
         if waited >= timeout {
             match holder {
                 Some(holder) => bail!(

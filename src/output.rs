@@ -472,9 +472,17 @@ pub fn count(n: usize, noun: &str) -> String {
     }
 }
 
-/// The first 7 characters of a sha.
+/// The first 7 characters of a sha (or of whatever a damaged record holds instead).
 pub fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(7)]
+    prefix(sha, 7)
+}
+
+/// The first `n` characters of `text`, never cutting one in two.
+pub fn prefix(text: &str, n: usize) -> &str {
+    match text.char_indices().nth(n) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
 }
 
 #[cfg(test)]
@@ -508,6 +516,14 @@ mod tests {
             line(Level::INFO, "checked out 2 files", true),
             "ats-hook: checked out 2 files"
         );
+    }
+
+    #[test]
+    fn shorts_never_cut_a_character() {
+        assert_eq!(short("0123456789abcdef"), "0123456");
+        assert_eq!(short("🙂🙂🙂"), "🙂🙂🙂");
+        assert_eq!(short("ab🙂cdefgh"), "ab🙂cdef");
+        assert_eq!(prefix("é", 0), "");
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Key {
 }
 
 fn short(key: &str) -> &str {
-    &key[..key.len().min(12)]
+    crate::output::prefix(key, 12)
 }
 
 /// What a step's declared inputs are at a commit: each path with the id of its blob or tree

@@ -692,3 +692,100 @@ fn a_full_disk_at_the_history_append_is_said_and_the_next_push_records_it() {
         .collect();
     assert_eq!(states, ["succeeded", "interrupted", "succeeded"]);
 }
+
+#[test]
+fn damaged_bytes_in_the_history_or_the_lock_file_stop_no_command() {
+    let server = Server::new();
+    let clone = server.clone("work");
+    clone.commit_file("app.py", "1\n");
+    clone.push().success();
+    // Bytes that are not UTF-8, and a record whose commit is not a sha at all.
+    let history = server.root.join(".ats-hook/deploys.jsonl");
+    let mut text = std::fs::read(&history).unwrap();
+    text.extend_from_slice(b"\xff\xfe not a record\n");
+    let last = server.last_record();
+    let mut odd = last.clone();
+    odd["id"] = "20261122T000000Z-odd".into();
+    odd["release"] = "20261122T000000Z-odd".into();
+    odd["commit"] = "🙂🙂🙂🙂🙂🙂🙂🙂".into();
+    text.extend_from_slice(format!("{odd}\n").as_bytes());
+    std::fs::write(&history, text).unwrap();
+    for args in [
+        &["status"][..],
+        &["log"],
+        &["releases"],
+        &["status", "--json"],
+    ] {
+        server
+            .ats(args)
+            .success()
+            .stderr_has("skipped 1 damaged line that did not parse");
+    }
+    server.ats(&["log"]).success().stdout_has("🙂🙂🙂🙂🙂🙂🙂");
+
+    // A lock file left by a dead holder whose commit is not a sha either.
+    std::fs::write(
+        server.root.join(".ats-hook/lock"),
+        r#"{"pid":999999,"commit":"🙂🙂🙂🙂🙂🙂🙂🙂","git_ref":"refs/heads/main","release":"","since":"2026-11-22T00:00:00Z","pusher":"someone"}"#,
+    )
+    .unwrap();
+    let v2 = clone.commit_file("app.py", "2\n");
+    clone
+        .push()
+        .success()
+        .stderr_has("(deploying 🙂🙂🙂🙂🙂🙂🙂 of `refs/heads/main`")
+        .stderr_has(&format!("ats-hook: deployed {}", &v2[..7]));
+}
+
+#[test]
+fn sigterm_while_waiting_for_the_lock_stops_at_once() {
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\n[[step]]\nname = \"build\"\n\
+         run = \"touch \\\"$ATS_DEPLOY_ROOT/started\\\"; while [ ! -e \\\"$ATS_DEPLOY_ROOT/go\\\" ]; do sleep 0.05; done\"\n",
+    );
+    let clone = server.clone("work");
+    clone.commit_file("app.py", "1\n");
+    let first = clone.spawn_push(&["main"]);
+    wait_for(
+        "the first deploy's step",
+        std::time::Duration::from_secs(30),
+        || server.root.join("started").exists(),
+    );
+    // A deploy by hand waits for the lock; SIGTERM ends the wait, with nothing deployed.
+    let mut waiting = command(BIN, server.path())
+        .args(["deploy", "--repo"])
+        .arg(&server.bare)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let asked = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(waiting.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = waiting.wait().unwrap();
+    let stopped_in = asked.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(waiting.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stopped_in < std::time::Duration::from_secs(2),
+        "{stopped_in:?}"
+    );
+    assert!(
+        stderr.contains("waiting for the deploy lock held by"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stopped while waiting for the deploy lock; nothing was deployed"),
+        "{stderr}"
+    );
+    std::fs::write(server.root.join("go"), "").unwrap();
+    assert!(first.wait_with_output().unwrap().status.success());
+    assert_eq!(server.records().len(), 1, "the stopped wait is no deploy");
+}

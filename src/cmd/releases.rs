@@ -93,7 +93,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         let outputs: Vec<String> = release
             .outputs
             .iter()
-            .map(|o| format!("{}={}", o.step, &o.key[..o.key.len().min(12)]))
+            .map(|o| format!("{}={}", o.step, crate::output::prefix(&o.key, 12)))
             .collect();
         let outputs = if outputs.is_empty() {
             "-".to_string()
