@@ -60,6 +60,8 @@ enum Stop {
         stage: String,
         error: anyhow::Error,
         restored: Result<()>,
+        /// The stage failed because ats-hook was asked to stop.
+        interrupted: bool,
     },
 }
 
@@ -92,8 +94,11 @@ impl Stop {
                 stage,
                 error,
                 restored,
+                interrupted,
             } => (
-                if restored.is_ok() {
+                if *interrupted {
+                    State::Interrupted
+                } else if restored.is_ok() {
                     State::RolledBack
                 } else {
                     State::Failed
@@ -131,13 +136,21 @@ impl Stop {
             Stop::AfterSwitch {
                 stage,
                 restored: Ok(()),
+                interrupted,
                 ..
-            } => match was_live {
-                Some(live) => {
-                    format!("{what} FAILED at {stage}; switched back, {live} is live again")
+            } => {
+                let verb = if interrupted {
+                    "INTERRUPTED during"
+                } else {
+                    "FAILED at"
+                };
+                match was_live {
+                    Some(live) => {
+                        format!("{what} {verb} {stage}; switched back, {live} is live again")
+                    }
+                    None => format!("{what} {verb} {stage}; nothing is live"),
                 }
-                None => format!("{what} FAILED at {stage}; nothing is live"),
-            },
+            }
             Stop::AfterSwitch {
                 stage,
                 restored: Err(err),
@@ -573,6 +586,7 @@ fn pipeline(
                 stage: format!("step {}", step.name),
                 error,
                 restored,
+                interrupted: process::stop_requested(),
             });
         }
         output::warn(format!(
@@ -704,12 +718,14 @@ fn live_stage(
     let outcome = run(session);
     session.timings.push((timing.to_string(), clock.elapsed()));
     let Err(error) = outcome else { return Ok(()) };
+    let interrupted = process::stop_requested();
     output::error(format!("{error:#}"));
     let restored = switch_back(config, session);
     Err(Stop::AfterSwitch {
         stage: stage.to_string(),
         error,
         restored,
+        interrupted,
     })
 }
 
@@ -733,7 +749,7 @@ fn switch_back(config: &Config, session: &Session) -> Result<()> {
         .map(|r| r.git_ref.clone())
         .unwrap_or_default();
     let env = environment(config, layout, previous, &commit, None, &git_ref)?;
-    restart::run(
+    restart::run_back(
         &config.restart,
         layout,
         &layout.current(),

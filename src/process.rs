@@ -124,6 +124,8 @@ pub struct Cmd {
     dir: Option<PathBuf>,
     env: BTreeMap<OsString, OsString>,
     timeout: Option<Duration>,
+    /// Runs to its end (or its timeout) even when ats-hook is asked to stop.
+    uninterruptible: bool,
 }
 
 impl Cmd {
@@ -137,6 +139,7 @@ impl Cmd {
             dir: None,
             env,
             timeout: None,
+            uninterruptible: false,
         }
     }
 
@@ -179,6 +182,13 @@ impl Cmd {
 
     pub fn timeout(mut self, timeout: Duration) -> Cmd {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Lets the command finish even when ats-hook is asked to stop: what puts the previous
+    /// release back must not be cut short by the stop that caused it.
+    pub fn uninterruptible(mut self) -> Cmd {
+        self.uninterruptible = true;
         self
     }
 
@@ -273,7 +283,7 @@ impl Cmd {
             }
             match stopping {
                 None => {
-                    let why = if stop_requested() {
+                    let why = if stop_requested() && !self.uninterruptible {
                         Some(Exit::Interrupted)
                     } else {
                         self.timeout

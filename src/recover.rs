@@ -95,7 +95,7 @@ fn restart_after_undo(
     let commit = made.map(|r| r.commit.clone()).unwrap_or_default();
     let git_ref = made.map(|r| r.git_ref.clone()).unwrap_or_default();
     let restarted = environment(config, layout, back, &commit, None, &git_ref).and_then(|env| {
-        restart::run(
+        restart::run_back(
             &config.restart,
             layout,
             &layout.current(),

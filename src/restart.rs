@@ -27,6 +27,53 @@ pub fn run(
     env: &BTreeMap<String, String>,
     width: usize,
 ) -> Result<()> {
+    run_as(
+        restart,
+        layout,
+        release_dir,
+        was_live,
+        env,
+        width,
+        Mode::Deploy,
+    )
+}
+
+/// Restarts the release `current` was put back on: it runs to completion even when ats-hook
+/// is asked to stop, since the stop may be what put it back.
+pub fn run_back(
+    restart: &Restart,
+    layout: &Layout,
+    release_dir: &Path,
+    was_live: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    width: usize,
+) -> Result<()> {
+    run_as(
+        restart,
+        layout,
+        release_dir,
+        was_live,
+        env,
+        width,
+        Mode::Back,
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Deploy,
+    Back,
+}
+
+fn run_as(
+    restart: &Restart,
+    layout: &Layout,
+    release_dir: &Path,
+    was_live: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    width: usize,
+    mode: Mode,
+) -> Result<()> {
     if let Some(touch) = &restart.touch {
         if let Some(was_live) = was_live {
             after_the_second_of(&was_live.join(touch.as_path()));
@@ -45,7 +92,7 @@ pub fn run(
             "{}systemctl {action} {unit}",
             if restart.sudo { "sudo " } else { "" }
         );
-        run_command(cmd.timeout(restart.timeout.0), &label, width)?;
+        run_command(cmd.timeout(restart.timeout.0), &label, width, mode)?;
         output::say(format!("restart: {label}"));
     }
     if let Some(signal) = &restart.signal {
@@ -72,13 +119,18 @@ pub fn run(
             .dir(release_dir)
             .envs(env)
             .timeout(restart.timeout.0);
-        run_command(cmd, command, width)?;
+        run_command(cmd, command, width, mode)?;
         output::say(format!("restart: ran `{command}`"));
     }
     Ok(())
 }
 
-fn run_command(cmd: Cmd, label: &str, width: usize) -> Result<()> {
+fn run_command(cmd: Cmd, label: &str, width: usize, mode: Mode) -> Result<()> {
+    let cmd = if mode == Mode::Back {
+        cmd.uninterruptible()
+    } else {
+        cmd
+    };
     let mut lines = output::StepLines::new("restart", width);
     let finished = cmd.stream(&mut |line| lines.line(line));
     lines.finish();

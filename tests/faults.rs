@@ -789,3 +789,39 @@ fn sigterm_while_waiting_for_the_lock_stops_at_once() {
     assert!(first.wait_with_output().unwrap().status.success());
     assert_eq!(server.records().len(), 1, "the stopped wait is no deploy");
 }
+
+#[test]
+fn sigterm_during_the_restart_switches_back_and_restarts_the_old_release_to_the_end() {
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\n[restart]\n\
+         command = \"if [ -e slow-restart ]; then echo $PPID > \\\"$ATS_DEPLOY_ROOT/hook.pid\\\"; sleep 30; fi; sleep 0.5; echo \\\"$ATS_RELEASE_ID\\\" >> \\\"$ATS_DEPLOY_ROOT/restarted\\\"\"\n",
+    );
+    let clone = server.clone("work");
+    let v1 = clone.commit_file("app.py", "1\n");
+    clone.push().success();
+    let old = server.live().unwrap();
+    clone.write("slow-restart", "");
+    clone.commit_file("app.py", "2\n");
+    let push = clone.spawn_push(&["main"]);
+    let hook = pid_in(&server.root.join("hook.pid"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hook),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "deploy INTERRUPTED during restart; switched back, {} is live again",
+            &v1[..7]
+        )),
+        "{stderr}"
+    );
+    assert_eq!(server.live(), Some(old.clone()));
+    // The old release's restart ran to its end, after the stop.
+    let restarted = std::fs::read_to_string(server.root.join("restarted")).unwrap();
+    assert_eq!(restarted.lines().last(), Some(old.as_str()), "{restarted}");
+    assert_eq!(server.last_record()["state"], "interrupted");
+}
