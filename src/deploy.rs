@@ -688,6 +688,7 @@ fn go_live(
                 was_live.as_deref(),
                 env,
                 width,
+                restart::Mode::Deploy,
             )
             .context("restart failed")
         })?;
@@ -749,13 +750,14 @@ fn switch_back(config: &Config, session: &Session) -> Result<()> {
         .map(|r| r.git_ref.clone())
         .unwrap_or_default();
     let env = environment(config, layout, previous, &commit, None, &git_ref)?;
-    restart::run_back(
+    restart::run(
         &config.restart,
         layout,
         &layout.current(),
         leaving.map(|id| layout.release(&id)).as_deref(),
         &env,
         steps::prefix_width(config),
+        restart::Mode::Back,
     )
     .context("restarting the previous release failed")
 }

@@ -95,13 +95,14 @@ fn restart_after_undo(
     let commit = made.map(|r| r.commit.clone()).unwrap_or_default();
     let git_ref = made.map(|r| r.git_ref.clone()).unwrap_or_default();
     let restarted = environment(config, layout, back, &commit, None, &git_ref).and_then(|env| {
-        restart::run_back(
+        restart::run(
             &config.restart,
             layout,
             &layout.current(),
             Some(&layout.release(left)),
             &env,
             steps::prefix_width(config),
+            restart::Mode::Back,
         )
     });
     if let Err(err) = restarted {

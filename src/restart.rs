@@ -17,55 +17,19 @@ use crate::layout::Layout;
 use crate::output;
 use crate::process::Cmd;
 
-/// Runs the restart actions against the release `current` now points at; `was_live` is the
-/// release it pointed at before.
-pub fn run(
-    restart: &Restart,
-    layout: &Layout,
-    release_dir: &Path,
-    was_live: Option<&Path>,
-    env: &BTreeMap<String, String>,
-    width: usize,
-) -> Result<()> {
-    run_as(
-        restart,
-        layout,
-        release_dir,
-        was_live,
-        env,
-        width,
-        Mode::Deploy,
-    )
-}
-
-/// Restarts the release `current` was put back on: it runs to completion even when ats-hook
-/// is asked to stop, since the stop may be what put it back.
-pub fn run_back(
-    restart: &Restart,
-    layout: &Layout,
-    release_dir: &Path,
-    was_live: Option<&Path>,
-    env: &BTreeMap<String, String>,
-    width: usize,
-) -> Result<()> {
-    run_as(
-        restart,
-        layout,
-        release_dir,
-        was_live,
-        env,
-        width,
-        Mode::Back,
-    )
-}
-
+/// Which way a restart goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub enum Mode {
+    /// The new release went live.
     Deploy,
+    /// `current` was put back on the release that was live before. Its restart runs to
+    /// completion even when ats-hook is asked to stop, since the stop may be why it is back.
     Back,
 }
 
-fn run_as(
+/// Runs the restart actions against the release `current` now points at; `was_live` is the
+/// release it pointed at before.
+pub fn run(
     restart: &Restart,
     layout: &Layout,
     release_dir: &Path,
