@@ -348,15 +348,20 @@ impl Session {
         what: &str,
         outcome: Result<String, Stop>,
     ) -> Result<ExitCode> {
-        record::append(&self.layout.deploys_file(), entry)?;
-        // The history read under the lock, and this run: all of it, without reading it again.
-        self.records.push(entry.clone());
-        let pruned = prune::prune(config, &self.layout, &self.records, &self.id);
+        let appended = record::append(&self.layout.deploys_file(), entry);
         let was_live = self.was_live();
-        self.lock.release()?;
-        if let Err(err) = pruned {
-            output::warn(format!("{err:#}"));
+        if appended.is_ok() {
+            // The history read under the lock, and this run: all of it, without reading it
+            // again.
+            self.records.push(entry.clone());
+            let pruned = prune::prune(config, &self.layout, &self.records, &self.id);
+            self.lock.release()?;
+            if let Err(err) = pruned {
+                output::warn(format!("{err:#}"));
+            }
         }
+        // Otherwise the lock file keeps naming this run, so the next one records it (and, past
+        // the switch, puts back what was live): the history then matches what is live.
         let summary = match outcome {
             Ok(summary) => summary,
             Err(stop) => stop.summary(
@@ -365,12 +370,29 @@ impl Session {
                 self.layout.live_release()?.as_deref(),
             ),
         };
+        if let Err(err) = &appended {
+            output::error(format!(
+                "{:#}",
+                output::with_disk_full_hint(anyhow::anyhow!(
+                    "the history could not record this {what}, so the next run will: {err:#}"
+                ))
+            ));
+        }
         output::say(summary);
-        Ok(if entry.state == State::Succeeded {
+        Ok(if appended.is_ok() && entry.state == State::Succeeded {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         })
+    }
+
+    /// Lets the lock go after an error that came before anything changed, so that no later run
+    /// takes this one for a deploy that died.
+    fn abandon(self, err: anyhow::Error) -> anyhow::Error {
+        if let Err(release) = self.lock.release() {
+            output::warn(format!("{release:#}"));
+        }
+        err
     }
 
     fn stages(&self) -> String {
@@ -415,11 +437,10 @@ pub fn deploy(
 ) -> Result<ExitCode> {
     let commit = target.commit.to_string();
     let mut session = Session::lock(config, &commit, &target.git_ref)?;
-    session.start(release::new_id(
-        &session.layout,
-        target.commit,
-        SystemTime::now(),
-    ))?;
+    let id = release::new_id(&session.layout, target.commit, SystemTime::now());
+    if let Err(err) = session.start(id) {
+        return Err(session.abandon(err));
+    }
     let id = session.id.clone();
     output::say(format!(
         "deploying {} ({}) as {id}",
@@ -772,13 +793,18 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
 
     let mut session = Session::lock(config, &commit, &git_ref)?;
     // Under the lock, the answer may have changed (a deploy that finished while we waited).
-    let target = rollback_target(&session.layout, &session.records, named)?;
+    let target = match rollback_target(&session.layout, &session.records, named) {
+        Ok(target) => target,
+        Err(err) => return Err(session.abandon(err)),
+    };
     let made = record::deploy_of(&session.records, &target).expect("rollback targets went live");
     let (commit, git_ref) = (made.commit.clone(), made.git_ref.clone());
     session.holder.commit = commit.clone();
     session.holder.git_ref = git_ref.clone();
     let id = release::new_rollback_id(&session.layout, &commit, SystemTime::now());
-    session.start(id)?;
+    if let Err(err) = session.start(id) {
+        return Err(session.abandon(err));
+    }
     let was = session
         .previous_release
         .clone()

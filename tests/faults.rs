@@ -665,7 +665,13 @@ fn a_full_disk_at_the_history_append_is_said_and_the_next_push_records_it() {
     let push = clone.push();
     push.success()
         .stderr_has("a disk is full: free some space (`df -h` shows where), then push again")
+        .stderr_has("the history could not record this deploy, so the next run will")
         .stderr_has("failed to append to history");
+    // The pusher still reads how it ended, and the first cause.
+    assert_eq!(
+        push.summary(),
+        format!("ats-hook: deploy FAILED; {} is still live", &v1[..7])
+    );
     assert_eq!(server.live(), Some(live));
     assert_eq!(server.live_file("app.py"), "1\n");
     server
