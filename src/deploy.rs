@@ -243,9 +243,11 @@ impl Session {
             },
         )?;
         if let Some(dead) = lock.interrupted.take() {
+            recover::stop_orphans(&layout);
             let records = record::read_all(&layout.deploys_file())?;
             recover::after_death(config, &layout, &records, &dead)?;
         }
+        process::record_groups_in(Some(layout.group_file()));
         let records = record::read_all(&layout.deploys_file())?;
         let previous_release = layout.live_release()?;
         if let Some(gone) = previous_release

@@ -50,6 +50,10 @@ impl Layout {
     pub fn lock_file(&self) -> PathBuf {
         self.state().join("lock")
     }
+    /// The process group of the child a deploy is running, while it runs.
+    pub fn group_file(&self) -> PathBuf {
+        self.state().join("running-group")
+    }
     pub fn deploys_file(&self) -> PathBuf {
         self.state().join("deploys.jsonl")
     }

@@ -46,6 +46,25 @@ const TAIL: usize = 20;
 
 static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
+/// Where the process group of the running child is written while it runs, if anywhere: should
+/// ats-hook die, the next run finds the group there and stops what is left of it.
+static GROUP_FILE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Names the file that records the running child's process group (see `GROUP_FILE`).
+pub fn record_groups_in(path: Option<PathBuf>) {
+    *GROUP_FILE.lock().unwrap_or_else(|e| e.into_inner()) = path;
+}
+
+/// Writes (or, with `None`, removes) the running child's group in the group file.
+fn note_group(pgid: Option<Pid>) {
+    let file = GROUP_FILE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(file) = file else { return };
+    let _ = match pgid {
+        Some(pgid) => std::fs::write(&file, format!("{pgid}\n")),
+        None => std::fs::remove_file(&file),
+    };
+}
+
 /// Makes SIGTERM, SIGINT and SIGHUP set a flag instead of killing ats-hook, so a deploy can stop
 /// its running step and record itself as interrupted. A second signal kills at once.
 pub fn install_signal_handlers() -> Result<()> {
@@ -227,6 +246,7 @@ impl Cmd {
                 .with_context(|| format!("failed to start `{}`", self.display()))?,
         );
         let pgid = handle.pids().first().map(|&pid| Pid::from_raw(pid as i32));
+        note_group(pgid);
 
         let (lines, incoming) = mpsc::sync_channel::<Piece>(IN_FLIGHT);
         let read = Arc::new(AtomicU64::new(0));
@@ -311,6 +331,7 @@ impl Cmd {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
+        note_group(None);
         if let Some((why, _)) = stopping {
             // The group may still hold processes that ignored SIGTERM.
             signal_group(pgid, Signal::SIGKILL);

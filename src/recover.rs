@@ -22,6 +22,54 @@ use crate::output;
 use crate::record::{self, Action, DeployRecord, State};
 use crate::{release, restart, steps};
 
+/// Stops what is left of the child the dead deploy was running (a step that went on writing into
+/// its release), which the group file names. Only processes of that group whose working folder
+/// is inside the deploy root are stopped, so a group id the system has given to something
+/// else since is left alone.
+pub fn stop_orphans(layout: &Layout) {
+    let file = layout.group_file();
+    let Some(pgid) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .filter(|pgid| *pgid > 1)
+    else {
+        return;
+    };
+    let root = layout
+        .root()
+        .canonicalize()
+        .unwrap_or_else(|_| layout.root().to_path_buf());
+    let mut stopped = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // After the command's closing parenthesis: state, ppid, pgrp.
+                let rest = stat.rsplit_once(')')?.1.to_string();
+                rest.split_whitespace().nth(2)?.parse::<i32>().ok()
+            });
+        let inside =
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&root));
+        if group == Some(pgid) && inside {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            stopped.push(pid.to_string());
+        }
+    }
+    if !stopped.is_empty() {
+        output::warn(format!(
+            "stopped what the previous deploy left running (pid {}), before it could write into a release",
+            stopped.join(", ")
+        ));
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
 /// Records the deploy `dead` was running, and undoes its switch if it died after it.
 pub fn after_death(
     config: &Config,

@@ -126,12 +126,9 @@ fn a_hook_killed_mid_step_leaves_no_stale_lock_nor_a_half_release_live() {
     )
     .unwrap();
     let output = push.wait_with_output().unwrap();
-    // The orphaned step is the test's to clean up; a real server's would end on its own.
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(step),
-        nix::sys::signal::Signal::SIGKILL,
-    );
     assert!(output.status.success(), "post-receive cannot fail a push");
+    // The step outlives the hook (its own process group), until the next run stops it.
+    assert!(alive(step), "the step died with the hook");
     assert_eq!(
         server.live(),
         Some(live.clone()),
@@ -144,7 +141,15 @@ fn a_hook_killed_mid_step_leaves_no_stale_lock_nor_a_half_release_live() {
     let push = clone.push();
     push.success()
         .stderr_lacks("waiting for the deploy lock")
+        .stderr_has(&format!(
+            "stopped what the previous deploy left running (pid {step}"
+        ))
         .stderr_has("did not finish (its process died); recording it as interrupted");
+    wait_for(
+        "the orphaned step to be gone",
+        Duration::from_secs(5),
+        || !alive(step),
+    );
     assert!(push
         .summary()
         .starts_with(&format!("ats-hook: deployed {}", &next[..7])));
