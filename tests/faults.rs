@@ -290,7 +290,11 @@ fn release_equals_commit(server: &Server, release: &std::path::Path, commit: &st
 fn sigkill_at_random_points_never_leaves_a_partial_or_unrecorded_release_live() {
     use crate::support::rng::Rng;
     use std::os::unix::fs::PermissionsExt;
-    const TRIALS: usize = 32;
+    // 32 in every test run; `ATS_HOOK_KILL_TRIALS=100 tests/run faults::sigkill` for a campaign.
+    let trials: usize = std::env::var("ATS_HOOK_KILL_TRIALS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(32);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -352,7 +356,7 @@ fn sigkill_at_random_points_never_leaves_a_partial_or_unrecorded_release_live() 
     }
 
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
-    for trial in 0..TRIALS {
+    for trial in 0..trials {
         // A change of a few files, and now and then a folder added or removed.
         for _ in 0..3 {
             let (folder, file) = (rng.below(40), rng.below(50));
@@ -453,8 +457,21 @@ fn sigkill_at_random_points_never_leaves_a_partial_or_unrecorded_release_live() 
             "trial {trial}: {:?}",
             server.releases()
         );
+        // Nothing the killed hook started is left running in the deploy root.
+        let root = server.root.canonicalize().unwrap();
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter(|e| {
+                std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&root))
+            })
+            .filter(|e| alive(e.file_name().to_string_lossy().parse().unwrap()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.is_empty(), "trial {trial}: left running: {left:?}");
     }
-    println!("SIGKILL trials: {TRIALS} (seed {seed}): {outcomes:?}; every one recovered");
+    println!("SIGKILL trials: {trials} (seed {seed}): {outcomes:?}; every one recovered");
     // A rollback after all that picks a whole release.
     server.ats(&["rollback"]).success();
     let live = server.live().unwrap();
