@@ -851,3 +851,87 @@ fn sigterm_during_the_restart_switches_back_and_restarts_the_old_release_to_the_
     assert_eq!(restarted.lines().last(), Some(old.as_str()), "{restarted}");
     assert_eq!(server.last_record()["state"], "interrupted");
 }
+
+#[test]
+fn gate_mode_a_hook_killed_after_its_switch_is_undone_and_the_branch_equals_what_is_live() {
+    let server = Server::new();
+    server.gate().config(
+        "[deploy]\nroot = \"ROOT\"\n[restart]\n\
+         command = \"if [ -e slow-restart ]; then echo $PPID > \\\"$ATS_DEPLOY_ROOT/hook.pid\\\"; sleep 30; fi\"\n",
+    );
+    let clone = server.clone("work");
+    let v1 = clone.commit_file("app.py", "1\n");
+    clone.push().success();
+    let first = server.live().unwrap();
+    clone.write("slow-restart", "");
+    clone.commit_file("app.py", "2\n");
+    let push = clone.spawn_push(&["main"]);
+    let hook = pid_in(&server.root.join("hook.pid"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hook),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let output = push.wait_with_output().unwrap();
+    assert!(!output.status.success(), "gate mode rejects the push");
+    // Killed after its switch: the branch did not move, `current` did; status says so.
+    assert_eq!(server.tip("refs/heads/main").as_deref(), Some(v1.as_str()));
+    let switched = server.live().unwrap();
+    assert_ne!(switched, first);
+    server.ats(&["status"]).success().stdout_has(&format!(
+        "its deploy died after switching to it, before any check passed: the next push, `deploy` or `rollback` switches back to {first}"
+    ));
+
+    // The next push undoes the switch first, then deploys; branch and live agree again.
+    std::fs::remove_file(clone.dir.join("slow-restart")).unwrap();
+    let v3 = clone.commit_file("app.py", "3\n");
+    clone
+        .push()
+        .success()
+        .stderr_has(&format!(
+            "died after switching `current` to {switched}; switching back to {first}"
+        ))
+        .stderr_has(&format!("ats-hook: deployed {}", &v3[..7]));
+    assert_eq!(server.tip("refs/heads/main").as_deref(), Some(v3.as_str()));
+    assert_eq!(server.live_file("app.py"), "3\n");
+    let records = server.records();
+    let killed = records.iter().find(|r| r["release"] == switched.as_str()).unwrap();
+    assert_eq!(killed["state"], "interrupted");
+    assert!(killed["error"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("switched `current` back to {first}")));
+}
+
+#[test]
+fn sigterm_during_the_health_check_switches_back_and_is_recorded_as_interrupted() {
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\n[health]\n\
+         command = \"if [ -e slow-health ]; then echo $PPID > \\\"$ATS_DEPLOY_ROOT/hook.pid\\\"; sleep 30; fi\"\ntimeout = \"2m\"\n",
+    );
+    let clone = server.clone("work");
+    let v1 = clone.commit_file("app.py", "1\n");
+    clone.push().success();
+    let old = server.live().unwrap();
+    clone.write("slow-health", "");
+    clone.commit_file("app.py", "2\n");
+    let push = clone.spawn_push(&["main"]);
+    let hook = pid_in(&server.root.join("hook.pid"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hook),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "deploy INTERRUPTED during health check; switched back, {} is live again",
+            &v1[..7]
+        )),
+        "{stderr}"
+    );
+    assert_eq!(server.live(), Some(old));
+    assert_eq!(server.last_record()["state"], "interrupted");
+}
