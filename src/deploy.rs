@@ -217,6 +217,7 @@ impl Session {
         layout.live_release()?;
         process::install_signal_handlers()?;
         let holder = Holder {
+            unrecorded: None,
             pid: std::process::id(),
             commit: commit.to_string(),
             git_ref: git_ref.to_string(),
@@ -361,9 +362,15 @@ impl Session {
             if let Err(err) = pruned {
                 output::warn(format!("{err:#}"));
             }
+        } else {
+            // The lock file keeps naming this run, with its record when it fits there, so the
+            // next run appends it (or, past a switch nobody vouched for, puts back what was
+            // live): the history then matches what is live.
+            self.holder.unrecorded = serde_json::to_string(entry).ok();
+            if let Err(err) = self.lock.update(&self.holder) {
+                tracing::debug!("could not keep the record in the lock file: {err:#}");
+            }
         }
-        // Otherwise the lock file keeps naming this run, so the next one records it (and, past
-        // the switch, puts back what was live): the history then matches what is live.
         let summary = match outcome {
             Ok(summary) => summary,
             Err(stop) => stop.summary(

@@ -23,6 +23,10 @@ pub struct Holder {
     pub release: String,
     pub since: String,
     pub pusher: String,
+    /// The run's record, kept here when the history could not take it (a full disk), for the
+    /// next run to append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unrecorded: Option<String>,
 }
 
 impl std::fmt::Display for Holder {
@@ -171,6 +175,7 @@ mod tests {
 
     fn holder(pid: u32) -> Holder {
         Holder {
+            unrecorded: None,
             pid,
             commit: "abcdef1234".into(),
             git_ref: "refs/heads/main".into(),

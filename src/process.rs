@@ -55,14 +55,19 @@ pub fn record_groups_in(path: Option<PathBuf>) {
     *GROUP_FILE.lock().unwrap_or_else(|e| e.into_inner()) = path;
 }
 
-/// Writes (or, with `None`, removes) the running child's group in the group file.
+/// Writes the running child's group in the group file, `0` when none runs. The file is
+/// rewritten in place at a fixed width, so that noting a group never needs new space on a disk
+/// that may be full.
 fn note_group(pgid: Option<Pid>) {
     let file = GROUP_FILE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let Some(file) = file else { return };
-    let _ = match pgid {
-        Some(pgid) => std::fs::write(&file, format!("{pgid}\n")),
-        None => std::fs::remove_file(&file),
-    };
+    let group = pgid.map_or(0, Pid::as_raw);
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{group:>11}\n").as_bytes()));
 }
 
 /// Makes SIGTERM, SIGINT and SIGHUP set a flag instead of killing ats-hook, so a deploy can stop

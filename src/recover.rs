@@ -67,7 +67,6 @@ pub fn stop_orphans(layout: &Layout) {
             stopped.join(", ")
         ));
     }
-    let _ = std::fs::remove_file(&file);
 }
 
 /// Records the deploy `dead` was running, and undoes its switch if it died after it.
@@ -77,6 +76,19 @@ pub fn after_death(
     records: &[DeployRecord],
     dead: &Holder,
 ) -> Result<()> {
+    // It ended, but the history could not take its record: append it now, as it was.
+    if let Some(record) = dead
+        .unrecorded
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<DeployRecord>(text).ok())
+    {
+        output::warn(format!(
+            "the previous {}, {dead}, ended ({}) but the history could not record it then; recording it now",
+            if record.action == Action::Rollback { "rollback" } else { "deploy" },
+            record.state.as_str()
+        ));
+        return record::append(&layout.deploys_file(), &record);
+    }
     let last_word = records.iter().rev().find(|r| r.id == dead.release);
     if let Some(done) = last_word.filter(|r| r.state != State::Switching) {
         // It recorded how it ended, then died before letting go of the lock (while pruning):

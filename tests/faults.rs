@@ -659,7 +659,7 @@ fn damaged_state_is_named_with_a_way_out_and_a_redeploy_repairs_it() {
 }
 
 #[test]
-fn a_full_disk_at_the_history_append_is_said_and_the_next_push_records_it() {
+fn a_full_disk_at_the_history_append_is_said_and_the_next_push_records_what_happened() {
     let server = Server::new();
     let _disk = SmallDisk::mount(&server.root, "4m");
     server.config(
@@ -706,7 +706,7 @@ fn a_full_disk_at_the_history_append_is_said_and_the_next_push_records_it() {
     clone
         .push()
         .success()
-        .stderr_has("recording it as interrupted")
+        .stderr_has("ended (failed) but the history could not record it then; recording it now")
         .stderr_has(&format!("ats-hook: deployed {}", &v3[..7]));
     let log = server.ats(&["log", "--json"]);
     let history: serde_json::Value = serde_json::from_str(&log.success().stdout()).unwrap();
@@ -716,7 +716,12 @@ fn a_full_disk_at_the_history_append_is_said_and_the_next_push_records_it() {
         .iter()
         .map(|r| r["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states, ["succeeded", "interrupted", "succeeded"]);
+    // The record says what happened, not that the process died.
+    assert_eq!(states, ["succeeded", "failed", "succeeded"]);
+    assert!(history[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("failed to append to history"));
 }
 
 #[test]
@@ -895,7 +900,10 @@ fn gate_mode_a_hook_killed_after_its_switch_is_undone_and_the_branch_equals_what
     assert_eq!(server.tip("refs/heads/main").as_deref(), Some(v3.as_str()));
     assert_eq!(server.live_file("app.py"), "3\n");
     let records = server.records();
-    let killed = records.iter().find(|r| r["release"] == switched.as_str()).unwrap();
+    let killed = records
+        .iter()
+        .find(|r| r["release"] == switched.as_str())
+        .unwrap();
     assert_eq!(killed["state"], "interrupted");
     assert!(killed["error"]
         .as_str()
