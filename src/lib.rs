@@ -25,6 +25,7 @@ pub mod restart;
 pub mod select;
 pub mod sshkey;
 pub mod steps;
+pub mod stop;
 
 use std::process::ExitCode;
 

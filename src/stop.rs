@@ -1,0 +1,127 @@
+//! How a deploy or rollback that stopped short is told: the state its record gets, and the
+//! summary line the pusher reads last, which always says what is live now.
+
+use anyhow::Result;
+
+use crate::output;
+use crate::process::Exit;
+use crate::record::State;
+
+/// Why a deploy stopped short.
+pub enum Stop {
+    Step {
+        name: String,
+        exit: Exit,
+    },
+    Interrupted {
+        during: String,
+    },
+    Error(anyhow::Error),
+    /// Something failed once the release was live; `current` was switched back (or not).
+    AfterSwitch {
+        stage: String,
+        error: anyhow::Error,
+        restored: Result<()>,
+        /// The stage failed because ats-hook was asked to stop.
+        interrupted: bool,
+    },
+}
+
+impl From<anyhow::Error> for Stop {
+    fn from(error: anyhow::Error) -> Stop {
+        Stop::Error(error)
+    }
+}
+
+impl Stop {
+    /// (state, failed step or stage, error) for the record.
+    pub fn describe(&self) -> (State, Option<String>, Option<String>) {
+        match self {
+            Stop::Step { name, exit } => (
+                if *exit == Exit::Interrupted {
+                    State::Interrupted
+                } else {
+                    State::Failed
+                },
+                Some(name.clone()),
+                Some(format!("step `{name}` failed ({exit})")),
+            ),
+            Stop::Interrupted { during } => (
+                State::Interrupted,
+                None,
+                Some(format!("interrupted during {during}")),
+            ),
+            Stop::Error(err) => (State::Failed, None, Some(format!("{err:#}"))),
+            Stop::AfterSwitch {
+                stage,
+                error,
+                restored,
+                interrupted,
+            } => (
+                if *interrupted {
+                    State::Interrupted
+                } else if restored.is_ok() {
+                    State::RolledBack
+                } else {
+                    State::Failed
+                },
+                Some(stage.clone()),
+                Some(format!("{error:#}")),
+            ),
+        }
+    }
+
+    /// The summary line for a stop; `what` is `deploy` or `rollback`, `live_now` what
+    /// `current` points at once the run is over.
+    pub fn summary(self, what: &str, was_live: Option<&str>, live_now: Option<&str>) -> String {
+        let still_live = match was_live {
+            Some(live) => format!("{live} is still live"),
+            None => "nothing is live yet".to_string(),
+        };
+        match self {
+            Stop::Step {
+                name,
+                exit: Exit::Interrupted,
+            } => {
+                format!("{what} INTERRUPTED during step {name}; {still_live}")
+            }
+            Stop::Step { name, exit } => {
+                format!("{what} FAILED at step {name} ({exit}); {still_live}")
+            }
+            Stop::Interrupted { during } => {
+                format!("{what} INTERRUPTED during {during}; {still_live}")
+            }
+            Stop::Error(err) => {
+                output::error(format!("{:#}", output::with_disk_full_hint(err)));
+                format!("{what} FAILED; {still_live}")
+            }
+            Stop::AfterSwitch {
+                stage,
+                restored: Ok(()),
+                interrupted,
+                ..
+            } => {
+                let verb = if interrupted {
+                    "INTERRUPTED during"
+                } else {
+                    "FAILED at"
+                };
+                match was_live {
+                    Some(live) => {
+                        format!("{what} {verb} {stage}; switched back, {live} is live again")
+                    }
+                    None => format!("{what} {verb} {stage}; nothing is live"),
+                }
+            }
+            Stop::AfterSwitch {
+                stage,
+                restored: Err(err),
+                ..
+            } => {
+                output::error(format!("switching back failed too: {err:#}"));
+                let current = live_now.unwrap_or("nothing");
+                format!("{what} FAILED at {stage}, and so did switching back: `current` is {current}; check the app")
+            }
+        }
+    }
+}
