@@ -14,11 +14,11 @@
 //! and the disk each way takes for the same releases. It prints medians and ratios against the
 //! targets. Everything happens under one temporary folder, removed at the end.
 
-use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use ats_hook::outputs::disk_usage_of;
 
 mod support;
 use support::*;
@@ -86,23 +86,6 @@ impl Target {
     }
 }
 
-/// The disk under `dir`, each file once however many links it has, symlinks not followed.
-fn disk_usage(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(dir) else {
-        return 0;
-    };
-    if !seen.insert((meta.dev(), meta.ino())) {
-        return 0;
-    }
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            total += disk_usage(&entry.unwrap().path(), seen);
-        }
-    }
-    total
-}
-
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
@@ -167,17 +150,14 @@ fn main() {
         }
     }
     let releases_on_disk = |root: &Path| std::fs::read_dir(root.join("releases")).unwrap().count();
-    let stored_disk = {
-        let mut seen = HashSet::new();
-        disk_usage(&stored.root.join("releases"), &mut seen)
-            + disk_usage(&stored.root.join("outputs"), &mut seen)
-    };
+    let stored_disk =
+        disk_usage_of(&[&stored.root.join("releases"), &stored.root.join("outputs")]).unwrap();
     let stored_releases = releases_on_disk(&stored.root);
     let stored_builds = std::fs::read_dir(stored.root.join("outputs/install"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().is_dir())
         .count();
-    let fresh_disk = disk_usage(&fresh.root.join("releases"), &mut HashSet::new());
+    let fresh_disk = disk_usage_of(&[&fresh.root.join("releases")]).unwrap();
     let fresh_releases = releases_on_disk(&fresh.root);
 
     // Changed lockfiles: each push builds and stores a new output; the same build by hand in

@@ -654,22 +654,12 @@ fn switch_back(config: &Config, session: &Session) -> Result<()> {
         return Ok(());
     };
     output::say(format!("switched current back to {previous}"));
-    if config.restart.is_empty() {
-        return Ok(());
-    }
-    let commit = session.previous_commit.clone().unwrap_or_default();
-    let git_ref = record::live_record(&session.records, previous)
-        .map(|r| r.git_ref.clone())
-        .unwrap_or_default();
-    let env = environment(config, layout, previous, &commit, None, &git_ref)?;
-    restart::run(
-        &config.restart,
+    recover::restart_put_back(
+        config,
         layout,
-        &layout.current(),
-        leaving.map(|id| layout.release(&id)).as_deref(),
-        &env,
-        steps::prefix_width(config),
-        restart::Mode::Back,
+        &session.records,
+        previous,
+        leaving.as_deref(),
     )
     .context("restarting the previous release failed")
 }

@@ -417,8 +417,7 @@ impl Store {
 
     /// The disk the store takes, in bytes (each file once, however many links it has).
     pub fn disk_usage(&self) -> Result<u64> {
-        let mut seen = HashSet::new();
-        disk_usage(&self.dir, &mut seen)
+        disk_usage_of(&[&self.dir])
     }
 
     /// Removes the builds no release in `used` (step, build) links to, and the folders of
@@ -516,6 +515,17 @@ fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|dir| dir.sync_all())
         .with_context(|| format!("failed to sync `{}`", dir.display()))
+}
+
+/// The disk the files under `paths` take, in bytes: each file once, however many links it has,
+/// symlinks not followed.
+pub fn disk_usage_of(paths: &[&Path]) -> Result<u64> {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for path in paths {
+        total += disk_usage(path, &mut seen)?;
+    }
+    Ok(total)
 }
 
 fn disk_usage(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {

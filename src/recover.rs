@@ -115,7 +115,11 @@ pub fn after_death(
         ));
         release::restore_current(layout, back)?;
         if let Some(back) = back {
-            restart_after_undo(config, layout, records, back, &intent.release);
+            // Said, not fatal: the run that recovers goes on to deploy.
+            if let Err(err) = restart_put_back(config, layout, records, back, Some(&intent.release))
+            {
+                output::warn(format!("restarting {back} failed: {err:#}"));
+            }
         }
         format!(
             "ats-hook (pid {}) died after the switch; the next run switched `current` back to {}",
@@ -139,35 +143,32 @@ pub fn after_death(
     )
 }
 
-/// Restarts the release `current` is back on; a failure is said, not fatal: the run that
-/// recovers goes on to deploy.
-fn restart_after_undo(
+/// Restarts `back`, the release `current` was put back on after `left`, with the environment
+/// of the deploy that made it. It runs to its end whatever stop ats-hook was asked for: the
+/// stop may be why `current` is back.
+pub fn restart_put_back(
     config: &Config,
     layout: &Layout,
     records: &[DeployRecord],
     back: &str,
-    left: &str,
-) {
+    left: Option<&str>,
+) -> Result<()> {
     if config.restart.is_empty() {
-        return;
+        return Ok(());
     }
     let made = record::live_record(records, back);
     let commit = made.map(|r| r.commit.clone()).unwrap_or_default();
     let git_ref = made.map(|r| r.git_ref.clone()).unwrap_or_default();
-    let restarted = environment(config, layout, back, &commit, None, &git_ref).and_then(|env| {
-        restart::run(
-            &config.restart,
-            layout,
-            &layout.current(),
-            Some(&layout.release(left)),
-            &env,
-            steps::prefix_width(config),
-            restart::Mode::Back,
-        )
-    });
-    if let Err(err) = restarted {
-        output::warn(format!("restarting {back} failed: {err:#}"));
-    }
+    let env = environment(config, layout, back, &commit, None, &git_ref)?;
+    restart::run(
+        &config.restart,
+        layout,
+        &layout.current(),
+        left.map(|id| layout.release(id)).as_deref(),
+        &env,
+        steps::prefix_width(config),
+        restart::Mode::Back,
+    )
 }
 
 /// The record of a deploy that died before its switch.

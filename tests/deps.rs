@@ -115,7 +115,7 @@ fn the_live_environment_survives_a_failed_deploy_a_rollback_and_a_switch_back() 
 
     // Fixed: the upgrade reuses the environment the failed deploy built.
     std::fs::remove_file(clone.dir.join("broken-migration")).unwrap();
-    let v3 = clone.commit("fix the migration");
+    clone.commit("fix the migration");
     clone.push().success().stderr_has(&format!(
         "install: reused .venv (requirements.txt and `/usr/bin/python3 --version` unchanged since {failed})"
     ));
@@ -142,7 +142,6 @@ fn the_live_environment_survives_a_failed_deploy_a_rollback_and_a_switch_back() 
         ));
     assert_eq!(server.live(), Some(first));
     assert_eq!(live_version(&server), OLD);
-    let _ = v3;
 }
 
 #[test]
@@ -318,21 +317,13 @@ fn builds_that_were_killed_or_timed_out_are_never_used() {
     std::fs::remove_file(&step_pid).unwrap();
     std::fs::remove_file(&hook_pid).unwrap();
     clone.commit_file("app.py", "2\n");
-    let push = clone.spawn_push(&["main"]);
-    let hook = pid_in(&hook_pid);
+    let (push, hook) = clone.spawn_push_until_pid(&hook_pid);
     let step = pid_in(&step_pid);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(hook),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    send_signal(hook, nix::sys::signal::Signal::SIGKILL);
     push.wait_with_output().unwrap();
-    // The orphaned step is the test's to end; what it would still write goes to its own
-    // folder, which no later build uses.
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(step),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    // The orphaned step lives on in its own folder, which no later build uses, until the
+    // next run stops it.
+    assert!(alive(step));
     let killed: Vec<String> = server
         .builds("install")
         .into_iter()

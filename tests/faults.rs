@@ -794,11 +794,7 @@ fn sigterm_while_waiting_for_the_lock_stops_at_once() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
     let asked = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(waiting.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    send_signal(waiting.id() as i32, nix::sys::signal::Signal::SIGTERM);
     let status = waiting.wait().unwrap();
     let stopped_in = asked.elapsed();
     let mut stderr = String::new();
@@ -834,13 +830,8 @@ fn sigterm_during_the_restart_switches_back_and_restarts_the_old_release_to_the_
     let old = server.live().unwrap();
     clone.write("slow-restart", "");
     clone.commit_file("app.py", "2\n");
-    let push = clone.spawn_push(&["main"]);
-    let hook = pid_in(&server.root.join("hook.pid"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(hook),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let (push, hook) = clone.spawn_push_until_pid(&server.root.join("hook.pid"));
+    send_signal(hook, nix::sys::signal::Signal::SIGTERM);
     let output = push.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -870,13 +861,8 @@ fn gate_mode_a_hook_killed_after_its_switch_is_undone_and_the_branch_equals_what
     let first = server.live().unwrap();
     clone.write("slow-restart", "");
     clone.commit_file("app.py", "2\n");
-    let push = clone.spawn_push(&["main"]);
-    let hook = pid_in(&server.root.join("hook.pid"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(hook),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let (push, hook) = clone.spawn_push_until_pid(&server.root.join("hook.pid"));
+    send_signal(hook, nix::sys::signal::Signal::SIGKILL);
     let output = push.wait_with_output().unwrap();
     assert!(!output.status.success(), "gate mode rejects the push");
     // Killed after its switch: the branch did not move, `current` did; status says so.
@@ -924,13 +910,8 @@ fn sigterm_during_the_health_check_switches_back_and_is_recorded_as_interrupted(
     let old = server.live().unwrap();
     clone.write("slow-health", "");
     clone.commit_file("app.py", "2\n");
-    let push = clone.spawn_push(&["main"]);
-    let hook = pid_in(&server.root.join("hook.pid"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(hook),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let (push, hook) = clone.spawn_push_until_pid(&server.root.join("hook.pid"));
+    send_signal(hook, nix::sys::signal::Signal::SIGTERM);
     let output = push.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

