@@ -56,6 +56,10 @@ pub struct DeploySection {
     /// How much step output one deploy's log keeps; what comes past it is counted, not kept.
     #[serde(default = "default_log_limit")]
     pub log_limit: Size,
+    /// Write the deployed commit into `REVISION` at the top of each release, so the app can
+    /// tell which code it runs, rightly after a reload too.
+    #[serde(default = "default_true")]
+    pub revision_file: bool,
     /// Gone: a reused release once could keep its untracked files so that steps could skip
     /// themselves, which let a release run with what another commit built. Steps now declare
     /// their `outputs`; the key explains the way.
@@ -181,6 +185,14 @@ pub struct Health {
     /// The limit for one probe.
     #[serde(default = "default_probe_timeout")]
     pub probe_timeout: Duration,
+    /// How many probes in a row must pass, `interval` apart: one answer may come from a worker
+    /// of the old code that is still finishing.
+    #[serde(default = "default_passes")]
+    pub passes: u32,
+    /// How long to wait, before probing, for the processes that ran in the previous release to
+    /// exit or move to the new one after the restart; past it, the ones left are named.
+    #[serde(default = "default_settle")]
+    pub settle: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,11 +208,30 @@ pub struct Restart {
     #[serde(default)]
     pub sudo: bool,
     pub signal: Option<SignalAction>,
-    /// A shell command run in the new release.
+    /// With `signal`: a shell command that starts the app when the pidfile is missing or names
+    /// a process that is gone (the first deploy, a crash), instead of signalling it.
+    pub start: Option<String>,
+    /// A shell command, run in the deploy root.
     pub command: Option<String>,
     /// The limit for each restart action that runs a process.
     #[serde(default = "default_restart_timeout")]
     pub timeout: Duration,
+    /// What `start` and `command` receive: the deploy's environment, or a clean one.
+    #[serde(default)]
+    pub env: RestartEnv,
+}
+
+/// The environment of restart commands. A server they start keeps it until it is restarted
+/// (a reload keeps it too), so what it holds matters.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartEnv {
+    /// What steps get: the server's environment, `[env]`, the env file and the `ATS_*` variables.
+    #[default]
+    Deploy,
+    /// Only the login basics of the server's environment (`PATH`, `HOME`, `USER`, `LOGNAME`,
+    /// `SHELL`, `LANG`, `LC_*`, `TZ`, `XDG_RUNTIME_DIR`): no `[env]`, no env file, no `ATS_*`.
+    Clean,
 }
 
 impl Default for Restart {
@@ -211,8 +242,10 @@ impl Default for Restart {
             systemctl_action: SystemctlAction::default(),
             sudo: false,
             signal: None,
+            start: None,
             command: None,
             timeout: default_restart_timeout(),
+            env: RestartEnv::default(),
         }
     }
 }
@@ -284,10 +317,16 @@ fn default_health_timeout() -> Duration {
     Duration(std::time::Duration::from_secs(30))
 }
 fn default_health_interval() -> Duration {
-    Duration(std::time::Duration::from_secs(1))
+    Duration(std::time::Duration::from_millis(500))
 }
 fn default_probe_timeout() -> Duration {
     Duration(std::time::Duration::from_secs(5))
+}
+fn default_passes() -> u32 {
+    2
+}
+fn default_settle() -> Duration {
+    Duration(std::time::Duration::from_secs(10))
 }
 fn default_signal() -> SignalName {
     SignalName(nix::sys::signal::Signal::SIGHUP)
@@ -377,6 +416,14 @@ impl Config {
                 ),
                 _ => {}
             }
+        }
+        if let Some(health) = &self.health {
+            if health.passes == 0 {
+                bail!("`health.passes` is 0: at least one probe must pass");
+            }
+        }
+        if self.restart.start.is_some() && self.restart.signal.is_none() {
+            bail!("`restart.start` needs `restart.signal`: it starts the app when the pidfile names no running process");
         }
         for unit in &self.restart.systemctl {
             if unit.is_empty() || unit.starts_with('-') || unit.contains(char::is_whitespace) {

@@ -530,7 +530,13 @@ fn make_release(
                 .iter()
                 .chain(config.steps.iter().flat_map(|step| &step.outputs))
                 .collect();
-            let update = release::update(repo, &layout, from, &id, target.commit, &links)?;
+            let generated: &[&str] = if config.deploy.revision_file {
+                &[release::REVISION_FILE]
+            } else {
+                &[]
+            };
+            let update =
+                release::update(repo, &layout, from, &id, target.commit, &links, generated)?;
             let mut note = format!(
                 "{} written, {} removed",
                 output::count(update.written, "file"),
@@ -561,6 +567,9 @@ fn make_release(
             ));
         }
     }
+    if config.deploy.revision_file {
+        release::write_revision(&dir, target.commit)?;
+    }
     session.checkout = Some(clock.elapsed());
     session.timings.push(("checkout".into(), clock.elapsed()));
     session.built_from = built_from;
@@ -588,6 +597,12 @@ fn go_live(
     release::switch_current(&layout, release)?;
     output::say(format!("switched current to {release}"));
     let width = steps::prefix_width(config);
+    let old = match (&config.health, &session.previous_release) {
+        (Some(_), Some(previous)) => Some(health::OldProcesses::before_restart(
+            &layout.release(previous),
+        )),
+        _ => None,
+    };
 
     if !config.restart.is_empty() {
         live_stage(config, session, "restart", "restart", |session| {
@@ -613,6 +628,8 @@ fn go_live(
                 session.previous_commit.as_deref(),
                 &layout.current(),
                 env,
+                old.as_ref(),
+                layout.root(),
             )
         })?;
     }

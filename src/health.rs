@@ -4,9 +4,14 @@
 //! probe can require a status and a text in the body; `{commit}` in that text stands for the
 //! deployed commit, which is how ats-hook notices an app server still serving the old code after
 //! a "successful" restart.
+//!
+//! An answer right after a restart may come from the old code: a graceful reload lets the old
+//! workers finish, and they still accept connections for a moment. So before probing, ats-hook
+//! waits (up to `settle`) for the processes that ran in the previous release to exit or move,
+//! and a release is healthy only when `passes` probes in a row pass.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -14,6 +19,60 @@ use anyhow::{bail, Result};
 use crate::config::Health;
 use crate::output::{self, short};
 use crate::process::{self, Cmd};
+use crate::procs::{Scan, User};
+
+/// The processes that ran in the release that was live, seen just before the restart.
+pub struct OldProcesses {
+    dir: PathBuf,
+    users: Vec<User>,
+}
+
+impl OldProcesses {
+    /// Notes who uses `previous` (the release that was live) now, before the restart.
+    pub fn before_restart(previous: &Path) -> OldProcesses {
+        let scan = Scan::under(previous);
+        OldProcesses {
+            dir: previous.to_path_buf(),
+            users: scan.users_of(previous).into_iter().cloned().collect(),
+        }
+    }
+
+    /// Waits until none of them uses the previous release any more, for at most `settle`, and
+    /// names those left.
+    fn settle(&self, settle: Duration, deploy_root: &Path) {
+        if self.users.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut left = self.users.clone();
+        loop {
+            let scan = Scan::under(&self.dir);
+            left.retain(|user| scan.pid_uses(user.pid, &self.dir));
+            if left.is_empty() {
+                tracing::debug!(
+                    "the old release's processes left in {}",
+                    output::seconds(started.elapsed())
+                );
+                return;
+            }
+            if started.elapsed() >= settle || process::stop_requested() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let named: Vec<String> = left.iter().take(3).map(|u| u.to_string()).collect();
+        output::warn(format!(
+            "{} still in the previous release {} after {}: they may still serve the old code. \
+             A server started inside a release keeps it; start it from the deploy root with \
+             `--chdir {}/current` (gunicorn) or `chdir = {}/current` (uWSGI)",
+            named.join(", "),
+            self.dir.file_name().unwrap_or_default().to_string_lossy(),
+            output::seconds(started.elapsed()),
+            deploy_root.display(),
+            deploy_root.display(),
+        ));
+    }
+}
 
 /// How much of a body is read and quoted.
 const BODY_LIMIT: u64 = 64 * 1024;
@@ -27,13 +86,19 @@ pub fn check(
     previous_commit: Option<&str>,
     release_dir: &Path,
     env: &BTreeMap<String, String>,
+    old: Option<&OldProcesses>,
+    deploy_root: &Path,
 ) -> Result<()> {
+    if let Some(old) = old {
+        old.settle(health.settle.0, deploy_root);
+    }
     let expect_body = health.expect_body.as_ref().map(|text| {
         text.replace("{commit}", commit)
             .replace("{short_commit}", short(commit))
     });
     let started = Instant::now();
     let mut probes = 0;
+    let mut passed = 0;
     loop {
         probes += 1;
         let answer = match (&health.url, &health.command) {
@@ -43,13 +108,32 @@ pub fn check(
         };
         match answer {
             Ok(answer) => {
-                output::say(format!(
-                    "health: ok after {probes} probe(s) in {}: {answer}",
-                    output::seconds(started.elapsed())
-                ));
-                return Ok(());
+                passed += 1;
+                if passed >= health.passes {
+                    let row = if health.passes > 1 {
+                        format!(" ({passed} in a row)")
+                    } else {
+                        String::new()
+                    };
+                    output::say(format!(
+                        "health: ok after {probes} probe(s) in {}{row}: {answer}",
+                        output::seconds(started.elapsed())
+                    ));
+                    return Ok(());
+                }
+                tracing::debug!(probes, "health probe passed ({passed} in a row): {answer}");
+                if started.elapsed() + health.interval.0 >= health.timeout.0
+                    || process::stop_requested()
+                {
+                    bail!(
+                        "health check failed: {passed} probe(s) in a row passed within {}, {} needed; last answer: {answer}",
+                        output::seconds(started.elapsed()),
+                        health.passes
+                    );
+                }
             }
             Err(Failed { answer, body }) => {
+                passed = 0;
                 tracing::debug!(probes, "health probe failed: {answer}");
                 if started.elapsed() + health.interval.0 >= health.timeout.0
                     || process::stop_requested()

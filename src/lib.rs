@@ -16,6 +16,7 @@ pub mod lock;
 pub mod output;
 pub mod outputs;
 pub mod process;
+pub mod procs;
 pub mod prune;
 pub mod record;
 pub mod recover;

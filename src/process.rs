@@ -204,6 +204,12 @@ impl Cmd {
         self
     }
 
+    /// Keeps only the variables of the environment whose names `keep` accepts.
+    pub fn keep_env(mut self, keep: impl Fn(&str) -> bool) -> Cmd {
+        self.env.retain(|key, _| key.to_str().is_some_and(&keep));
+        self
+    }
+
     pub fn timeout(mut self, timeout: Duration) -> Cmd {
         self.timeout = Some(timeout);
         self

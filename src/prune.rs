@@ -3,6 +3,8 @@
 //!
 //! The live release and the one a rollback would go to are never removed, and neither is any
 //! build they link to, so a rollback always finds its release as it was, dependencies included.
+//! Neither is a release or a build that a running process uses (its working directory, an open
+//! or mapped file under it): an app server started in an old release keeps it until it leaves.
 
 use std::collections::HashSet;
 
@@ -12,12 +14,14 @@ use crate::config::Config;
 use crate::layout::Layout;
 use crate::output;
 use crate::outputs::Store;
+use crate::procs::Scan;
 use crate::record::{self, DeployRecord};
 use crate::release;
 
 /// An old release to build the new one from: the one pruning would remove next, once there
 /// are as many releases as are kept (before that, every release is kept and the new one is
-/// checked out whole). Never the live release nor the rollback target.
+/// checked out whole). Never the live release, the rollback target, nor a release a running
+/// process uses, which the output names.
 pub fn recycle_candidate(
     config: &Config,
     layout: &Layout,
@@ -30,9 +34,18 @@ pub fn recycle_candidate(
     if on_disk < config.deploy.keep_releases {
         return Ok(None);
     }
-    Ok(expendable
-        .into_iter()
-        .find(|id| layout.index_file(id).is_file()))
+    let scan = Scan::under(&layout.releases());
+    for id in expendable {
+        if !layout.index_file(&id).is_file() {
+            continue;
+        }
+        if let Some(users) = scan.describe(&layout.release(&id)) {
+            output::say(format!("not reusing release {id}: in use by {users}"));
+            continue;
+        }
+        return Ok(Some(id));
+    }
+    Ok(None)
 }
 
 /// How many releases are on disk, and those that may go, in the order they would go: never
@@ -67,11 +80,20 @@ pub fn prune(
 ) -> Result<()> {
     release::remove_leftovers(layout)?;
     let (on_disk, expendable) = expendable_releases(layout, records, Some(this_run))?;
-    let excess = on_disk.saturating_sub(config.deploy.keep_releases);
+    let mut excess = on_disk.saturating_sub(config.deploy.keep_releases);
+    let scan = Scan::under(layout.root());
     let mut removed = Vec::new();
-    for id in expendable.into_iter().take(excess) {
+    for id in expendable {
+        if excess == 0 {
+            break;
+        }
+        if let Some(users) = scan.describe(&layout.release(&id)) {
+            output::say(format!("kept old release {id}: in use by {users}"));
+            continue;
+        }
         release::remove(layout, &id)?;
         removed.push(id);
+        excess -= 1;
     }
     if !removed.is_empty() {
         output::say(format!(
@@ -81,7 +103,16 @@ pub fn prune(
         ));
     }
     let store = Store::new(layout);
-    let used = builds_in_use(config, layout, &store, records)?;
+    let mut used = builds_in_use(config, layout, &store, records)?;
+    for (step, build) in builds_used_by_processes(layout, &scan) {
+        if used.insert((step.clone(), build.clone())) {
+            let users = scan.describe(&store.build_dir(&step, &build));
+            output::say(format!(
+                "kept stored build {step}/{build}: in use by {}",
+                users.unwrap_or_default()
+            ));
+        }
+    }
     let builds = store.prune(&used)?;
     if !builds.is_empty() {
         output::say(format!(
@@ -113,4 +144,20 @@ pub fn builds_in_use(
         }
     }
     Ok(used)
+}
+
+/// The builds (step, build) of the store that running processes use.
+fn builds_used_by_processes(layout: &Layout, scan: &Scan) -> HashSet<(String, String)> {
+    let Ok(dir) = layout.outputs().canonicalize() else {
+        return HashSet::new();
+    };
+    scan.users()
+        .iter()
+        .filter_map(|user| {
+            let mut parts = user.path.strip_prefix(&dir).ok()?.components();
+            let step = parts.next()?.as_os_str().to_str()?.to_string();
+            let build = parts.next()?.as_os_str().to_str()?.to_string();
+            Some((step, build))
+        })
+        .collect()
 }

@@ -375,7 +375,8 @@ pub struct Update {
 /// holds; a stat check catches files changed on disk since. The old release's links (shared
 /// paths, outputs) are removed first and linked again afterwards, so no write can land in
 /// `shared/` or in a build, and so are its untracked files: it starts from its commit alone,
-/// as a fresh checkout would.
+/// as a fresh checkout would. The files ats-hook writes into every release (`generated`) go
+/// too, uncounted, unless the new commit tracks them.
 pub fn update(
     repo: &Repository,
     layout: &Layout,
@@ -383,6 +384,7 @@ pub fn update(
     new_id: &str,
     commit: Oid,
     links: &[&RelPath],
+    generated: &[&str],
 ) -> Result<Update> {
     let dir = layout.release(new_id);
     let index_path = layout.index_file(new_id);
@@ -464,6 +466,14 @@ pub fn update(
                 break;
             }
             parent = p.parent();
+        }
+    }
+    for name in generated {
+        if !keep.contains(name.as_bytes()) {
+            let path = dir.join(name);
+            if fs::symlink_metadata(&path).is_ok() {
+                remove_any(&path)?;
+            }
         }
     }
     update.cleaned = remove_untracked(&dir, Path::new(""), &keep, &folders)?;
@@ -621,4 +631,21 @@ fn remove_untracked(
         }
     }
     Ok(removed)
+}
+
+/// The file each release holds its commit in, for the app to read.
+pub const REVISION_FILE: &str = "REVISION";
+
+/// Writes the commit into the release's `REVISION`, unless the commit tracks a file of that
+/// name (then it stays as committed, and the output says so).
+pub fn write_revision(dir: &Path, commit: Oid) -> Result<()> {
+    let path = dir.join(REVISION_FILE);
+    if fs::symlink_metadata(&path).is_ok() {
+        output::warn(format!(
+            "the commit tracks `{REVISION_FILE}`: ats-hook leaves it as committed instead of writing the commit there"
+        ));
+        return Ok(());
+    }
+    fs::write(&path, format!("{commit}\n"))
+        .with_context(|| format!("failed to write `{}`", path.display()))
 }

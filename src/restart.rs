@@ -1,7 +1,9 @@
 //! How the running app picks up the new release: in order, touch a file, `systemctl`, a
-//! signal to a pidfile's process, a command.
+//! signal to a pidfile's process (or a start command when none runs), a command.
 //!
-//! Each action fails loudly with what it tried, so the pipeline can switch back.
+//! Commands run in the deploy root, never inside a release: a server they start would keep the
+//! release as its working directory, and a reload would find it renamed or gone. Each action
+//! fails loudly with what it tried, so the pipeline can switch back.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -9,10 +11,11 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-use crate::config::Restart;
+use crate::config::{Restart, RestartEnv};
 use crate::layout::Layout;
 use crate::output;
 use crate::process::Cmd;
@@ -61,32 +64,102 @@ pub fn run(
     }
     if let Some(signal) = &restart.signal {
         let pidfile = layout.root().join(&signal.pidfile);
-        let text = std::fs::read_to_string(&pidfile)
-            .with_context(|| format!("failed to read pidfile `{}`", pidfile.display()))?;
-        let pid: i32 = text
-            .trim()
-            .parse()
-            .ok()
-            .filter(|pid| *pid > 1)
-            .with_context(|| format!("pidfile `{}` does not hold a pid", pidfile.display()))?;
-        kill(Pid::from_raw(pid), signal.signal.0).with_context(|| {
-            format!(
-                "failed to send {} to pid {pid} from `{}`",
-                signal.signal,
-                pidfile.display()
-            )
-        })?;
-        output::say(format!("restart: sent {} to pid {pid}", signal.signal));
+        match (running_pid(&pidfile)?, &restart.start) {
+            (Running::Pid(pid), _) => {
+                kill(Pid::from_raw(pid), signal.signal.0).with_context(|| {
+                    format!(
+                        "failed to send {} to pid {pid} from `{}`",
+                        signal.signal,
+                        pidfile.display()
+                    )
+                })?;
+                output::say(format!("restart: sent {} to pid {pid}", signal.signal));
+            }
+            (not_running, Some(start)) => {
+                output::say(format!("restart: {not_running}; starting the app"));
+                run_command(shell(start, restart, layout, env), start, width, mode)?;
+                output::say(format!("restart: ran `{}`", one_line(start)));
+            }
+            (not_running, None) => bail!(
+                "{not_running}, so there is nothing to send {} to; set `restart.start` to the \
+                 command that starts the app when it is not running",
+                signal.signal
+            ),
+        }
     }
     if let Some(command) = &restart.command {
-        let cmd = Cmd::shell(command)
-            .dir(release_dir)
-            .envs(env)
-            .timeout(restart.timeout.0);
-        run_command(cmd, command, width, mode)?;
-        output::say(format!("restart: ran `{command}`"));
+        run_command(shell(command, restart, layout, env), command, width, mode)?;
+        output::say(format!("restart: ran `{}`", one_line(command)));
     }
     Ok(())
+}
+
+/// A restart command: run in the deploy root, with the environment `restart.env` names.
+fn shell(command: &str, restart: &Restart, layout: &Layout, env: &BTreeMap<String, String>) -> Cmd {
+    let cmd = Cmd::shell(command)
+        .dir(layout.root())
+        .timeout(restart.timeout.0);
+    match restart.env {
+        RestartEnv::Deploy => cmd.envs(env),
+        RestartEnv::Clean => cmd.keep_env(|key| {
+            matches!(
+                key,
+                "PATH" | "HOME" | "USER" | "LOGNAME" | "SHELL" | "LANG" | "TZ" | "XDG_RUNTIME_DIR"
+            ) || key.starts_with("LC_")
+        }),
+    }
+}
+
+/// A command as the output names it: its first line, and a mark when it has more.
+fn one_line(command: &str) -> String {
+    let mut lines = command.trim().lines();
+    let first = lines.next().unwrap_or_default().trim_end();
+    if lines.next().is_some() {
+        format!("{first} …")
+    } else {
+        first.to_string()
+    }
+}
+
+/// Whether a pidfile names a running process.
+enum Running {
+    Pid(i32),
+    NoPidfile(String),
+    Gone(String, i32),
+}
+
+impl std::fmt::Display for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Running::Pid(pid) => write!(f, "pid {pid} runs"),
+            Running::NoPidfile(path) => write!(f, "no pidfile `{path}`"),
+            Running::Gone(path, pid) => write!(f, "pid {pid} from `{path}` is not running"),
+        }
+    }
+}
+
+fn running_pid(pidfile: &Path) -> Result<Running> {
+    let shown = pidfile.display().to_string();
+    let text = match std::fs::read_to_string(pidfile) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Running::NoPidfile(shown))
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("failed to read pidfile `{shown}`"));
+        }
+    };
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 1)
+        .with_context(|| format!("pidfile `{shown}` does not hold a pid"))?;
+    // Signal 0 only asks whether the process exists; EPERM means it does, as another user.
+    match kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => Ok(Running::Pid(pid)),
+        Err(_) => Ok(Running::Gone(shown, pid)),
+    }
 }
 
 fn run_command(cmd: Cmd, label: &str, width: usize, mode: Mode) -> Result<()> {
@@ -100,7 +173,7 @@ fn run_command(cmd: Cmd, label: &str, width: usize, mode: Mode) -> Result<()> {
     lines.finish();
     let finished = finished?;
     if !finished.exit.success() {
-        bail!("`{label}` failed ({})", finished.exit);
+        bail!("`{}` failed ({})", one_line(label), finished.exit);
     }
     Ok(())
 }

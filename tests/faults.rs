@@ -822,7 +822,7 @@ fn sigterm_during_the_restart_switches_back_and_restarts_the_old_release_to_the_
     let server = Server::new();
     server.config(
         "[deploy]\nroot = \"ROOT\"\n[restart]\n\
-         command = \"if [ -e slow-restart ]; then echo $PPID > \\\"$ATS_DEPLOY_ROOT/hook.pid\\\"; sleep 30; fi; sleep 0.5; echo \\\"$ATS_RELEASE_ID\\\" >> \\\"$ATS_DEPLOY_ROOT/restarted\\\"\"\n",
+         command = \"if [ -e current/slow-restart ]; then echo $PPID > \\\"$ATS_DEPLOY_ROOT/hook.pid\\\"; sleep 30; fi; sleep 0.5; echo \\\"$ATS_RELEASE_ID\\\" >> \\\"$ATS_DEPLOY_ROOT/restarted\\\"\"\n",
     );
     let clone = server.clone("work");
     let v1 = clone.commit_file("app.py", "1\n");
@@ -853,7 +853,7 @@ fn gate_mode_a_hook_killed_after_its_switch_is_undone_and_the_branch_equals_what
     let server = Server::new();
     server.gate().config(
         "[deploy]\nroot = \"ROOT\"\n[restart]\n\
-         command = \"if [ -e slow-restart ]; then echo $PPID > \\\"$ATS_DEPLOY_ROOT/hook.pid\\\"; sleep 30; fi\"\n",
+         command = \"if [ -e current/slow-restart ]; then echo $PPID > \\\"$ATS_DEPLOY_ROOT/hook.pid\\\"; sleep 30; fi\"\n",
     );
     let clone = server.clone("work");
     let v1 = clone.commit_file("app.py", "1\n");

@@ -398,7 +398,7 @@ fn restart_sends_the_signal_to_the_pidfile_process() {
 fn a_failing_restart_switches_back_and_restarts_the_old_release() {
     let server = Server::new();
     server.config(
-        "[deploy]\nroot = \"ROOT\"\n[restart]\ncommand = 'echo \"restart in $PWD\" >> \"$ATS_DEPLOY_ROOT/restarts\"; test ! -e broken'\n",
+        "[deploy]\nroot = \"ROOT\"\n[restart]\ncommand = 'echo \"$PWD $ATS_RELEASE_DIR\" >> restarts; test ! -e current/broken'\n",
     );
     let clone = server.clone("work");
     clone.write("a", "a");
@@ -427,6 +427,14 @@ fn a_failing_restart_switches_back_and_restarts_the_old_release() {
         lines[2].ends_with(&format!("releases/{good_release}")),
         "{restarts}"
     );
+    // Restart commands run in the deploy root, never inside a release.
+    let root = server.root.canonicalize().unwrap();
+    for line in &lines {
+        assert!(
+            line.starts_with(&format!("{} ", root.display())),
+            "{restarts}"
+        );
+    }
 }
 
 #[test]

@@ -122,6 +122,10 @@ fn assert_release_is(repo: &git2::Repository, release: &Path, commit: &str, shar
         git2::TreeWalkResult::Ok
     })
     .unwrap();
+    // Unless the commit tracks one, ats-hook writes the commit into REVISION.
+    expected
+        .entry("REVISION".to_string())
+        .or_insert_with(|| (0o100644, format!("{commit}\n").into_bytes()));
     let mut actual: BTreeMap<String, (i32, Vec<u8>)> = BTreeMap::new();
     for rel in tracked(release) {
         if shared.contains(&rel.as_str()) {

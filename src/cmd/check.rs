@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::Location;
-use crate::config::Config;
+use crate::config::{Config, RestartEnv};
 use crate::layout::Layout;
 use crate::output::short;
 use crate::outputs::{self, Key, Store};
@@ -199,9 +199,26 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             signal.signal,
             signal.pidfile.display()
         )?;
+        if let Some(start) = &restart.start {
+            writeln!(out, "           when none runs there, start: {start}")?;
+        }
     }
     if let Some(command) = &restart.command {
         writeln!(out, "restart:   {command}")?;
+    }
+    if restart.start.is_some() || restart.command.is_some() {
+        let env = match restart.env {
+            RestartEnv::Deploy => "the deploy's environment ([env], env file, ATS_*)",
+            RestartEnv::Clean => "a clean environment (PATH, HOME, USER, LANG…)",
+        };
+        writeln!(
+            out,
+            "           commands run in {} with {env}",
+            deploy.root.display()
+        )?;
+    }
+    if deploy.revision_file {
+        writeln!(out, "revision:  each release holds its commit in REVISION")?;
     }
     if let Some(health) = &config.health {
         let probe = match (&health.url, &health.command) {
@@ -216,8 +233,13 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             .unwrap_or_default();
         writeln!(
             out,
-            "health:    {probe}{body}, every {} for up to {}; on failure switch back",
-            health.interval, health.timeout
+            "health:    {probe}{body}, {} in a row, every {} for up to {}; on failure switch back",
+            health.passes, health.interval, health.timeout
+        )?;
+        writeln!(
+            out,
+            "           first waits up to {} for the previous release's processes to go",
+            health.settle
         )?;
     }
     for step in config.steps_after_switch() {

@@ -1,0 +1,224 @@
+//! Which running processes use a folder: as their working directory, their root, their
+//! executable, an open file or a mapped file under it, read from `/proc`.
+//!
+//! A release or a stored build that a process uses is never recycled or removed: an app server
+//! whose working directory is renamed or deleted under it fails on its next reload, and one whose
+//! files are rewritten serves a mix of two commits. The health check also uses it to wait for
+//! the processes of the release that was live to go before it trusts an answer.
+//!
+//! Only the processes this user may inspect are seen (all of them as root): an app server run
+//! by another user is invisible here, which the docs say.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// How a process uses a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Use {
+    WorkingDirectory,
+    Root,
+    Executable,
+    OpenFile,
+    MappedFile,
+}
+
+impl fmt::Display for Use {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Use::WorkingDirectory => "working directory",
+            Use::Root => "root directory",
+            Use::Executable => "executable",
+            Use::OpenFile => "open file",
+            Use::MappedFile => "mapped file",
+        })
+    }
+}
+
+/// One process using something under a scanned folder.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct User {
+    pub pid: i32,
+    /// The process's name (`comm`), for messages.
+    pub name: String,
+    pub how: Use,
+    /// The path it uses, as the kernel names it now.
+    pub path: PathBuf,
+}
+
+impl fmt::Display for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} ({}, {})", self.pid, self.name, self.how)
+    }
+}
+
+/// What the processes used under one folder when it was scanned.
+#[derive(Debug, Default)]
+pub struct Scan {
+    users: Vec<User>,
+}
+
+impl Scan {
+    /// Reads `/proc` once for every process but this one, keeping what lies under `root`.
+    /// Processes that exit or cannot be read while it runs are passed over.
+    pub fn under(root: &Path) -> Scan {
+        let Ok(root) = root.canonicalize() else {
+            return Scan::default();
+        };
+        let me = std::process::id() as i32;
+        let mut users = BTreeSet::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Scan::default();
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            scan_process(pid, &entry.path(), &root, &mut users);
+        }
+        Scan {
+            users: users.into_iter().collect(),
+        }
+    }
+
+    /// Every use found.
+    pub fn users(&self) -> &[User] {
+        &self.users
+    }
+
+    /// The processes using `dir` or anything under it, one entry each (the first use found).
+    pub fn users_of(&self, dir: &Path) -> Vec<&User> {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let mut seen = BTreeSet::new();
+        self.users
+            .iter()
+            .filter(|user| user.path.starts_with(&dir))
+            .filter(|user| seen.insert(user.pid))
+            .collect()
+    }
+
+    /// Whether process `pid` uses something under `dir`.
+    pub fn pid_uses(&self, pid: i32, dir: &Path) -> bool {
+        self.users_of(dir).iter().any(|user| user.pid == pid)
+    }
+
+    /// One line naming who uses `dir`, for messages: "pid 12 (gunicorn, working directory)".
+    pub fn describe(&self, dir: &Path) -> Option<String> {
+        let users = self.users_of(dir);
+        if users.is_empty() {
+            return None;
+        }
+        let mut named: Vec<String> = users.iter().take(3).map(|u| u.to_string()).collect();
+        if users.len() > 3 {
+            named.push(format!("{} more", users.len() - 3));
+        }
+        Some(named.join(", "))
+    }
+}
+
+fn scan_process(pid: i32, dir: &Path, root: &Path, users: &mut BTreeSet<User>) {
+    let name = std::fs::read_to_string(dir.join("comm"))
+        .map(|n| n.trim_end().to_string())
+        .unwrap_or_else(|_| "?".to_string());
+    let mut found = |how: Use, path: PathBuf| {
+        let path = strip_deleted(path);
+        if path.starts_with(root) {
+            users.insert(User {
+                pid,
+                name: name.clone(),
+                how,
+                path,
+            });
+        }
+    };
+    for (link, how) in [
+        ("cwd", Use::WorkingDirectory),
+        ("root", Use::Root),
+        ("exe", Use::Executable),
+    ] {
+        if let Ok(path) = std::fs::read_link(dir.join(link)) {
+            found(how, path);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+        for fd in fds.flatten() {
+            if let Ok(path) = std::fs::read_link(fd.path()) {
+                if path.is_absolute() {
+                    found(Use::OpenFile, path);
+                }
+            }
+        }
+    }
+    if let Ok(maps) = std::fs::read_to_string(dir.join("maps")) {
+        let mut last: Option<&str> = None;
+        for line in maps.lines() {
+            // address perms offset dev inode path: the path is the rest after five fields.
+            let Some(path) = line.splitn(6, ' ').nth(5).map(str::trim_start) else {
+                continue;
+            };
+            if !path.starts_with('/') || last == Some(path) {
+                continue;
+            }
+            last = Some(path);
+            found(Use::MappedFile, PathBuf::from(path));
+        }
+    }
+}
+
+/// The kernel names a deleted file `/path (deleted)`: the folder it was in is what matters.
+fn strip_deleted(path: PathBuf) -> PathBuf {
+    match path.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        Some(stripped) => PathBuf::from(stripped),
+        None => path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_child_working_in_a_folder_and_passes_over_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = dir.path().join("releases/one");
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::create_dir_all(dir.path().join("releases/two")).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(&inside)
+            .spawn()
+            .unwrap();
+        let file = std::fs::File::create(dir.path().join("releases/two/open")).unwrap();
+        let scan = Scan::under(dir.path());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(file);
+        let users = scan.users_of(&inside);
+        assert_eq!(users.len(), 1, "{users:?}");
+        assert_eq!(users[0].pid, child.id() as i32);
+        assert_eq!(users[0].name, "sleep");
+        assert_eq!(users[0].how, Use::WorkingDirectory);
+        assert!(scan.pid_uses(child.id() as i32, dir.path()));
+        // This process holds a file open in `two`, but a scan never counts itself.
+        assert!(scan.users_of(&dir.path().join("releases/two")).is_empty());
+        assert_eq!(
+            scan.describe(&inside).unwrap(),
+            format!("pid {} (sleep, working directory)", child.id())
+        );
+    }
+
+    #[test]
+    fn a_deleted_path_counts_for_its_folder() {
+        assert_eq!(
+            strip_deleted(PathBuf::from("/srv/app/releases/a/x.so (deleted)")),
+            PathBuf::from("/srv/app/releases/a/x.so")
+        );
+    }
+}
