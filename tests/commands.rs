@@ -80,12 +80,16 @@ fn check_prints_the_plan() {
         .stdout_has("deploys:   branches main");
     check
         .stdout_has("step 1:    install (timeout 15m)")
-        .stdout_has("step 2:    migrate (timeout 15m)");
+        .stdout_has("step 2:    migrate (timeout 10m)");
     check
-        .stdout_has("restart:   touch wsgi.py")
+        .stdout_has("restart:   send SIGHUP to the pid in shared/gunicorn.pid")
+        .stdout_has("           when none runs there, start: current/.venv/bin/gunicorn --daemon")
+        .stdout_has("           commands run in /srv/app with a clean environment")
         .stdout_has("shared:    .env, log, media");
-    check.stdout_has("env:       DJANGO_SETTINGS_MODULE");
-    check.stdout_has("health:    GET http://127.0.0.1:8000/health, expect 200 with `{commit}` in the body, every 1s for up to 30s");
+    check.stdout_lacks("env:       ");
+    check.stdout_has("revision:  each release holds its commit in REVISION");
+    check.stdout_has("health:    GET http://127.0.0.1:8000/, expect 200, 2 in a row, every 500ms for up to 30s");
+    check.stdout_has("first waits up to 10s for the previous release's processes to go");
     check.stdout_has("after:     notify (timeout 15m; on failure keep the release)");
     check.stdout_has("builds .venv, stored under a key of its command and requirements.txt and `python3 --version`; reused while it holds");
     // No push yet: no commit to compute a key at.

@@ -43,6 +43,11 @@ fn install_sets_up_and_a_second_run_changes_nothing() {
         std::fs::metadata(repo.join("HEAD")).unwrap().uid(),
         user.uid()
     );
+    // The env file the template reads exists before the first push: empty, the deploy
+    // user's, readable by nobody else.
+    let env = std::fs::metadata(root.join("shared/.env")).unwrap();
+    assert_eq!((env.len(), env.mode() & 0o777), (0, 0o600));
+    assert_eq!(env.uid(), user.uid());
 
     public
         .ats(&["install", "--repo", repo_arg, "--user", &user.name])

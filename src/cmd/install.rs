@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -45,6 +45,8 @@ enum Change {
         text: String,
     },
     CreateDir(PathBuf),
+    /// An empty env file, mode 0600, for the secrets the config reads from it.
+    CreateEnvFile(PathBuf),
     Chown {
         path: PathBuf,
         uid: u32,
@@ -81,6 +83,10 @@ impl Change {
                 format!("write the config `{}` from the template", path.display())
             }
             Change::CreateDir(path) => format!("create `{}`", path.display()),
+            Change::CreateEnvFile(path) => format!(
+                "create the empty env file `{}` (mode 0600) for the app's settings and secrets",
+                path.display()
+            ),
             Change::Chown { path, user, .. } => format!("give `{}` to `{user}`", path.display()),
         }
     }
@@ -124,6 +130,18 @@ impl Change {
             }
             Change::CreateDir(path) => fs::create_dir_all(path)
                 .with_context(|| format!("failed to create `{}`", path.display()))?,
+            Change::CreateEnvFile(path) => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)
+                        .with_context(|| format!("failed to create `{}`", parent.display()))?;
+                }
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("failed to create `{}`", path.display()))?;
+            }
             Change::Chown { path, uid, gid, .. } => chown_tree(path, *uid, *gid)?,
         }
         Ok(())
@@ -233,12 +251,18 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
     }
 
     let config_path = repo.join(config::FILE_NAME);
+    let mut env_file = None;
     if !config_path.exists() {
+        let text = config_template(&root);
+        env_file = config::Config::parse(&text, &config_path)
+            .ok()
+            .and_then(|c| c.env_file());
         changes.push(Change::WriteConfig {
             path: config_path,
-            text: config_template(&root),
+            text,
         });
     } else if let Ok(existing) = Config::load(&config_path) {
+        env_file = existing.env_file();
         if existing.deploy.root != root {
             tracing::warn!(
                 "the existing config deploys to `{}`, not `{}`; it is left as it is",
@@ -258,6 +282,9 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
         if !dir.is_dir() {
             changes.push(Change::CreateDir(dir));
         }
+    }
+    if let Some(env_file) = env_file.filter(|file| fs::symlink_metadata(file).is_err()) {
+        changes.push(Change::CreateEnvFile(env_file));
     }
 
     if let Some(user) = user {

@@ -113,6 +113,15 @@ impl Run {
         );
         self
     }
+    #[track_caller]
+    pub fn stdout_lacks(&self, needle: &str) -> &Self {
+        assert!(
+            !self.stdout().contains(needle),
+            "stdout has {needle:?}:\n{}",
+            self.show()
+        );
+        self
+    }
     /// The `remote:` lines git showed the pusher, without the prefix and git's padding.
     pub fn remote_lines(&self) -> Vec<String> {
         self.stderr()
