@@ -76,6 +76,13 @@ pub fn run(
                 output::say(format!("restart: sent {} to pid {pid}", signal.signal));
             }
             (not_running, Some(start)) => {
+                if let Running::Gone(..) = not_running {
+                    // A server would take it for a running copy of itself and refuse to start
+                    // (gunicorn does, while the pid is a zombie or another process's).
+                    std::fs::remove_file(&pidfile).with_context(|| {
+                        format!("failed to remove the stale pidfile `{}`", pidfile.display())
+                    })?;
+                }
                 output::say(format!("restart: {not_running}; starting the app"));
                 run_command(shell(start, restart, layout, env), start, width, mode)?;
                 output::say(format!("restart: ran `{}`", one_line(start)));
@@ -133,7 +140,10 @@ impl std::fmt::Display for Running {
         match self {
             Running::Pid(pid) => write!(f, "pid {pid} runs"),
             Running::NoPidfile(path) => write!(f, "no pidfile `{path}`"),
-            Running::Gone(path, pid) => write!(f, "pid {pid} from `{path}` is not running"),
+            Running::Gone(path, pid) => write!(
+                f,
+                "pid {pid} from `{path}` is not running (the stale pidfile is removed)"
+            ),
         }
     }
 }
@@ -155,11 +165,21 @@ fn running_pid(pidfile: &Path) -> Result<Running> {
         .ok()
         .filter(|pid| *pid > 1)
         .with_context(|| format!("pidfile `{shown}` does not hold a pid"))?;
-    // Signal 0 only asks whether the process exists; EPERM means it does, as another user.
+    // Signal 0 only asks whether the process exists; EPERM means it does, as another user. A
+    // zombie exists too, but runs no more: it waits for a parent to reap it.
     match kill(Pid::from_raw(pid), None) {
-        Ok(()) | Err(Errno::EPERM) => Ok(Running::Pid(pid)),
-        Err(_) => Ok(Running::Gone(shown, pid)),
+        Ok(()) | Err(Errno::EPERM) if !is_zombie(pid) => Ok(Running::Pid(pid)),
+        _ => Ok(Running::Gone(shown, pid)),
     }
+}
+
+/// Whether `/proc` shows process `pid` as exited but not reaped.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) S ...": the state follows the last parenthesis, as comm may hold any.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 fn run_command(cmd: Cmd, label: &str, width: usize, mode: Mode) -> Result<()> {

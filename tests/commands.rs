@@ -88,7 +88,9 @@ fn check_prints_the_plan() {
         .stdout_has("shared:    .env, log, media");
     check.stdout_lacks("env:       ");
     check.stdout_has("revision:  each release holds its commit in REVISION");
-    check.stdout_has("health:    GET http://127.0.0.1:8000/, expect 200, 2 in a row, every 500ms for up to 30s");
+    check.stdout_has(
+        "health:    GET http://127.0.0.1:8000/, expect 200, 2 in a row, every 500ms for up to 30s",
+    );
     check.stdout_has("first waits up to 10s for the previous release's processes to go");
     check.stdout_has("after:     notify (timeout 15m; on failure keep the release)");
     check.stdout_has("builds .venv, stored under a key of its command and requirements.txt and `python3 --version`; reused while it holds");

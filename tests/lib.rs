@@ -9,6 +9,7 @@ mod commands;
 mod concurrency;
 mod config_errors;
 mod deps;
+mod django;
 mod faults;
 mod gate;
 mod health;
