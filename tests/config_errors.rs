@@ -100,3 +100,27 @@ fn missing_env_file_fails_the_deploy_before_any_step() {
     assert!(!server.root.join("ran").exists());
     assert_eq!(server.last_record()["state"], "failed");
 }
+
+#[test]
+fn restart_start_without_a_signal() {
+    check_fails(
+        Some("[deploy]\nroot = \"ROOT\"\n[restart]\nstart = \"./run-app\"\n"),
+        &["`restart.start` needs `restart.signal`"],
+    );
+}
+
+#[test]
+fn unknown_restart_environment() {
+    check_fails(
+        Some("[deploy]\nroot = \"ROOT\"\n[restart]\ncommand = \"true\"\nenv = \"minimal\"\n"),
+        &["line 5", "unknown variant `minimal`", "`deploy`", "`clean`"],
+    );
+}
+
+#[test]
+fn health_with_no_passes() {
+    check_fails(
+        Some("[deploy]\nroot = \"ROOT\"\n[health]\ncommand = \"true\"\npasses = 0\n"),
+        &["`health.passes` is 0"],
+    );
+}

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use pretty_assertions::assert_eq;
 
@@ -320,4 +321,107 @@ fn a_tracked_file_changed_on_disk_is_rewritten_when_its_release_is_reused() {
         }
     }
     assert_eq!(server.live_file("config.py"), "DEBUG = False\n");
+}
+
+/// A process working in an old release (an app server started there, a shell) keeps it: it is
+/// neither renamed into a new release nor pruned while the process runs, and the pusher reads
+/// why. So is a stored build a process has a file open in. Once the process is gone, both go.
+#[test]
+fn a_release_or_build_a_running_process_uses_is_neither_reused_nor_pruned() {
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 2\n\
+         [[step]]\nname = \"build\"\nrun = \"mkdir out && cat dep > out/built\"\n\
+         outputs = [\"out\"]\ninputs = [\"dep\"]\n",
+    );
+    let clone = server.clone("work");
+    clone.write("dep", "1\n");
+    let v1 = clone.commit_file("a", "0");
+    clone.push().success();
+    let first = server.live().unwrap();
+    clone.write("dep", "2\n");
+    clone.commit_file("a", "1");
+    clone.push().success();
+    // The build of the second release, which pruning will remove: a reader holds it open.
+    let read_build = server.build_of(&server.live().unwrap(), "build", "out");
+    let dir = server.root.join("releases").join(&first);
+    let worker = ChildGuard(
+        std::process::Command::new("sleep")
+            .arg("120")
+            .current_dir(&dir)
+            .spawn()
+            .unwrap(),
+    );
+    let reader = ChildGuard(
+        std::process::Command::new("tail")
+            .arg("-f")
+            .arg(
+                server
+                    .root
+                    .join("outputs/build")
+                    .join(&read_build)
+                    .join("out/built"),
+            )
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let worker_pid = worker.0.id();
+    let reader_pid = reader.0.id();
+    wait_for("tail to open the file", Duration::from_secs(5), || {
+        std::fs::read_dir(format!("/proc/{reader_pid}/fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+            .any(|path| path.ends_with("out/built"))
+    });
+
+    let mut said = String::new();
+    for n in 2..=5 {
+        clone.write("dep", &format!("{}\n", n + 1));
+        clone.commit_file("a", &n.to_string());
+        let push = clone.push();
+        push.success();
+        said.push_str(&push.stderr());
+        // Untouched: the same folder, its commit's files.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("REVISION")).unwrap(),
+            format!("{v1}\n")
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "0");
+    }
+    assert!(
+        said.contains(&format!(
+            "kept old release {first}: in use by pid {worker_pid} (sleep, working directory)"
+        )) || said.contains(&format!(
+            "not reusing release {first}: in use by pid {worker_pid} (sleep, working directory)"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "kept stored build build/{read_build}: in use by pid {reader_pid} (tail, open file)"
+        )),
+        "{said}"
+    );
+    assert!(server.builds("build").contains(&read_build));
+    // The kept two, and the one in use.
+    assert_eq!(
+        std::fs::read_dir(server.root.join("releases"))
+            .unwrap()
+            .count(),
+        3
+    );
+
+    drop(worker);
+    drop(reader);
+    clone.commit_file("a", "6");
+    clone.push().success();
+    assert!(!dir.exists(), "{} outlived its process", dir.display());
+    assert!(!server.builds("build").contains(&read_build));
+    assert_eq!(
+        std::fs::read_dir(server.root.join("releases"))
+            .unwrap()
+            .count(),
+        2
+    );
 }
