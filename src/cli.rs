@@ -60,6 +60,9 @@ pub enum Command {
     Rollback {
         /// A release id (see `ats-hook releases`)
         release: Option<String>,
+        /// Ask the server behind this git remote of your clone, over SSH
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["repo", "config"])]
+        remote: Option<String>,
         #[command(flatten)]
         location: Location,
     },
@@ -69,17 +72,23 @@ pub enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Ask the server behind this git remote of your clone, over SSH
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["repo", "config"])]
+        remote: Option<String>,
         #[command(flatten)]
         location: Location,
     },
 
     /// The deploy history, or one deploy's full output
     Log {
-        /// A deploy id (see `ats-hook log`)
+        /// A deploy id (see `ats-hook log`), a release id, or a commit (its newest deploy)
         id: Option<String>,
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Ask the server behind this git remote of your clone, over SSH
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["repo", "config"])]
+        remote: Option<String>,
         #[command(flatten)]
         location: Location,
     },
@@ -89,6 +98,9 @@ pub enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Ask the server behind this git remote of your clone, over SSH
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["repo", "config"])]
+        remote: Option<String>,
         #[command(flatten)]
         location: Location,
     },
@@ -132,6 +144,9 @@ pub enum Command {
         /// The key's name, recorded as the pusher
         #[arg(long, value_name = "NAME")]
         key_name: Option<String>,
+        /// The key may also run `ats-hook rollback`
+        #[arg(long)]
+        allow_rollback: bool,
     },
 
     /// On the pushing side: git remotes with the server's host key pinned
@@ -193,6 +208,10 @@ pub enum KeysAction {
         /// With --generate: write the private key to FILE (mode 600) instead of printing it
         #[arg(long, value_name = "FILE")]
         private_key_file: Option<PathBuf>,
+        /// The key may also roll the site back (`ats-hook rollback --remote`); without it,
+        /// it may push, fetch and read `status`, `releases` and `log`
+        #[arg(long)]
+        allow_rollback: bool,
     },
     /// List the repository's deploy keys
     List(#[command(flatten)] KeyTarget),

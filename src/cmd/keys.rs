@@ -27,6 +27,8 @@ pub struct AddOptions<'a> {
     pub port: u16,
     pub host_keys: &'a Path,
     pub private_key_file: Option<&'a Path>,
+    /// The key may run `ats-hook rollback` through the gate.
+    pub allow_rollback: bool,
 }
 
 struct Target {
@@ -174,9 +176,14 @@ pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
         );
     }
     let command = format!(
-        "{}{} --key-name {name}",
+        "{}{} --key-name {name}{}",
         exe.display(),
-        gate_marker(&target.repo)
+        gate_marker(&target.repo),
+        if options.allow_rollback {
+            " --allow-rollback"
+        } else {
+            ""
+        }
     );
     lines.push(format!("restrict,command=\"{command}\" {key}"));
 
@@ -194,10 +201,15 @@ pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
     write_lines(&target, &lines)?;
     writeln!(
         out,
-        "added deploy key {} ({name}) for `{}`: it can push to and fetch from `{}`, nothing else",
+        "added deploy key {} ({name}) for `{}`: it can push to and fetch from `{}` and read its status, releases and log{}, nothing else",
         key.fingerprint(),
         target.user.name,
-        target.repo.display()
+        target.repo.display(),
+        if options.allow_rollback {
+            ", and roll it back"
+        } else {
+            ""
+        }
     )?;
 
     if let Some(private) = private {

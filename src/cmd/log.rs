@@ -1,4 +1,5 @@
-//! `ats-hook log [ID] [--json]`: the deploy history, or one deploy's full output.
+//! `ats-hook log [ID] [--json]`: the deploy history, or one deploy's full output. ID is a
+//! deploy id, a release id, or the start of a commit (the newest deploy of it).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::Location;
 use crate::layout::Layout;
 use crate::output::short;
-use crate::record::{self, Action};
+use crate::record::{self, Action, DeployRecord};
 use crate::refs::short_ref;
 
 pub fn run(
@@ -30,6 +31,8 @@ pub fn run(
         if records.is_empty() {
             writeln!(out, "no deploys yet")?;
         }
+        // Rollback ids are longer than deploy ids: one width for the column.
+        let width = records.iter().map(|r| r.id.len()).max().unwrap_or(0);
         for r in &records {
             let what = match r.action {
                 Action::Deploy => "deploy  ",
@@ -42,7 +45,7 @@ pub fn run(
                 .unwrap_or_default();
             writeln!(
                 out,
-                "{}  {what}  {:11}  {} ({})  by {}  {:.1}s{why}",
+                "{:width$}  {what}  {:11}  {} ({})  by {}  {:.1}s{why}",
                 r.id,
                 r.state.as_str(),
                 short(&r.commit),
@@ -53,7 +56,7 @@ pub fn run(
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let record = records.iter().rev().find(|r| r.id == id);
+    let (id, record) = find(&records, id);
     let log_path = layout.log_file(id);
     let output = match std::fs::read_to_string(&log_path) {
         Ok(text) => Some(text),
@@ -79,4 +82,20 @@ pub fn run(
         None => writeln!(out, "(no output kept for `{id}`)")?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The deploy `wanted` names: its id, else the newest deploy of a release of that id, else the
+/// newest deploy of a commit starting with it (4 hex digits at least).
+fn find<'a>(records: &'a [DeployRecord], wanted: &'a str) -> (&'a str, Option<&'a DeployRecord>) {
+    if let Some(record) = records.iter().rev().find(|r| r.id == wanted) {
+        return (wanted, Some(record));
+    }
+    let is_prefix = wanted.len() >= 4 && wanted.chars().all(|c| c.is_ascii_hexdigit());
+    let found = records.iter().rev().find(|r| {
+        r.release == wanted || (is_prefix && r.commit.starts_with(&wanted.to_ascii_lowercase()))
+    });
+    match found {
+        Some(record) => (record.id.as_str(), Some(record)),
+        None => (wanted, None),
+    }
 }

@@ -18,7 +18,9 @@ pub(crate) use check::{write_outputs_plan, write_plan};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::process::Cmd;
 use git2::Repository;
 
 use crate::cli::{Command, KeysAction, Location, RemoteAction};
@@ -46,15 +48,38 @@ pub fn run(command: Command) -> Result<ExitCode> {
             dry_run,
             &mut stdout,
         ),
-        Command::Rollback { release, location } => {
+        Command::Rollback {
+            remote: Some(name),
+            release,
+            ..
+        } => there(&name, "rollback", false, release.as_deref()),
+        Command::Rollback {
+            release, location, ..
+        } => {
             let config = load(&location)?;
             crate::deploy::rollback(&config, release.as_deref())
         }
-        Command::Releases { json, location } => releases::run(&location, json, &mut stdout),
-        Command::Log { id, json, location } => {
-            log::run(&location, id.as_deref(), json, &mut stdout)
-        }
-        Command::Status { json, location } => status::run(&location, json, &mut stdout),
+        Command::Releases {
+            remote: Some(name),
+            json,
+            ..
+        } => there(&name, "releases", json, None),
+        Command::Releases { json, location, .. } => releases::run(&location, json, &mut stdout),
+        Command::Log {
+            remote: Some(name),
+            id,
+            json,
+            ..
+        } => there(&name, "log", json, id.as_deref()),
+        Command::Log {
+            id, json, location, ..
+        } => log::run(&location, id.as_deref(), json, &mut stdout),
+        Command::Status {
+            remote: Some(name),
+            json,
+            ..
+        } => there(&name, "status", json, None),
+        Command::Status { json, location, .. } => status::run(&location, json, &mut stdout),
         Command::Check(location) => check::run(&location, &mut stdout),
         Command::Install {
             repo,
@@ -84,6 +109,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 port,
                 host_keys,
                 private_key_file,
+                allow_rollback,
             } => keys::add(
                 &keys::AddOptions {
                     repo: &target.repo,
@@ -94,6 +120,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
                     port,
                     host_keys: &host_keys,
                     private_key_file: private_key_file.as_deref(),
+                    allow_rollback,
                 },
                 &mut stdout,
             ),
@@ -102,7 +129,11 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 keys::remove(&target.repo, &target.user, &key, &mut stdout)
             }
         },
-        Command::SshGate { repo, key_name } => ssh_gate::run(&repo, key_name.as_deref()),
+        Command::SshGate {
+            repo,
+            key_name,
+            allow_rollback,
+        } => ssh_gate::run(&repo, key_name.as_deref(), allow_rollback),
         Command::Remote {
             action:
                 RemoteAction::Add {
@@ -128,6 +159,11 @@ pub fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
+/// Runs the command on the server behind a git remote.
+fn there(name: &str, command: &str, json: bool, id: Option<&str>) -> Result<ExitCode> {
+    remote::run_there(name, &remote::Request { command, json, id })
+}
+
 /// The bare repository's folder: `--repo`, else `$GIT_DIR` (in a hook), else the current
 /// folder.
 fn repo_dir(location: &Location) -> Result<PathBuf> {
@@ -143,10 +179,35 @@ fn repo_dir(location: &Location) -> Result<PathBuf> {
 /// Loads the config, without opening the repository: reading the history or the plan needs
 /// no git, and works for an admin who does not own the repository.
 fn load(location: &Location) -> Result<Config> {
-    Config::load(&Config::locate(
-        location.config.as_deref(),
-        &repo_dir(location)?,
-    ))
+    let dir = repo_dir(location)?;
+    let path = Config::locate(location.config.as_deref(), &dir);
+    if location.config.is_none() && !path.exists() {
+        if let Some(clone) = clone_around(&dir) {
+            let remotes = Cmd::new("git")
+                .args(["remote"])
+                .dir(&clone)
+                .read()
+                .unwrap_or_default();
+            let remotes: Vec<&str> = remotes.split_whitespace().collect();
+            let name = remotes.first().copied().unwrap_or("staging");
+            bail!(
+                "`{}` is a clone of your app, not the server's bare repository: ask the server with `--remote {name}` (this clone's remotes: {}), or pass `--repo PATH` on the server",
+                clone.display(),
+                if remotes.is_empty() { "none yet".to_string() } else { remotes.join(", ") }
+            );
+        }
+    }
+    Config::load(&path)
+}
+
+/// The working copy `dir` is in, if it is in one.
+fn clone_around(dir: &Path) -> Option<PathBuf> {
+    let repo = Repository::discover(dir).ok()?;
+    if repo.is_bare() {
+        return None;
+    }
+    // Without the trailing slash git2 gives it.
+    repo.workdir().map(|dir| dir.components().collect())
 }
 
 /// Opens the repository (from git's environment in a hook) and loads its config.

@@ -25,8 +25,11 @@ pub struct AddOptions<'a> {
 /// The parts of an SSH remote URL that matter here.
 #[derive(Debug, PartialEq, Eq)]
 struct SshUrl {
+    user: Option<String>,
     host: String,
     port: u16,
+    /// The repository's path on the server, as git sends it.
+    path: String,
 }
 
 impl SshUrl {
@@ -54,17 +57,14 @@ impl SshUrl {
         if path.is_empty() || path == "/" {
             return Err(bad());
         }
-        let host_port =
-            authority.rsplit_once('@').map_or(
-                authority,
-                |(user, host)| {
-                    if user.is_empty() {
-                        ""
-                    } else {
-                        host
-                    }
-                },
-            );
+        let (user, host_port) = match authority.rsplit_once('@') {
+            Some(("", _)) => return Err(bad()),
+            Some((user, host)) => (Some(user), host),
+            None => (None, authority),
+        };
+        if user.is_some_and(|u| u.starts_with('-') || u.contains(['\'', '"', '\\'])) {
+            return Err(bad());
+        }
         let (host, port) = match host_port.strip_prefix('[') {
             Some(rest) => {
                 let (host, after) = rest.split_once(']').ok_or_else(bad)?;
@@ -91,9 +91,15 @@ impl SshUrl {
         if !valid_host {
             return Err(bad());
         }
+        // `ssh://host/~/app.git` and `host:app.git` are both home-relative for git.
+        let path = path
+            .strip_prefix("/~/")
+            .map_or(path.to_string(), |rest| format!("~/{rest}"));
         Ok(SshUrl {
+            user: user.map(str::to_string),
             host: host.to_string(),
             port,
+            path,
         })
     }
 
@@ -105,6 +111,96 @@ impl SshUrl {
             format!("[{}]:{}", self.host, self.port)
         }
     }
+}
+
+/// What `--remote NAME` asks the server for: `ats-hook COMMAND` with these arguments.
+pub struct Request<'a> {
+    pub command: &'a str,
+    pub json: bool,
+    pub id: Option<&'a str>,
+}
+
+/// Runs `ats-hook` on the server behind the git remote `name` of the clone this runs in,
+/// through ssh the way git reaches it (`GIT_SSH_COMMAND`, else `core.sshCommand`, else `ssh`).
+/// A deploy key's gate lets these through; a login shell runs the server's `ats-hook`.
+pub fn run_there(name: &str, request: &Request<'_>) -> Result<ExitCode> {
+    let dir = std::env::current_dir().context("failed to find the current folder")?;
+    let git = |args: &[&str]| Cmd::new("git").args(args).dir(&dir).read();
+    git(&["rev-parse", "--git-dir"]).with_context(|| {
+        format!(
+            "`{}` is not inside a git repository: run this in your app's clone",
+            dir.display()
+        )
+    })?;
+    let url = match git(&["remote", "get-url", name]) {
+        Ok(url) => url.trim().to_string(),
+        Err(_) => {
+            let remotes = git(&["remote"]).unwrap_or_default();
+            let remotes: Vec<&str> = remotes.split_whitespace().collect();
+            bail!(
+                "this clone has no remote `{name}` (its remotes: {}); add one with `ats-hook remote add {name} URL`",
+                if remotes.is_empty() { "none".to_string() } else { remotes.join(", ") }
+            );
+        }
+    };
+    let server =
+        SshUrl::parse(&url).with_context(|| format!("remote `{name}` is not reached over SSH"))?;
+    let ssh = match std::env::var("GIT_SSH_COMMAND") {
+        Ok(ssh) if !ssh.trim().is_empty() => ssh,
+        _ => git(&["config", "--get", "core.sshCommand"])
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "ssh".to_string()),
+    };
+    let mut remote_command = format!(
+        "ats-hook {} --repo {}",
+        request.command,
+        git_quote(&server.path)
+    );
+    if request.json {
+        remote_command.push_str(" --json");
+    }
+    if let Some(id) = request.id {
+        let plain = !id.is_empty()
+            && !id.starts_with('-')
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !plain {
+            bail!("`{id}` is not a deploy, release or commit id");
+        }
+        remote_command.push(' ');
+        remote_command.push_str(id);
+    }
+    let destination = match &server.user {
+        Some(user) => format!("{user}@{}", server.host),
+        None => server.host.clone(),
+    };
+    // The way git runs it: the configured command through a shell, with our arguments after.
+    let mut cmd = Cmd::new("sh")
+        .arg("-c")
+        .arg(format!("{ssh} \"$@\""))
+        .arg("ssh");
+    if server.port != 22 {
+        cmd = cmd.arg("-p").arg(server.port.to_string());
+    }
+    tracing::debug!("running `{remote_command}` on `{destination}`");
+    Err(cmd.arg("--").arg(destination).arg(remote_command).exec())
+}
+
+/// A path quoted the way git quotes it for a remote shell: `'it'\''s'`.
+fn git_quote(path: &str) -> String {
+    let mut quoted = String::from("'");
+    for c in path.chars() {
+        match c {
+            '\'' => quoted.push_str("'\\''"),
+            '!' => quoted.push_str("'\\!'"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    quoted
 }
 
 pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
@@ -310,17 +406,23 @@ mod tests {
         assert_eq!(
             parse("ssh://deployer@127.0.0.1:2222/home/deployer/app.git"),
             SshUrl {
+                user: Some("deployer".into()),
                 host: "127.0.0.1".into(),
-                port: 2222
+                port: 2222,
+                path: "/home/deployer/app.git".into(),
             }
         );
         assert_eq!(
             parse("deployer@example.com:app.git"),
             SshUrl {
+                user: Some("deployer".into()),
                 host: "example.com".into(),
-                port: 22
+                port: 22,
+                path: "app.git".into(),
             }
         );
+        assert_eq!(parse("ssh://h/~/app.git").path, "~/app.git");
+        assert_eq!(parse("h:/srv/app.git").user, None);
         assert_eq!(parse("ssh://[::1]:22/srv/app.git").host, "::1");
         assert_eq!(parse("ssh://h:2222/x").known_hosts_name(), "[h]:2222");
         for bad in [
@@ -333,8 +435,16 @@ mod tests {
             "ssh://-oProxyCommand=x/y",
             "a b:c",
             "ssh://h:0/x",
+            "@h:x",
+            "-oProxyCommand=x@h:x",
         ] {
             assert!(SshUrl::parse(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[test]
+    fn paths_are_quoted_as_git_quotes_them() {
+        assert_eq!(git_quote("/srv/app.git"), "'/srv/app.git'");
+        assert_eq!(git_quote("it's!"), "'it'\\''s'\\!''");
     }
 }

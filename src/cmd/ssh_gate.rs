@@ -5,7 +5,13 @@
 //! `git-receive-pack` / `git-upload-pack` (or `git receive-pack` / `git upload-pack`) with one
 //! path argument, quoted as git quotes it. The path is resolved the way git resolves it
 //! (relative to the home folder, `~/`, an optional `.git` suffix) and must name the configured
-//! repository; `..` is refused outright. Everything else gets one line and a non-zero exit.
+//! repository; `..` is refused outright.
+//!
+//! The pusher may also read what the server did with the push: `ats-hook status`, `releases`
+//! and `log [ID]` (with `--json`), and, for a key added with `--allow-rollback`, `ats-hook
+//! rollback [RELEASE]`. `ats-hook status --remote NAME` on the pusher's machine sends these.
+//! They run against this repository whatever `--repo` the request names (which must resolve to
+//! it too); no other option passes. Everything else gets one line and a non-zero exit.
 
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +27,16 @@ enum Service {
     UploadPack,
 }
 
-pub fn run(repo: &Path, key_name: Option<&str>) -> Result<ExitCode> {
+/// A command of ats-hook's own that a deploy key may run.
+#[derive(Debug, PartialEq, Eq)]
+struct AtsRequest {
+    command: &'static str,
+    repo: Option<String>,
+    json: bool,
+    id: Option<String>,
+}
+
+pub fn run(repo: &Path, key_name: Option<&str>, allow_rollback: bool) -> Result<ExitCode> {
     let allowed = repo.canonicalize().with_context(|| {
         format!(
             "the deploy key's repository `{}` does not exist",
@@ -29,6 +44,9 @@ pub fn run(repo: &Path, key_name: Option<&str>) -> Result<ExitCode> {
         )
     })?;
     let request = std::env::var("SSH_ORIGINAL_COMMAND").unwrap_or_default();
+    if request.starts_with("ats-hook ") {
+        return run_ats(&allowed, &request, key_name, allow_rollback);
+    }
     let (service, path) = match parse_request(&request) {
         Ok(parsed) => parsed,
         Err(err) => return Ok(refuse(&allowed, &request, &format!("{err:#}"))),
@@ -56,6 +74,134 @@ pub fn run(repo: &Path, key_name: Option<&str>) -> Result<ExitCode> {
     Err(cmd.exec())
 }
 
+/// Runs one of ats-hook's read-only commands (or `rollback`, when the key may) for the allowed
+/// repository.
+fn run_ats(
+    allowed: &Path,
+    request: &str,
+    key_name: Option<&str>,
+    allow_rollback: bool,
+) -> Result<ExitCode> {
+    let parsed = match parse_ats_request(request) {
+        Ok(parsed) => parsed,
+        Err(err) => return Ok(refuse(allowed, request, &format!("{err:#}"))),
+    };
+    if parsed.command == "rollback" && !allow_rollback {
+        return Ok(refuse(
+            allowed,
+            request,
+            "this key may not roll back: add it with `ats-hook keys add --allow-rollback`",
+        ));
+    }
+    if let Some(path) = &parsed.repo {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        if let Err(err) = resolves_to(path, &home, allowed) {
+            return Ok(refuse(allowed, request, &format!("{err:#}")));
+        }
+    }
+    let exe = std::env::current_exe().context("failed to find the ats-hook binary")?;
+    let mut cmd = Cmd::new(exe)
+        .dir(allowed)
+        .arg(parsed.command)
+        .arg("--repo")
+        .arg(allowed);
+    if parsed.json {
+        cmd = cmd.arg("--json");
+    }
+    if let Some(id) = &parsed.id {
+        cmd = cmd.arg(id);
+    }
+    if let Some(name) = key_name {
+        // A rollback's record names the key that asked for it.
+        cmd = cmd.env("ATS_PUSHER", name);
+    }
+    Err(cmd.exec())
+}
+
+/// `ats-hook status|releases|log|rollback` with `--repo PATH` (quoted as git quotes paths),
+/// `--json`, and an id for `log` and `rollback`; nothing else.
+fn parse_ats_request(request: &str) -> Result<AtsRequest> {
+    if request.chars().any(|c| c.is_control()) {
+        bail!("the command holds control characters");
+    }
+    let words = split_words(request.strip_prefix("ats-hook ").unwrap_or(request))?;
+    let mut words = words.into_iter();
+    let command = match words.next().as_deref() {
+        Some("status") => "status",
+        Some("releases") => "releases",
+        Some("log") => "log",
+        Some("rollback") => "rollback",
+        _ => bail!("only git-receive-pack, git-upload-pack and `ats-hook status`, `releases`, `log` and `rollback` are allowed"),
+    };
+    let mut parsed = AtsRequest {
+        command,
+        repo: None,
+        json: false,
+        id: None,
+    };
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--repo" if parsed.repo.is_none() => {
+                parsed.repo = Some(words.next().context("`--repo` needs a path")?);
+            }
+            "--json" if command != "rollback" && !parsed.json => parsed.json = true,
+            id if matches!(command, "log" | "rollback")
+                && parsed.id.is_none()
+                && !id.starts_with('-')
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) =>
+            {
+                parsed.id = Some(id.to_string());
+            }
+            other => bail!(
+                "`{}` is not allowed for `ats-hook {command}`",
+                other.escape_debug()
+            ),
+        }
+    }
+    Ok(parsed)
+}
+
+/// Words separated by single spaces, each plain or quoted the way git quotes a path.
+fn split_words(text: &str) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        // The end of this word: the first space outside quotes (`\'` outside them is a quote).
+        let mut quoted = false;
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if !quoted => escaped = true,
+                '\'' => quoted = !quoted,
+                ' ' if !quoted => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if quoted {
+            bail!("unbalanced quotes");
+        }
+        let word = &rest[..end];
+        if word.is_empty() {
+            bail!("words must be separated by one space");
+        }
+        words.push(parse_path(word)?);
+        rest = rest[end..].strip_prefix(' ').unwrap_or("");
+        if rest.is_empty() && text.ends_with(' ') {
+            bail!("words must be separated by one space");
+        }
+    }
+    Ok(words)
+}
+
 fn refuse(allowed: &Path, request: &str, why: &str) -> ExitCode {
     let asked = if request.is_empty() {
         "an interactive shell".to_string()
@@ -64,7 +210,7 @@ fn refuse(allowed: &Path, request: &str, why: &str) -> ExitCode {
     };
     tracing::warn!(request, "ssh-gate refused: {why}");
     output::error(format!(
-        "this deploy key may only push to or fetch from `{}`; refused {asked}: {why}",
+        "this deploy key may only push to or fetch from `{}` and read its deploys; refused {asked}: {why}",
         allowed.display()
     ));
     ExitCode::FAILURE
@@ -191,6 +337,71 @@ mod tests {
             "git-receive-pack 'app.git'\nid",
         ] {
             assert!(parse_request(request).is_err(), "{request:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn accepts_ats_hook_reading_commands() {
+        assert_eq!(
+            parse_ats_request("ats-hook status --repo '/srv/app.git' --json").unwrap(),
+            AtsRequest {
+                command: "status",
+                repo: Some("/srv/app.git".into()),
+                json: true,
+                id: None
+            }
+        );
+        assert_eq!(
+            parse_ats_request("ats-hook log 6aeda4b --repo 'app.git'").unwrap(),
+            AtsRequest {
+                command: "log",
+                repo: Some("app.git".into()),
+                json: false,
+                id: Some("6aeda4b".into())
+            }
+        );
+        assert_eq!(
+            parse_ats_request("ats-hook rollback 20261122T045500Z-723cd4e")
+                .unwrap()
+                .id
+                .as_deref(),
+            Some("20261122T045500Z-723cd4e")
+        );
+        assert_eq!(
+            parse_ats_request("ats-hook releases --repo '/a/it'\\''s.git'")
+                .unwrap()
+                .repo
+                .as_deref(),
+            Some("/a/it's.git")
+        );
+    }
+
+    #[test]
+    fn refuses_other_ats_hook_commands_and_options() {
+        for request in [
+            "ats-hook",
+            "ats-hook deploy",
+            "ats-hook install --repo /tmp/x",
+            "ats-hook status --config /tmp/evil.toml",
+            "ats-hook status --repo",
+            "ats-hook status --repo 'a' --repo 'b'",
+            "ats-hook status extra",
+            "ats-hook log a b",
+            "ats-hook log --verbose",
+            "ats-hook log ../x",
+            "ats-hook log 'x;id'",
+            "ats-hook rollback --json",
+            "ats-hook status; id",
+            "ats-hook status  --json",
+            "ats-hook status --json ",
+            "ats-hook status --repo 'app.git",
+            "ats-hook status\n",
+            "ats-hook keys add",
+        ] {
+            assert!(
+                parse_ats_request(request).is_err(),
+                "{request:?} was accepted"
+            );
         }
     }
 
