@@ -46,9 +46,10 @@ impl Trigger {
     }
 }
 
-/// Who pushed: set by the SSH gate when known, else the account running the hook.
+/// Who pushed: set by the SSH gate when known, else who ran `sudo` (`sudo -u deployer
+/// ats-hook rollback` is the admin's), else the account running the hook.
 pub fn pusher() -> String {
-    for key in ["ATS_PUSHER", "USER", "LOGNAME"] {
+    for key in ["ATS_PUSHER", "SUDO_USER", "USER", "LOGNAME"] {
         if let Ok(value) = std::env::var(key) {
             if !value.is_empty() {
                 return value;
@@ -94,6 +95,7 @@ impl Session {
     /// holding it.
     fn lock(config: &Config, commit: &str, git_ref: &str) -> Result<Session> {
         let layout = Layout::new(&config.deploy.root);
+        layout.refuse_root_on_a_users_root()?;
         layout.create()?;
         // Refuse early, before anything runs, when `current` is not ours to switch.
         layout.live_release()?;
@@ -684,6 +686,7 @@ fn switch_back(config: &Config, session: &Session) -> Result<()> {
 /// Makes an older release live again: the previous good one, or the one named.
 pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
     let layout = Layout::new(&config.deploy.root);
+    layout.refuse_root_on_a_users_root()?;
     let records = record::read_all(&layout.deploys_file())?;
     let target = rollback_target(&layout, &records, named)?;
     let made = record::deploy_of(&records, &target).expect("rollback targets went live");

@@ -29,6 +29,41 @@ impl Layout {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Refuses root on a deploy root another user owns: what it made would be root's (the
+    /// releases, `current`, the history), the deploy user could no longer change them, and a
+    /// server a restart starts would run as root.
+    pub fn refuse_root_on_a_users_root(&self) -> Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        let Ok(meta) = std::fs::metadata(&self.root) else {
+            return Ok(());
+        };
+        let uid = std::os::unix::fs::MetadataExt::uid(&meta);
+        if uid == 0 {
+            return Ok(());
+        }
+        let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|user| user.name)
+            .unwrap_or_else(|| uid.to_string());
+        let args: Vec<String> = std::env::args().collect();
+        let hook = args.iter().take(2).any(|arg| arg.ends_with("-receive"));
+        let fix = if hook {
+            format!("push as `{owner}` (over SSH, with a deploy key), not as root")
+        } else {
+            format!(
+                "run it as the owner: `sudo -u {owner} ats-hook {}`",
+                args[1..].join(" ")
+            )
+        };
+        bail!(
+            "refusing to run as root on `{}`, which belongs to `{owner}`: what root makes there would be root's, and an app server it starts would run as root; {fix}",
+            self.root.display(),
+        )
+    }
     pub fn releases(&self) -> PathBuf {
         self.root.join("releases")
     }

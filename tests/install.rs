@@ -2,6 +2,7 @@
 //! a second run changes nothing; a run that stopped half way is completed by the next.
 
 use std::os::unix::fs::MetadataExt;
+use std::process::Command;
 
 use pretty_assertions::assert_eq;
 
@@ -390,4 +391,93 @@ fn the_sudoers_snippet_is_valid() {
     let mut cmd = std::process::Command::new(visudo);
     cmd.args(["-c", "-f", snippet]);
     run(&mut cmd, "visudo -cf").success();
+}
+
+/// root on a deploy user's root is refused before it makes anything, with the command that
+/// works; run through sudo as the owner, the history names who asked.
+#[test]
+fn root_is_refused_on_a_deploy_users_root_and_sudo_names_who_asked() {
+    let public = Public::new();
+    let user = User::create();
+    let repo = public.path().join("srv/app.git");
+    let root = public.path().join("srv/app");
+    public
+        .ats(&[
+            "install",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--user",
+            &user.name,
+        ])
+        .success();
+    std::fs::write(
+        repo.join("ats-hook.toml"),
+        format!(
+            "[deploy]\nroot = \"{}\"\n[[step]]\nname = \"who\"\nrun = \"id -un > ran-as\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    // root pushes through the local path, past git's own ownership check: the hook runs as
+    // root, and refuses.
+    let clone = Clone::new_in(public.path(), "laptop");
+    clone.commit_file("app.py", "1\n");
+    let global = public.path().join("gitconfig");
+    std::fs::write(&global, "[safe]\n\tdirectory = *\n").unwrap();
+    let mut git = command("git", public.path());
+    git.args(["push", repo.to_str().unwrap(), "main"])
+        .current_dir(&clone.dir)
+        .env("GIT_CONFIG_GLOBAL", &global);
+    let push = run(&mut git, "git push as root");
+    push.stderr_has(&format!(
+        "refusing to run as root on `{}`, which belongs to `{}`",
+        root.display(),
+        user.name
+    ))
+    .stderr_has(&format!("push as `{}`", user.name));
+    assert!(!root.join("current").exists());
+    assert_eq!(std::fs::read_dir(root.join("releases")).unwrap().count(), 0);
+    assert!(!root.join(".ats-hook/deploys.jsonl").exists());
+
+    // By hand, the message names the command that works.
+    let repo_arg = repo.to_str().unwrap();
+    public
+        .ats(&["deploy", "--repo", repo_arg])
+        .failure()
+        .stderr_has(&format!(
+            "run it as the owner: `sudo -u {} ats-hook deploy --repo {repo_arg}`",
+            user.name
+        ));
+    public
+        .ats(&["rollback", "--repo", repo_arg])
+        .failure()
+        .stderr_has("refusing to run as root");
+    // Reading needs no refusal.
+    public.ats(&["status", "--repo", repo_arg]).success();
+
+    // As the owner, the way sudo runs it: the history names the admin.
+    Command::new("chown")
+        .args(["-R", &user.name])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    let deploy = Command::new("runuser")
+        .args(["-u", &user.name, "--", "env", "SUDO_USER=admin-alice"])
+        .arg(&public.bin)
+        .args(["deploy", "--repo", repo_arg])
+        .output()
+        .unwrap();
+    assert!(
+        deploy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/ran-as"))
+            .unwrap()
+            .trim(),
+        user.name
+    );
+    let history = std::fs::read_to_string(root.join(".ats-hook/deploys.jsonl")).unwrap();
+    assert!(history.contains("\"pusher\":\"admin-alice\""), "{history}");
 }
