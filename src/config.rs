@@ -752,8 +752,13 @@ mod tests {
         );
         assert_eq!(config.steps_after_switch().count(), 1);
         let health = config.health.as_ref().unwrap();
-        assert_eq!(health.expect_body.as_deref(), Some("{commit}"));
+        assert_eq!(health.expect_body, None);
+        assert_eq!(health.passes, 2);
+        assert_eq!(health.settle.0, std::time::Duration::from_secs(10));
         assert_eq!(health.probe_timeout.0, std::time::Duration::from_secs(5));
+        assert!(config.restart.start.is_some());
+        assert_eq!(config.restart.env, RestartEnv::Clean);
+        assert!(config.deploy.revision_file);
         assert_eq!(
             config.restart.timeout.0,
             std::time::Duration::from_secs(120)

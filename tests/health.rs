@@ -23,7 +23,8 @@ fn a_release_that_serves_its_commit_passes() {
     let sha = clone.commit_file("a", "a");
     let push = clone.push();
     push.success()
-        .stderr_has("ats-hook: health: ok after 1 probe(s)");
+        .stderr_has("ats-hook: health: ok after 2 probe(s) in ")
+        .stderr_has(" (2 in a row): HTTP 200");
     assert!(push.summary().contains("health "), "{}", push.summary());
     assert_eq!(server.last_record()["state"], "succeeded");
     assert_eq!(server.live_file("version.txt").trim(), sha);
@@ -139,5 +140,28 @@ fn a_health_command_is_run_in_the_new_release() {
     first_deploy_fails_health(
         "command = 'echo \"not ready in $PWD\"; exit 1'\ninterval = \"100ms\"\ntimeout = \"300ms\"\n",
         "`echo \"not ready in $PWD\"; exit 1` failed (exit 1): \"not ready in ROOT/",
+    );
+}
+
+/// One passing answer is not enough: `passes` in a row are, and a failure in between starts the
+/// count again.
+#[test]
+fn a_release_is_healthy_after_passes_in_a_row() {
+    let server = Server::new();
+    server.config(&config(
+        "command = 'n=$(cat \"$ATS_DEPLOY_ROOT/probes\" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > \"$ATS_DEPLOY_ROOT/probes\"; test $n -ne 2'\ninterval = \"50ms\"\npasses = 2\n",
+    ));
+    let clone = server.clone("work");
+    clone.commit_file("a", "a");
+    clone
+        .push()
+        .success()
+        .stderr_has("health: ok after 4 probe(s) in ")
+        .stderr_has(" (2 in a row)");
+    assert_eq!(
+        std::fs::read_to_string(server.root.join("probes"))
+            .unwrap()
+            .trim(),
+        "4"
     );
 }

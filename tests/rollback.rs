@@ -152,7 +152,7 @@ fn releases_lists_states_and_markers() {
 #[test]
 fn log_lists_the_history_and_shows_one_deploy() {
     let server = Server::new();
-    let (ids, _) = three_deploys(&server);
+    let (ids, commits) = three_deploys(&server);
     let list = server.ats(&["log"]);
     list.success()
         .stdout_has(&format!("{}  deploy    failed       ", ids[1]))
@@ -172,6 +172,29 @@ fn log_lists_the_history_and_shows_one_deploy() {
         .ats(&["log", "no-such-deploy"])
         .code(1)
         .stderr_has("no deploy `no-such-deploy` in the history");
+    // A deploy found by the start of its commit, or by its release.
+    server
+        .ats(&["log", &commits[0][..7]])
+        .success()
+        .stdout_has(&format!("deployed {}", &commits[0][..7]));
+    server
+        .ats(&["log", &ids[0]])
+        .success()
+        .stdout_has(&format!("deployed {}", &commits[0][..7]));
+    // Rollback ids are longer; the columns stay aligned.
+    server.ats(&["rollback"]).success();
+    let list = server.ats(&["log"]);
+    let stdout = list.success().stdout();
+    let columns: Vec<usize> = stdout
+        .lines()
+        .map(|line| {
+            line.find("  deploy  ")
+                .or_else(|| line.find("  rollback  "))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(columns.len(), 4, "{stdout}");
+    assert!(columns.iter().all(|c| *c == columns[0]), "{stdout}");
 }
 
 #[test]
