@@ -129,12 +129,34 @@ impl Session {
         )?;
         if let Some(dead) = lock.interrupted.take() {
             recover::stop_orphans(&layout);
-            let records = record::read_all(&layout.deploys_file())?;
-            recover::after_death(config, &layout, &records, &dead)?;
+            let recovered = record::read_all(&layout.deploys_file())
+                .and_then(|records| recover::after_death(config, &layout, &records, &dead));
+            if let Err(err) = recovered {
+                // The dead run stays in the lock file for the next run to recover, and this
+                // one leaves no trace of its own there.
+                if let Err(restore) = lock.update(&dead) {
+                    output::warn(format!("{restore:#}"));
+                }
+                return Err(err);
+            }
         }
         process::record_groups_in(Some(layout.group_file()));
-        let records = record::read_all(&layout.deploys_file())?;
-        let previous_release = layout.live_release()?;
+        let read = || -> Result<_> {
+            let records = record::read_all(&layout.deploys_file())?;
+            let previous_release = layout.live_release()?;
+            Ok((records, previous_release))
+        };
+        let (records, previous_release) = match read() {
+            Ok(read) => read,
+            Err(err) => {
+                // Nothing ran: the lock goes back empty, so no later run takes this one for a
+                // deploy that died.
+                if let Err(release) = lock.release() {
+                    output::warn(format!("{release:#}"));
+                }
+                return Err(err);
+            }
+        };
         if let Some(gone) = previous_release
             .as_deref()
             .filter(|id| !layout.release(id).is_dir())
@@ -716,14 +738,18 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
         short_ref(&git_ref)
     ));
 
-    let env = environment(
+    let env = match environment(
         config,
         &session.layout,
         &target,
         &commit,
         session.previous_commit.as_deref(),
         &git_ref,
-    )?;
+    ) {
+        Ok(env) => env,
+        // Nothing changed: no record, and the lock goes back empty.
+        Err(err) => return Err(session.abandon(err)),
+    };
     let intent = session.record(Action::Rollback, Trigger::Manual, &target, None);
     let outcome = go_live(config, &mut session, &intent, &env);
     let mut entry = session.record(Action::Rollback, Trigger::Manual, &target, None);

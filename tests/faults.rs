@@ -924,3 +924,60 @@ fn sigterm_during_the_health_check_switches_back_and_is_recorded_as_interrupted(
     assert_eq!(server.live(), Some(old));
     assert_eq!(server.last_record()["state"], "interrupted");
 }
+
+/// An error after the lock is taken and before anything ran (a history that cannot be read, an
+/// env file gone before a rollback) leaves the lock file empty: no later run records a deploy
+/// that never ran as one that died.
+#[test]
+fn an_error_before_anything_ran_leaves_no_phantom_interrupted_deploy() {
+    let server = Server::new();
+    std::fs::create_dir_all(server.root.join("shared")).unwrap();
+    std::fs::write(server.root.join("shared/.env"), "A=1\n").unwrap();
+    server.config("[deploy]\nroot = \"ROOT\"\n[env]\nfile = \"shared/.env\"\n");
+    let clone = server.clone("work");
+    clone.commit_file("a", "1");
+    clone.push().success();
+    clone.commit_file("a", "2");
+    clone.push().success();
+    let lock = server.root.join(".ats-hook/lock");
+
+    // The history cannot be read: the push says why, and the lock is left empty.
+    let history = server.root.join(".ats-hook/deploys.jsonl");
+    let kept = server.root.join("history-aside");
+    std::fs::rename(&history, &kept).unwrap();
+    std::fs::create_dir(&history).unwrap();
+    clone.commit_file("a", "3");
+    clone
+        .push()
+        .success()
+        .stderr_has(&format!("failed to read history `{}`", history.display()));
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), "");
+    std::fs::remove_dir(&history).unwrap();
+    std::fs::rename(&kept, &history).unwrap();
+
+    // A rollback whose environment cannot be made: refused, unrecorded, the lock empty.
+    std::fs::remove_file(server.root.join("shared/.env")).unwrap();
+    server
+        .ats(&["rollback"])
+        .failure()
+        .stderr_has("failed to read env file");
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), "");
+    std::fs::write(server.root.join("shared/.env"), "A=1\n").unwrap();
+
+    let v4 = clone.commit_file("a", "4");
+    clone.push().success().stderr_lacks("died");
+    let states: Vec<String> = server
+        .records()
+        .iter()
+        .map(|r| format!("{} {}", r["action"], r["state"]))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            "\"deploy\" \"succeeded\"",
+            "\"deploy\" \"succeeded\"",
+            "\"deploy\" \"succeeded\""
+        ]
+    );
+    assert_eq!(server.last_record()["commit"], v4.as_str());
+}
