@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "ats-hook",
-    version,
+    version = env!("ATS_HOOK_VERSION"),
     about = "Push-to-deploy from a bare git repository: atomic releases, steps, restart, history"
 )]
 pub struct Cli {
@@ -161,6 +161,19 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+
+    /// Print the shell completion script for SHELL (the Debian package installs them)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page, or write one for the tool and each subcommand into DIR
+    Man {
+        /// Write `ats-hook.1` and `ats-hook-<subcommand>.1` pages into DIR
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -245,6 +258,11 @@ pub enum RemoteAction {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The command line's definition, for completions and manual pages.
+pub fn definition() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Parses the command line, turning a hook's `argv[0]` into its subcommand.

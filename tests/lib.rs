@@ -16,6 +16,7 @@ mod health;
 mod install;
 mod journald;
 mod outputs;
+mod package;
 mod push;
 mod releases;
 mod rollback;

@@ -3,6 +3,7 @@
 
 mod check;
 mod deploy;
+mod docs;
 mod hook;
 mod install;
 mod keys;
@@ -156,6 +157,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
             &mut stdout,
         ),
         Command::Quickstart { dir } => quickstart::run(dir.as_deref(), &mut stdout),
+        Command::Completions { shell } => docs::completions(shell, &mut stdout),
+        Command::Man { dir } => docs::man(dir.as_deref(), &mut stdout),
     }
 }
 
