@@ -98,6 +98,10 @@ impl Layout {
     pub fn index_file(&self, id: &str) -> PathBuf {
         self.state().join("index").join(id)
     }
+    /// The folder stamps of a release, beside its index (see `stamps`).
+    pub fn stamps_file(&self, id: &str) -> PathBuf {
+        self.state().join("index").join(format!("{id}.folders"))
+    }
 
     /// Creates the folders a deploy writes into.
     pub fn create(&self) -> Result<()> {

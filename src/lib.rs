@@ -25,6 +25,7 @@ pub mod release;
 pub mod restart;
 pub mod select;
 pub mod sshkey;
+pub mod stamps;
 pub mod steps;
 pub mod stop;
 

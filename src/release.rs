@@ -19,6 +19,7 @@ use git2::{Index, IndexEntry, IndexTime, Oid, Repository, Tree};
 use crate::config::RelPath;
 use crate::layout::Layout;
 use crate::output;
+use crate::stamps::Stamps;
 
 /// `20261122T045500Z-723cd4e`: the id of a deploy and of the release it makes.
 pub fn new_id(layout: &Layout, commit: Oid, now: SystemTime) -> String {
@@ -320,6 +321,7 @@ pub fn remove(layout: &Layout, id: &str) -> Result<()> {
     fs::rename(&dir, &doomed)
         .with_context(|| format!("failed to remove old release `{}`", dir.display()))?;
     let _ = fs::remove_file(layout.index_file(id));
+    let _ = fs::remove_file(layout.stamps_file(id));
     fs::remove_dir_all(&doomed)
         .with_context(|| format!("failed to remove old release `{}`", doomed.display()))
 }
@@ -388,10 +390,15 @@ pub fn update(
 ) -> Result<Update> {
     let dir = layout.release(new_id);
     let index_path = layout.index_file(new_id);
+    let clock = std::time::Instant::now();
+    let lap = |what: &str| tracing::trace!("update: {what} at {:?}", clock.elapsed());
     fs::rename(layout.release(from_id), &dir)
         .with_context(|| format!("failed to rename release `{from_id}` to `{new_id}`"))?;
     fs::rename(layout.index_file(from_id), &index_path)
         .with_context(|| format!("failed to move the index of `{from_id}`"))?;
+    // Taken before anything here moves a folder; without them every folder is listed.
+    let stamps = Stamps::load(&layout.stamps_file(from_id));
+    let _ = fs::remove_file(layout.stamps_file(from_id));
     for path in links {
         let link = dir.join(path.as_path());
         if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -402,18 +409,30 @@ pub fn update(
 
     let mut index = Index::open(&index_path)
         .with_context(|| format!("failed to read index `{}`", index_path.display()))?;
-    // What the old release holds, as far as its files are unchanged on disk.
-    let mut old: HashMap<Vec<u8>, (Oid, u32)> = HashMap::with_capacity(index.len());
+    lap("index read");
+    // What the old release holds, as far as its files are unchanged on disk: one lstat per
+    // file, spread over the cores as git spreads its own.
+    let entries: Vec<IndexEntry> = index.iter().collect();
+    let unchanged = stat_all(&dir, &entries);
+    let mut old: HashMap<Vec<u8>, (Oid, u32)> = HashMap::with_capacity(entries.len());
     let mut dirty: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
-    for entry in index.iter() {
-        let path = dir.join(std::ffi::OsStr::from_bytes(&entry.path));
-        if unchanged_on_disk(&path, &entry) {
-            old.insert(entry.path.clone(), (entry.id, entry.mode));
+    let mut old_folders: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    for (entry, unchanged) in entries.into_iter().zip(unchanged) {
+        let mut parent = Path::new(std::ffi::OsStr::from_bytes(&entry.path)).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            if !old_folders.insert(p.as_os_str().as_bytes().to_vec()) {
+                break;
+            }
+            parent = p.parent();
+        }
+        if unchanged {
+            old.insert(entry.path, (entry.id, entry.mode));
         } else {
-            dirty.insert(entry.path.clone());
+            dirty.insert(entry.path);
         }
     }
 
+    lap("stat pass");
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
@@ -421,6 +440,7 @@ pub fn update(
     let mut wanted: Vec<(String, u32, Oid)> = Vec::new();
     trust_received_objects();
     collect_tree(repo, &tree, "", &mut wanted)?;
+    lap("tree read");
 
     let mut update = Update {
         repaired: dirty.len(),
@@ -468,6 +488,7 @@ pub fn update(
             parent = p.parent();
         }
     }
+    lap("writes");
     for name in generated {
         if !keep.contains(name.as_bytes()) {
             let path = dir.join(name);
@@ -476,10 +497,21 @@ pub fn update(
             }
         }
     }
-    update.cleaned = remove_untracked(&dir, Path::new(""), &keep, &folders)?;
+    update.cleaned = match &stamps {
+        Some(stamps) => remove_untracked_where_moved(&dir, stamps, &keep, &folders, &old_folders)?,
+        None => remove_untracked(&dir, Path::new(""), &keep, &folders)?,
+    };
+    lap("untracked");
     index
         .write()
         .with_context(|| format!("failed to write index `{}`", index_path.display()))?;
+    // The release holds its commit alone now: what moves from here on is someone else's.
+    Stamps::record(
+        &dir,
+        folders.iter().map(Vec::as_slice),
+        &layout.stamps_file(new_id),
+    )?;
+    lap("index and stamps written");
     Ok(update)
 }
 
@@ -606,6 +638,87 @@ fn remove_empty_parents(release: &Path, path: &Path) {
 }
 
 /// Removes what the tree does not track; returns how many entries went.
+/// `lstat`s each entry's file, on a few threads: whether each is as the index recorded it.
+fn stat_all(release: &Path, entries: &[IndexEntry]) -> Vec<bool> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    if threads == 1 || entries.len() < 1000 {
+        return entries
+            .iter()
+            .map(|e| unchanged_on_disk(&release.join(std::ffi::OsStr::from_bytes(&e.path)), e))
+            .collect();
+    }
+    let chunk = entries.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|e| {
+                            unchanged_on_disk(
+                                &release.join(std::ffi::OsStr::from_bytes(&e.path)),
+                                e,
+                            )
+                        })
+                        .collect::<Vec<bool>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("an lstat thread panicked"))
+            .collect()
+    })
+}
+
+/// Removes what the release holds beyond its commit, listing only the folders whose time moved
+/// since their stamp (and the folders of the old tree that the new one lacks). Returns how
+/// many entries went.
+fn remove_untracked_where_moved(
+    release: &Path,
+    stamps: &Stamps,
+    tracked: &std::collections::HashSet<&[u8]>,
+    folders: &std::collections::HashSet<Vec<u8>>,
+    old_folders: &std::collections::HashSet<Vec<u8>>,
+) -> Result<usize> {
+    let mut removed = 0;
+    // A folder the new tree lacks still stands only if something untracked is in it.
+    let mut gone: Vec<&Vec<u8>> = old_folders.difference(folders).collect();
+    gone.sort();
+    for folder in gone {
+        let path = release.join(std::ffi::OsStr::from_bytes(folder));
+        if tracked.contains(folder.as_slice()) || fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        remove_any(&path)?;
+        removed += 1;
+    }
+    let listed = std::iter::once(&b""[..]).chain(folders.iter().map(Vec::as_slice));
+    for folder in listed.filter(|folder| stamps.moved(release, folder)) {
+        let dir = release.join(std::ffi::OsStr::from_bytes(folder));
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("failed to list `{}`", dir.display()))?;
+            let child = Path::new(std::ffi::OsStr::from_bytes(folder)).join(entry.file_name());
+            let bytes = child.as_os_str().as_bytes();
+            if tracked.contains(bytes) {
+                continue;
+            }
+            // A folder of the tree is listed on its own when its time moved.
+            if folders.contains(bytes) && entry.file_type()?.is_dir() {
+                continue;
+            }
+            remove_any(&release.join(&child))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn remove_untracked(
     release: &Path,
     rel: &Path,

@@ -425,3 +425,83 @@ fn a_release_or_build_a_running_process_uses_is_neither_reused_nor_pruned() {
         2
     );
 }
+
+/// Sets the time of every folder under `dir` a minute back, as if the tree had settled.
+fn age_folders(dir: &Path) {
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            }
+        }
+        std::fs::File::open(&folder)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+}
+
+/// A release built from an old one lists only the folders whose time moved since it was
+/// stamped; whatever was added in them (a file, a nested folder, a folder the new commit
+/// drops) still goes, and the folders nobody touched are trusted.
+#[test]
+fn untracked_entries_go_even_where_a_release_is_stamped() {
+    let server = Server::new();
+    server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n");
+    let clone = server.clone("work");
+    for path in ["a/b/c/f1", "a/b/g", "x/y/z", "gone/inner/h", "quiet/q"] {
+        clone.write(path, path);
+    }
+    let releases_dir = server.root.join("releases");
+    let mut pushes = 0;
+    let mut push = |clone: &Clone, text: &str| {
+        clone.commit_file("n", text);
+        if releases_dir.exists() {
+            age_folders(&releases_dir);
+        }
+        clone.push().success();
+        pushes += 1;
+    };
+    // Three releases, then three built from old ones: each stamped with settled folders.
+    for n in 0..6 {
+        push(&clone, &n.to_string());
+    }
+    let live = server.live().unwrap();
+    let records = server.records();
+    let expendable: Vec<String> = server
+        .releases()
+        .into_iter()
+        .filter(|id| *id != live && records.iter().rev().nth(1).unwrap()["release"] != id.as_str())
+        .collect();
+    assert_eq!(expendable.len(), 1, "{:?}", server.releases());
+    let next = releases_dir.join(&expendable[0]);
+    let stamps = std::fs::read_to_string(
+        server
+            .root
+            .join(".ats-hook/index")
+            .join(format!("{}.folders", expendable[0])),
+    )
+    .unwrap();
+    assert!(stamps.lines().any(|l| l.ends_with(" a/b/c")), "{stamps}");
+    assert!(stamps.lines().any(|l| l.ends_with(" quiet")), "{stamps}");
+
+    // Someone writes into the release the next push builds from.
+    std::fs::write(next.join("a/b/c/junk.txt"), "junk").unwrap();
+    std::fs::create_dir_all(next.join("a/b/newdir/deep")).unwrap();
+    std::fs::write(next.join("a/b/newdir/deep/j"), "junk").unwrap();
+    std::fs::write(next.join("gone/inner/junk2"), "junk").unwrap();
+    std::fs::write(next.join("x/y/extra"), "junk").unwrap();
+    // The next commit drops `gone/`.
+    std::fs::remove_dir_all(clone.dir.join("gone")).unwrap();
+    clone.commit_file("n", "last");
+    clone.push().success().stderr_has("untracked removed");
+    let record = server.last_record();
+    assert_eq!(record["built_from"], expendable[0].as_str());
+    let built = releases_dir.join(record["release"].as_str().unwrap());
+    let repo = git2::Repository::open_bare(&server.bare).unwrap();
+    assert_release_is(&repo, &built, record["commit"].as_str().unwrap(), &[]);
+    assert!(!built.join("gone").exists());
+}

@@ -1,0 +1,175 @@
+//! Folder stamps: the modification times of a release's folders when ats-hook last left the
+//! release holding its commit alone.
+//!
+//! Adding, removing or renaming an entry changes its folder's modification time, so a folder
+//! whose time still equals its stamp holds no entry ats-hook did not put there. When a release
+//! is built from an old one, only the folders whose time moved are listed to find untracked
+//! files: the cost follows what changed, not the size of the tree (git's untracked cache rests
+//! on the same rule). Without stamps (an older release, a damaged file), every folder is listed.
+//!
+//! File times are coarse (a clock tick, a whole second on some filesystems): an entry added in
+//! the same tick as the stamp would not move it. So a folder changed less than `RACY` before
+//! its stamp is taken is left unstamped, and listed next time.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// A folder's modification time and inode, as `lstat` gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    seconds: i64,
+    nanoseconds: i64,
+    inode: u64,
+}
+
+/// Stamps by folder, relative to the release (`""` is the release itself).
+#[derive(Debug, Default)]
+pub struct Stamps(HashMap<Vec<u8>, Stamp>);
+
+/// How recent a folder's change may be for its stamp to be trusted.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    meta.is_dir().then(|| Stamp {
+        seconds: meta.mtime(),
+        nanoseconds: meta.mtime_nsec(),
+        inode: meta.ino(),
+    })
+}
+
+impl Stamps {
+    /// Stamps `folders` (and the release itself) of `release` as they are now, and writes them
+    /// to `file` (replacing it whole).
+    pub fn record<'a>(
+        release: &Path,
+        folders: impl Iterator<Item = &'a [u8]>,
+        file: &Path,
+    ) -> Result<()> {
+        let mut text = Vec::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let settled = now.saturating_sub(RACY);
+        for folder in std::iter::once(&b""[..]).chain(folders) {
+            // A name with a newline cannot be written on a line: left unstamped, it is listed.
+            if folder.contains(&b'\n') {
+                continue;
+            }
+            let path = release.join(std::ffi::OsStr::from_bytes(folder));
+            let stamp = stamp_of(&path).filter(|stamp| {
+                let changed = std::time::Duration::new(
+                    stamp.seconds.max(0) as u64,
+                    stamp.nanoseconds.clamp(0, 999_999_999) as u32,
+                );
+                changed < settled
+            });
+            if let Some(stamp) = stamp {
+                write!(
+                    text,
+                    "{} {} {} ",
+                    stamp.seconds, stamp.nanoseconds, stamp.inode
+                )?;
+                text.extend_from_slice(folder);
+                text.push(b'\n');
+            }
+        }
+        let tmp = file.with_extension("new");
+        fs::write(&tmp, &text).with_context(|| format!("failed to write `{}`", tmp.display()))?;
+        fs::rename(&tmp, file).with_context(|| format!("failed to write `{}`", file.display()))
+    }
+
+    /// The stamps in `file`; `None` when there are none to trust.
+    pub fn load(file: &Path) -> Option<Stamps> {
+        let bytes = fs::read(file).ok()?;
+        let mut stamps = HashMap::new();
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let mut parts = line.splitn(4, |b| *b == b' ');
+            let mut number =
+                || -> Option<i64> { std::str::from_utf8(parts.next()?).ok()?.parse().ok() };
+            let (seconds, nanoseconds, inode) = (number()?, number()?, number()?);
+            let folder = parts.next()?.to_vec();
+            stamps.insert(
+                folder,
+                Stamp {
+                    seconds,
+                    nanoseconds,
+                    inode: inode as u64,
+                },
+            );
+        }
+        Some(Stamps(stamps))
+    }
+
+    /// Whether `folder` of `release` may hold entries it did not hold when stamped.
+    pub fn moved(&self, release: &Path, folder: &[u8]) -> bool {
+        let Some(stamp) = self.0.get(folder) else {
+            return true;
+        };
+        stamp_of(&release.join(std::ffi::OsStr::from_bytes(folder))) != Some(*stamp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sets a folder's time back, as if it last changed a while ago.
+    fn age(path: &Path) {
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        fs::File::open(path).unwrap().set_modified(old).unwrap();
+    }
+
+    #[test]
+    fn a_folder_moves_when_an_entry_is_added_removed_or_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("release");
+        fs::create_dir_all(release.join("a/b")).unwrap();
+        fs::write(release.join("a/b/f"), "x").unwrap();
+        let file = dir.path().join("stamps");
+        let folders: Vec<&[u8]> = vec![b"a", b"a/b"];
+        // Just changed: not stamped, so listed.
+        Stamps::record(&release, folders.iter().copied(), &file).unwrap();
+        assert!(Stamps::load(&file).unwrap().moved(&release, b"a/b"));
+        for folder in ["", "a", "a/b"] {
+            age(&release.join(folder));
+        }
+        Stamps::record(&release, folders.iter().copied(), &file).unwrap();
+        let stamps = Stamps::load(&file).unwrap();
+        assert!(!stamps.moved(&release, b""));
+        assert!(!stamps.moved(&release, b"a"));
+        assert!(!stamps.moved(&release, b"a/b"));
+        assert!(stamps.moved(&release, b"never/stamped"));
+
+        // Writing into a tracked file moves nothing: the stat pass catches that.
+        fs::write(release.join("a/b/f"), "changed").unwrap();
+        assert!(!stamps.moved(&release, b"a/b"));
+        // A new entry, a removed one, a renamed one: each moves its folder.
+        fs::write(release.join("a/b/untracked"), "").unwrap();
+        assert!(stamps.moved(&release, b"a/b"));
+        age(&release.join("a/b"));
+        Stamps::record(&release, folders.iter().copied(), &file).unwrap();
+        let stamps = Stamps::load(&file).unwrap();
+        fs::rename(release.join("a/b/untracked"), release.join("a/b/renamed")).unwrap();
+        assert!(stamps.moved(&release, b"a/b"));
+        assert!(!stamps.moved(&release, b"a"));
+        fs::remove_dir_all(release.join("a/b")).unwrap();
+        assert!(stamps.moved(&release, b"a"));
+        assert!(stamps.moved(&release, b"a/b"));
+    }
+
+    #[test]
+    fn damaged_stamps_are_not_trusted_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stamps");
+        fs::write(&file, "1 2 3 a\nnot a stamp\n").unwrap();
+        assert!(Stamps::load(&file).is_none());
+        assert!(Stamps::load(&dir.path().join("missing")).is_none());
+    }
+}
