@@ -11,8 +11,11 @@
 //! - ats-hook's release, as the hook itself records it (`checkout_ms` in deploys.jsonl);
 //!
 //! plus the cost of a push whose ref ats-hook does not deploy (against a repository with no
-//! hook), the hook's peak memory, and what a reused install step costs. It prints medians and
-//! ratios against the targets. Everything happens under one temporary folder, removed at the end.
+//! hook), the hook's peak memory, and what a reused install step costs. Then, on new servers:
+//! the first seven pushes (with the default `keep_releases`, so the first ones build from the
+//! spare release), and a tree of 60,000 small files in steady state, each against the in-place
+//! hook and `git archive | tar`, in turns. It prints medians and ratios against the targets.
+//! Everything happens under one temporary folder, removed at the end.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -100,6 +103,232 @@ fn measure_rss(args: &[String]) -> ! {
         nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
     println!("{}", usage.max_rss());
     std::process::exit(0)
+}
+
+/// `git archive | tar -x` of `sha` into a fresh `dir` (Capistrano's way), timed; `dir` goes
+/// afterwards.
+fn archive_into(bare: &Path, dir: &Path, sha: &str) -> Duration {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = format!(
+        "git --git-dir {} archive {sha} | tar -x -C {}",
+        bare.display(),
+        dir.display()
+    );
+    let took = time(hermetic(Command::new("sh")).arg("-c").arg(script));
+    std::fs::remove_dir_all(dir).unwrap();
+    took
+}
+
+/// Two small files changed and committed in `work`; returns the new commit.
+fn touch_two(work: &Path, a: &str, b: &str, n: usize) -> String {
+    for path in [a, b] {
+        let mut text = std::fs::read(work.join(path)).unwrap();
+        text.extend_from_slice(format!("\n# change {n}\n").as_bytes());
+        std::fs::write(work.join(path), text).unwrap();
+    }
+    git(work, &["commit", "-q", "-am", &format!("change {n}")]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+/// Waits until the spare prepared after the last push holds `commit` (pushes minutes apart
+/// give it that time), or the spare is not wanted any more.
+fn spare_settles(root: &Path, commit: &str) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        let state = std::fs::read_to_string(root.join(".ats-hook/spare.json")).unwrap_or_default();
+        let preparing = root.join("releases/.spare-new").exists();
+        if state.contains(commit)
+            || (!preparing
+                && !root.join("releases/.spare").exists()
+                && start.elapsed() > Duration::from_secs(2))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// ats-hook's release, the in-place checkout, and `git archive | tar` for one pushed commit.
+struct Turn {
+    ours: Duration,
+    built_from: String,
+    inplace: Duration,
+    archive: Option<Duration>,
+}
+
+/// A new server for the tree in `work`: pushes the first commit, then `changes` of two files
+/// each, waiting for the spare between pushes; times each against the other ways.
+fn new_server(
+    base: &Path,
+    name: &str,
+    work: &Path,
+    files: (&str, &str),
+    changes: usize,
+    archive_samples: usize,
+) -> Vec<Turn> {
+    let bare = base.join(format!("{name}.git"));
+    let root = base.join(name);
+    hooked_repository(
+        base,
+        &bare,
+        &format!("[deploy]\nroot = \"{}\"\n", root.display()),
+    );
+    git(work, &["remote", "add", name, bare.to_str().unwrap()]);
+    let first = git(work, &["rev-parse", "HEAD"]);
+    time(
+        hermetic(Command::new("git"))
+            .args(["push", "-q", name, "main"])
+            .current_dir(work),
+    );
+    let inplace = base.join(format!("{name}-inplace"));
+    std::fs::create_dir_all(&inplace).unwrap();
+    let index = base.join(format!("{name}-inplace.index"));
+    git_checkout(&bare, &inplace, &index, &first);
+    let mut turns = Vec::new();
+    let mut live = first;
+    for n in 0..changes {
+        spare_settles(&root, &live);
+        let sha = touch_two(work, files.0, files.1, 1000 + n);
+        time(
+            hermetic(Command::new("git"))
+                .args(["push", "-q", name, "main"])
+                .current_dir(work),
+        );
+        let record = last_record(&root);
+        assert_eq!(record["state"], "succeeded", "{record}");
+        let ours = Duration::from_millis(record["checkout_ms"].as_u64().unwrap());
+        let built_from = match record["built_from"].as_str() {
+            Some("spare") => "the spare".to_string(),
+            Some(_) => "an old release".to_string(),
+            None => "a full checkout".to_string(),
+        };
+        let inplace = git_checkout(&bare, &inplace, &index, &sha);
+        let archive = (n < archive_samples)
+            .then(|| archive_into(&bare, &base.join(format!("{name}-archive")), &sha));
+        turns.push(Turn {
+            ours,
+            built_from,
+            inplace,
+            archive,
+        });
+        live = sha;
+    }
+    turns
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+/// The first seven pushes on a new server, and a 60,000-file tree in steady state.
+fn new_servers(base: &Path, quick: bool) {
+    // The same app tree as above, in a work tree of its own.
+    let work = base.join("week-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let (files, _) = generate(&work, &mut Rng(0x00c0_ffee));
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "initial"]);
+    eprintln!("the first seven pushes on a new server…");
+    let week = new_server(
+        base,
+        "week",
+        &work,
+        (
+            "apps/app1/module1/views/file1.py",
+            "apps/app2/module2/models/file2.py",
+        ),
+        6,
+        if quick { 2 } else { 6 },
+    );
+    println!();
+    println!("The first seven pushes on a new server ({files} files, default `keep_releases = 5`), two files changed each:");
+    println!();
+    println!("| push | ats-hook | built from | in-place `git checkout -f` | ratio | `git archive \\| tar` |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (n, turn) in week.iter().enumerate() {
+        println!(
+            "| {} | {} | {} | {} | {:.2}× | {} |",
+            n + 2,
+            ms(turn.ours),
+            turn.built_from,
+            ms(turn.inplace),
+            ratio(turn.ours, turn.inplace),
+            turn.archive.map(ms).unwrap_or_else(|| "–".into())
+        );
+    }
+    let week_ratio = median(
+        week.iter()
+            .map(|t| Duration::from_secs_f64(ratio(t.ours, t.inplace)))
+            .collect(),
+    );
+    println!();
+    println!(
+        "| pushes 2–7 ≤ 1.2× the in-place hook (median of ratios) | {:.2}× | {} |",
+        week_ratio.as_secs_f64(),
+        verdict(week_ratio.as_secs_f64() <= 1.2)
+    );
+
+    // 60,000 small files: 600 folders of 100.
+    let wide = base.join("wide-work");
+    for d in 0..600 {
+        let dir = wide.join(format!("d{}/sub{d}", d / 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("f{f}.txt")), format!("{d} {f}\n")).unwrap();
+        }
+    }
+    git(&wide, &["init", "-q", "-b", "main"]);
+    git(&wide, &["add", "-A"]);
+    git(&wide, &["commit", "-q", "-m", "initial"]);
+    let series = if quick { 12 } else { 20 };
+    eprintln!("the 60,000-file tree: {series} pushes…");
+    let turns = new_server(
+        base,
+        "wide",
+        &wide,
+        ("d0/sub0/f1.txt", "d5/sub599/f2.txt"),
+        series,
+        if quick { 2 } else { 4 },
+    );
+    // Steady state: the pushes built from old releases.
+    let steady: Vec<&Turn> = turns
+        .iter()
+        .filter(|t| t.built_from == "an old release")
+        .collect();
+    let ours = median(steady.iter().map(|t| t.ours).collect());
+    let inplace = median(steady.iter().map(|t| t.inplace).collect());
+    let archive = median(turns.iter().filter_map(|t| t.archive).collect());
+    let repo = base.join("wide.git");
+    let rss = peak_rss(&[BIN, "deploy", "--repo", repo.to_str().unwrap()], base);
+    println!();
+    println!("60,000 small files (600 folders × 100), two files changed each push; medians of {} pushes built from old releases:", steady.len());
+    println!();
+    println!("| way | median |");
+    println!("| --- | --- |");
+    println!(
+        "| in-place `git checkout -f` with a kept index | {} |",
+        ms(inplace)
+    );
+    println!(
+        "| `git archive \\| tar -x` into a fresh folder | {} |",
+        ms(archive)
+    );
+    println!(
+        "| ats-hook: new release for a small change | {} |",
+        ms(ours)
+    );
+    println!();
+    let r = ratio(ours, inplace);
+    println!(
+        "| 60,000 files, steady state ≤ 1.2× in-place | {r:.2}× | {} |",
+        verdict(r <= 1.2)
+    );
+    println!(
+        "| peak memory of the hook on 60,000 files ≤ 64 MiB | {:.1} MiB | {} |",
+        rss as f64 / 1024.0,
+        verdict(rss <= 64 * 1024)
+    );
 }
 
 fn main() {
@@ -250,18 +479,7 @@ fn main() {
     let archive: Vec<Duration> = commits
         .iter()
         .take(slow_samples)
-        .map(|sha| {
-            let dir = base.join("archive");
-            std::fs::create_dir_all(&dir).unwrap();
-            let script = format!(
-                "git --git-dir {} archive {sha} | tar -x -C {}",
-                bare.display(),
-                dir.display()
-            );
-            let took = time(hermetic(Command::new("sh")).arg("-c").arg(script));
-            std::fs::remove_dir_all(&dir).unwrap();
-            took
-        })
+        .map(|sha| archive_into(&bare, &base.join("archive"), sha))
         .collect();
 
     // A push ats-hook does not deploy, against the same push to a repository with no hook.
@@ -322,7 +540,6 @@ fn main() {
     let hook_m = median(with_hook.clone());
     let plain_m = median(without_hook.clone());
     let skip_m = median(skipped);
-    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
 
     println!();
     println!("ats-hook release benchmark: {files} files, {:.1} MB; medians of {series} small changes (2 files each),", bytes as f64 / 1e6);
@@ -411,4 +628,6 @@ fn main() {
         r2,
         ratio(archive_m, ours_m)
     );
+
+    new_servers(base, quick);
 }

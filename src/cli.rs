@@ -162,6 +162,16 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
 
+    /// Prepare the spare release the next push builds from (started by a deploy, detached)
+    #[command(hide = true)]
+    PrepareSpare {
+        #[arg(long, value_name = "PATH")]
+        repo: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        commit: String,
+    },
+
     /// Print the shell completion script for SHELL (the Debian package installs them)
     Completions {
         #[arg(value_enum)]

@@ -25,7 +25,7 @@ use crate::refs::short_ref;
 use crate::select::Target;
 use crate::steps::{self, DeployVars};
 use crate::stop::Stop;
-use crate::{health, prune, recover, release, restart};
+use crate::{health, prune, recover, release, restart, spare};
 
 /// What started a deploy; recorded, and gate mode checks the pushed base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,7 +386,17 @@ pub fn deploy(
             session.stages()
         )
     });
-    session.finish(config, &entry, "deploy", summary)
+    let live_commit = if entry.state == State::Succeeded {
+        Some(commit.clone())
+    } else {
+        session.previous_commit.clone()
+    };
+    let layout = session.layout.clone();
+    let code = session.finish(config, &entry, "deploy", summary)?;
+    if let Some(live) = live_commit {
+        spare::after_deploy(config, &layout, repo.path(), &live);
+    }
+    Ok(code)
 }
 
 /// In gate mode, git updates the ref only after the hook succeeds, so a push that waited for
@@ -545,8 +555,21 @@ fn make_release(
     let id = session.id.clone();
     let dir = layout.release(&id);
     let clock = Instant::now();
-    let built_from = prune::recycle_candidate(config, &layout, &session.records)?;
-    match &built_from {
+    let mut built_from = prune::recycle_candidate(config, &layout, &session.records)?;
+    // Before there are old releases to build from, the spare prepared after the last push.
+    let spare = match &built_from {
+        None => spare::take(config, &layout)?,
+        Some(_) => None,
+    };
+    let from = match (&built_from, &spare) {
+        (Some(from), _) => Some(from.clone()),
+        (None, Some(_)) => Some(spare::SPARE.to_string()),
+        (None, None) => None,
+    };
+    if spare.is_some() {
+        built_from = Some("spare".to_string());
+    }
+    match &from {
         Some(from) => {
             let links: Vec<_> = config
                 .shared
@@ -575,8 +598,13 @@ fn make_release(
             if update.cleaned > 0 {
                 note.push_str(&format!(", {} untracked removed", update.cleaned));
             }
+            let base = if spare.is_some() {
+                "the spare release".to_string()
+            } else {
+                format!("old release {from}")
+            };
             output::say(format!(
-                "built from old release {from}: {note} in {}",
+                "built from {base}: {note} in {}",
                 seconds(clock.elapsed())
             ));
         }

@@ -24,6 +24,7 @@ pub mod refs;
 pub mod release;
 pub mod restart;
 pub mod select;
+pub mod spare;
 pub mod sshkey;
 pub mod stamps;
 pub mod steps;

@@ -247,6 +247,28 @@ impl Cmd {
         expr
     }
 
+    /// Starts the command on its own, in a process group of its own, with no input or output,
+    /// and does not wait for it: it outlives ats-hook. Returns its pid.
+    pub fn spawn_detached(&self) -> Result<u32> {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .env_clear()
+            .envs(&self.env)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("failed to start `{}`", self.display()))?;
+        Ok(child.id())
+    }
+
     /// Runs the command, handing each output line to `on_line` as it arrives.
     pub fn stream(&self, on_line: &mut dyn FnMut(&str)) -> Result<Finished> {
         tracing::debug!(command = %self.display(), dir = ?self.dir, "spawning");

@@ -20,6 +20,7 @@ mod package;
 mod push;
 mod releases;
 mod rollback;
+mod spare;
 mod ssh;
 mod stdin;
 mod steps;

@@ -157,6 +157,15 @@ pub fn run(command: Command) -> Result<ExitCode> {
             &mut stdout,
         ),
         Command::Quickstart { dir } => quickstart::run(dir.as_deref(), &mut stdout),
+        Command::PrepareSpare {
+            repo,
+            config,
+            commit,
+        } => {
+            let config = Config::load(&config)?;
+            crate::spare::prepare(&repo, &config, &commit)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => docs::completions(shell, &mut stdout),
         Command::Man { dir } => docs::man(dir.as_deref(), &mut stdout),
     }

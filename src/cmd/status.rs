@@ -22,6 +22,8 @@ struct Status {
     lock: Option<Holder>,
     releases: Vec<String>,
     outputs: Outputs,
+    /// The spare release the next push builds from, or why preparing it failed.
+    spare: crate::spare::State,
 }
 
 /// The output store: how many builds it keeps and the disk they take.
@@ -71,6 +73,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         lock: lock::current_holder(&layout.lock_file())?,
         releases,
         outputs,
+        spare: crate::spare::state(&layout),
     };
     if json {
         serde_json::to_writer_pretty(&mut *out, &status).context("failed to write status")?;
@@ -131,6 +134,26 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         None => writeln!(out, "lock:        free")?,
     }
     writeln!(out, "releases:    {} on disk", status.releases.len())?;
+    match &status.spare {
+        crate::spare::State {
+            failed: Some(why),
+            failed_at,
+            ..
+        } => writeln!(
+            out,
+            "spare:       preparing it failed at {}: {why}; the next push checks its tree out whole",
+            failed_at.as_deref().unwrap_or("?")
+        )?,
+        crate::spare::State {
+            commit: Some(commit),
+            ..
+        } => writeln!(
+            out,
+            "spare:       ready, holding {}: the next push builds from it",
+            short(commit)
+        )?,
+        _ => {}
+    }
     if status.outputs.builds > 0 || status.outputs.bytes > 0 {
         writeln!(
             out,

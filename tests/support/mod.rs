@@ -281,6 +281,8 @@ impl Server {
         let mut ids: Vec<String> = match std::fs::read_dir(self.root.join("releases")) {
             Ok(entries) => entries
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                // `.spare`, `.spare-new`, `.removing-…`: never releases.
+                .filter(|name| !name.starts_with('.'))
                 .collect(),
             Err(_) => Vec::new(),
         };

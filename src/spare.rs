@@ -1,0 +1,289 @@
+//! The spare release: a checkout of the live commit, prepared in the background once the pusher
+//! has its answer, so that the next push builds its release from it (writing only what changed)
+//! even before there are `keep_releases` old releases to build from: a new server's first
+//! week of pushes costs what later pushes cost.
+//!
+//! The spare lives at `releases/.spare` (never a release: no id, never live, never a rollback
+//! target). It is prepared as `releases/.spare-new` by a detached `ats-hook prepare-spare` and
+//! renamed to `.spare` only once whole and on disk; a preparation that is killed or fails
+//! leaves `.spare-new`, which the next preparation removes, and nothing uses. Preparing holds
+//! `.ats-hook/spare.lock`, not the deploy lock: a push never waits for it. A push that finds it
+//! busy asks the preparer to stop and checks its tree out whole, as it would without a spare.
+//! A failure is kept in `.ats-hook/spare.json` for `status`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use git2::{Oid, Repository};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::layout::Layout;
+use crate::process::{self, Cmd};
+use crate::release;
+
+/// The spare's id in `releases/` and `.ats-hook/index/`.
+pub const SPARE: &str = ".spare";
+const PREPARING: &str = ".spare-new";
+
+/// What `status` reads: the spare's commit, or why the last preparation failed.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// The commit the spare holds, when it is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Why the last preparation failed, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<String>,
+}
+
+fn state_file(layout: &Layout) -> PathBuf {
+    layout.state().join("spare.json")
+}
+
+fn lock_file(layout: &Layout) -> PathBuf {
+    layout.state().join("spare.lock")
+}
+
+/// The spare's state as last written.
+pub fn state(layout: &Layout) -> State {
+    fs::read(state_file(layout))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn write_state(layout: &Layout, state: &State) -> Result<()> {
+    let path = state_file(layout);
+    let tmp = path.with_extension("json.new");
+    fs::write(&tmp, serde_json::to_vec(state)?)
+        .with_context(|| format!("failed to write `{}`", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("failed to write `{}`", path.display()))
+}
+
+/// The spare lock, held by whoever prepares, takes or removes the spare. The file holds the
+/// preparer's pid, so that a push can ask it to stop.
+pub struct SpareLock(Flock<File>);
+
+/// Takes the spare lock if nobody holds it; when a preparer holds it and `ask_to_stop`, asks
+/// it to stop.
+fn try_lock(layout: &Layout, ask_to_stop: bool) -> Result<Option<SpareLock>> {
+    let path = lock_file(layout);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("failed to open `{}`", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(Some(SpareLock(locked))),
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            // Someone prepares: ask them to stop, since this push will not wait for them.
+            let mut text = String::new();
+            if ask_to_stop && file.read_to_string(&mut text).is_ok() {
+                if let Ok(pid) = text.trim().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
+            Ok(None)
+        }
+        Err((_, errno)) => {
+            Err(errno).with_context(|| format!("failed to lock `{}`", path.display()))
+        }
+    }
+}
+
+impl SpareLock {
+    fn note_pid(&mut self) -> Result<()> {
+        self.0.set_len(0)?;
+        self.0.rewind()?;
+        write!(self.0, "{}", std::process::id())?;
+        Ok(())
+    }
+}
+
+/// The spare, for a new release to be built from, with the lock that keeps it from a
+/// preparer until the release has taken it; `None` when there is no whole spare, or it is
+/// being prepared (the preparer is asked to stop).
+pub fn take(config: &Config, layout: &Layout) -> Result<Option<SpareLock>> {
+    if !config.deploy.recycle_releases {
+        return Ok(None);
+    }
+    // Asked even when no spare is ready: a preparation racing this push's checkout for the
+    // disk only slows it.
+    let Some(lock) = try_lock(layout, true)? else {
+        return Ok(None);
+    };
+    // Whole only if still there under the lock.
+    let ready = layout.release(SPARE).is_dir() && layout.index_file(SPARE).is_file();
+    if ready {
+        // From here on it is the new release's; `status` no longer calls it ready.
+        let _ = write_state(layout, &State::default());
+        Ok(Some(lock))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Whether the next push would find no old release to build from: then a spare saves it a
+/// full checkout.
+fn wanted(config: &Config, layout: &Layout) -> Result<bool> {
+    Ok(config.deploy.recycle_releases && layout.release_ids()?.len() < config.deploy.keep_releases)
+}
+
+/// After a deploy, with the deploy lock released: starts a detached preparer of a spare for
+/// `commit` (the live one) when the next push would need it and none holds that commit yet;
+/// removes a spare that is no longer needed. Never fails the deploy.
+pub fn after_deploy(config: &Config, layout: &Layout, repo: &Path, commit: &str) {
+    let outcome = (|| -> Result<()> {
+        if !wanted(config, layout)? {
+            return discard(layout);
+        }
+        if state(layout).commit.as_deref() == Some(commit) && layout.release(SPARE).is_dir() {
+            return Ok(());
+        }
+        let exe = std::env::current_exe().context("failed to find the ats-hook binary")?;
+        let pid = Cmd::new(exe)
+            .arg("prepare-spare")
+            .arg("--repo")
+            .arg(repo)
+            .arg("--config")
+            .arg(&config.path)
+            .arg(commit)
+            .spawn_detached()?;
+        tracing::debug!(
+            pid,
+            "preparing a spare release of {commit} in the background"
+        );
+        Ok(())
+    })();
+    if let Err(err) = outcome {
+        tracing::warn!("no spare release for the next push: {err:#}");
+    }
+}
+
+/// Removes the spare (when nobody is preparing one): once old releases can be built from, it
+/// only takes space.
+fn discard(layout: &Layout) -> Result<()> {
+    if !layout.release(SPARE).exists() && !layout.release(PREPARING).exists() {
+        return Ok(());
+    }
+    let Some(_lock) = try_lock(layout, false)? else {
+        return Ok(());
+    };
+    for id in [SPARE, PREPARING] {
+        remove(layout, id)?;
+    }
+    write_state(layout, &State::default())
+}
+
+fn remove(layout: &Layout, id: &str) -> Result<()> {
+    let dir = layout.release(id);
+    if dir.exists() {
+        fs::remove_dir_all(&dir)
+            .with_context(|| format!("failed to remove `{}`", dir.display()))?;
+    }
+    let _ = fs::remove_file(layout.index_file(id));
+    let _ = fs::remove_file(layout.stamps_file(id));
+    Ok(())
+}
+
+/// `ats-hook prepare-spare`: the detached preparer.
+pub fn prepare(repo_dir: &Path, config: &Config, commit: &str) -> Result<()> {
+    process::install_signal_handlers()?;
+    let layout = Layout::new(&config.deploy.root);
+    // A preparer for an older commit may still be finishing (a push asked it to stop).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut lock = loop {
+        if let Some(lock) = try_lock(&layout, false)? {
+            break lock;
+        }
+        if std::time::Instant::now() > deadline || process::stop_requested() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    lock.note_pid()?;
+    // Only for what is live now: a later push started a preparer of its own.
+    if !is_live(&layout, commit)? {
+        return Ok(());
+    }
+    let outcome = prepare_locked(repo_dir, config, &layout, commit);
+    if let Err(err) = &outcome {
+        let _ = remove(&layout, PREPARING);
+        let mut state = state(&layout);
+        state.failed = Some(format!(
+            "{:#}",
+            crate::output::with_disk_full_hint(anyhow::anyhow!("{err:#}"))
+        ));
+        state.failed_at = Some(crate::deploy::rfc3339(std::time::SystemTime::now()));
+        let _ = write_state(&layout, &state);
+    }
+    drop(lock);
+    outcome
+}
+
+/// Whether `commit` is what `current` holds, as the history says.
+fn is_live(layout: &Layout, commit: &str) -> Result<bool> {
+    let Some(live) = layout.live_release()? else {
+        return Ok(false);
+    };
+    let records = crate::record::read_all(&layout.deploys_file())?;
+    Ok(crate::record::live_record(&records, &live).is_some_and(|r| r.commit == commit))
+}
+
+fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &str) -> Result<()> {
+    remove(layout, PREPARING)?;
+    if !wanted(config, layout)? {
+        return Ok(());
+    }
+    let id = Oid::from_str(commit).with_context(|| format!("`{commit}` is not a commit id"))?;
+    let repo = Repository::open_bare(repo_dir)
+        .with_context(|| format!("failed to open `{}`", repo_dir.display()))?;
+    // In gate mode, git moves the pushed objects out of quarantine only once the hook is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while repo.find_commit(id).is_err() {
+        if std::time::Instant::now() > deadline || process::stop_requested() {
+            anyhow::bail!("commit `{commit}` did not become readable");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if layout.release(SPARE).is_dir() && layout.index_file(SPARE).is_file() {
+        // The old spare, brought to the new commit: only what changed is written.
+        release::update(&repo, layout, SPARE, PREPARING, id, &[], &[])?;
+    } else {
+        remove(layout, SPARE)?;
+        release::materialize(
+            &repo,
+            id,
+            &layout.release(PREPARING),
+            &layout.index_file(PREPARING),
+        )?;
+    }
+    if process::stop_requested() {
+        anyhow::bail!("stopped: a push came");
+    }
+    // Whole on disk before it is called ready.
+    release::make_durable(&layout.release(PREPARING))?;
+    fs::rename(layout.index_file(PREPARING), layout.index_file(SPARE))
+        .context("failed to name the spare's index")?;
+    let _ = fs::rename(layout.stamps_file(PREPARING), layout.stamps_file(SPARE));
+    fs::rename(layout.release(PREPARING), layout.release(SPARE))
+        .context("failed to name the spare")?;
+    write_state(
+        layout,
+        &State {
+            commit: Some(commit.to_string()),
+            ..State::default()
+        },
+    )
+}
