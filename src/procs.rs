@@ -124,34 +124,29 @@ impl Scan {
 }
 
 fn scan_process(pid: i32, dir: &Path, root: &Path, users: &mut BTreeSet<User>) {
-    let name = std::fs::read_to_string(dir.join("comm"))
-        .map(|n| n.trim_end().to_string())
-        .unwrap_or_else(|_| "?".to_string());
-    let mut found = |how: Use, path: PathBuf| {
+    // A kernel thread has no executable, and no files of ours: passed over, with the reads
+    // that would cost.
+    let Ok(exe) = std::fs::read_link(dir.join("exe")) else {
+        return;
+    };
+    let mut found: Vec<(Use, PathBuf)> = Vec::new();
+    let mut check = |how: Use, path: PathBuf| {
         let path = strip_deleted(path);
         if path.starts_with(root) {
-            users.insert(User {
-                pid,
-                name: name.clone(),
-                how,
-                path,
-            });
+            found.push((how, path));
         }
     };
-    for (link, how) in [
-        ("cwd", Use::WorkingDirectory),
-        ("root", Use::Root),
-        ("exe", Use::Executable),
-    ] {
+    check(Use::Executable, exe);
+    for (link, how) in [("cwd", Use::WorkingDirectory), ("root", Use::Root)] {
         if let Ok(path) = std::fs::read_link(dir.join(link)) {
-            found(how, path);
+            check(how, path);
         }
     }
     if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
         for fd in fds.flatten() {
             if let Ok(path) = std::fs::read_link(fd.path()) {
                 if path.is_absolute() {
-                    found(Use::OpenFile, path);
+                    check(Use::OpenFile, path);
                 }
             }
         }
@@ -167,8 +162,23 @@ fn scan_process(pid: i32, dir: &Path, root: &Path, users: &mut BTreeSet<User>) {
                 continue;
             }
             last = Some(path);
-            found(Use::MappedFile, PathBuf::from(path));
+            check(Use::MappedFile, PathBuf::from(path));
         }
+    }
+    if found.is_empty() {
+        return;
+    }
+    // The name only for the processes that matter.
+    let name = std::fs::read_to_string(dir.join("comm"))
+        .map(|n| n.trim_end().to_string())
+        .unwrap_or_else(|_| "?".to_string());
+    for (how, path) in found {
+        users.insert(User {
+            pid,
+            name: name.clone(),
+            how,
+            path,
+        });
     }
 }
 
