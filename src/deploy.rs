@@ -555,22 +555,14 @@ fn make_release(
     let id = session.id.clone();
     let dir = layout.release(&id);
     let clock = Instant::now();
-    let mut built_from = prune::recycle_candidate(config, &layout, &session.records)?;
-    // Before there are old releases to build from, the spare prepared after the last push.
-    let spare = match &built_from {
-        None => spare::take(config, &layout)?,
-        Some(_) => None,
+    // An old release to build from, or before there are any, the spare prepared after the
+    // last push (held under its lock until it is this release).
+    let base = match prune::recycle_candidate(config, &layout, &session.records)? {
+        Some(old) => Some(Base::Old(old)),
+        None => spare::take(config, &layout)?.map(|lock| Base::Spare { _lock: lock }),
     };
-    let from = match (&built_from, &spare) {
-        (Some(from), _) => Some(from.clone()),
-        (None, Some(_)) => Some(spare::SPARE.to_string()),
-        (None, None) => None,
-    };
-    if spare.is_some() {
-        built_from = Some("spare".to_string());
-    }
-    match &from {
-        Some(from) => {
+    match &base {
+        Some(base) => {
             let links: Vec<_> = config
                 .shared
                 .paths
@@ -582,8 +574,15 @@ fn make_release(
             } else {
                 &[]
             };
-            let update =
-                release::update(repo, &layout, from, &id, target.commit, &links, generated)?;
+            let update = release::update(
+                repo,
+                &layout,
+                base.folder(),
+                &id,
+                target.commit,
+                &links,
+                generated,
+            )?;
             let mut note = format!(
                 "{} written, {} removed",
                 output::count(update.written, "file"),
@@ -598,13 +597,9 @@ fn make_release(
             if update.cleaned > 0 {
                 note.push_str(&format!(", {} untracked removed", update.cleaned));
             }
-            let base = if spare.is_some() {
-                "the spare release".to_string()
-            } else {
-                format!("old release {from}")
-            };
             output::say(format!(
-                "built from {base}: {note} in {}",
+                "built from {}: {note} in {}",
+                base.describe(),
                 seconds(clock.elapsed())
             ));
         }
@@ -624,8 +619,41 @@ fn make_release(
     }
     session.checkout = Some(clock.elapsed());
     session.timings.push(("checkout".into(), clock.elapsed()));
-    session.built_from = built_from;
+    session.built_from = base.as_ref().map(Base::recorded);
     Ok(())
+}
+
+/// What a new release is built from.
+enum Base {
+    /// An old release, by id.
+    Old(String),
+    /// The spare; its lock, held until the release has taken its folder.
+    Spare { _lock: spare::SpareLock },
+}
+
+impl Base {
+    /// Its folder under `releases/`.
+    fn folder(&self) -> &str {
+        match self {
+            Base::Old(id) => id,
+            Base::Spare { .. } => spare::SPARE,
+        }
+    }
+
+    /// As the history records it (`built_from`).
+    fn recorded(&self) -> String {
+        match self {
+            Base::Old(id) => id.clone(),
+            Base::Spare { .. } => "spare".to_string(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Base::Old(id) => format!("old release {id}"),
+            Base::Spare { .. } => "the spare release".to_string(),
+        }
+    }
 }
 
 /// Switches `current` to the release of `intent`, restarts, checks health; on failure switches

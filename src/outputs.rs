@@ -415,6 +415,19 @@ impl Store {
         Ok(builds)
     }
 
+    /// Every build folder, finished or not, as (step, build).
+    pub fn folders(&self) -> Result<Vec<(String, String)>> {
+        let mut folders = Vec::new();
+        for step_dir in list_dir(&self.dir)? {
+            for path in list_dir(&step_dir)? {
+                if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                    folders.push((file_name(&step_dir), file_name(&path)));
+                }
+            }
+        }
+        Ok(folders)
+    }
+
     /// The disk the store takes, in bytes (each file once, however many links it has).
     pub fn disk_usage(&self) -> Result<u64> {
         disk_usage_of(&[&self.dir])

@@ -34,11 +34,13 @@ pub fn recycle_candidate(
     if on_disk < config.deploy.keep_releases {
         return Ok(None);
     }
-    let scan = Scan::under(&layout.releases());
+    // Read from /proc only when there is a release to ask about.
+    let scan = std::cell::OnceCell::new();
     for id in expendable {
         if !layout.index_file(&id).is_file() {
             continue;
         }
+        let scan = scan.get_or_init(|| Scan::under(&layout.releases()));
         if let Some(users) = scan.describe(&layout.release(&id)) {
             output::say(format!("not reusing release {id}: in use by {users}"));
             continue;
@@ -81,13 +83,15 @@ pub fn prune(
     release::remove_leftovers(layout)?;
     let (on_disk, expendable) = expendable_releases(layout, records, Some(this_run))?;
     let mut excess = on_disk.saturating_sub(config.deploy.keep_releases);
-    let scan = Scan::under(layout.root());
+    // Read from /proc only when something would go: most deploys remove nothing.
+    let scan = std::cell::OnceCell::new();
+    let scan = || scan.get_or_init(|| Scan::under(layout.root()));
     let mut removed = Vec::new();
     for id in expendable {
         if excess == 0 {
             break;
         }
-        if let Some(users) = scan.describe(&layout.release(&id)) {
+        if let Some(users) = scan().describe(&layout.release(&id)) {
             output::say(format!("kept old release {id}: in use by {users}"));
             continue;
         }
@@ -104,9 +108,18 @@ pub fn prune(
     }
     let store = Store::new(layout);
     let mut used = builds_in_use(config, layout, &store, records)?;
-    for (step, build) in builds_used_by_processes(layout, &scan) {
+    let unused = store
+        .folders()?
+        .into_iter()
+        .any(|build| !used.contains(&build));
+    let by_processes = if unused {
+        builds_used_by_processes(layout, scan())
+    } else {
+        HashSet::new()
+    };
+    for (step, build) in by_processes {
         if used.insert((step.clone(), build.clone())) {
-            let users = scan.describe(&store.build_dir(&step, &build));
+            let users = scan().describe(&store.build_dir(&step, &build));
             output::say(format!(
                 "kept stored build {step}/{build}: in use by {}",
                 users.unwrap_or_default()

@@ -65,7 +65,7 @@ pub fn run(
     if let Some(signal) = &restart.signal {
         let pidfile = layout.root().join(&signal.pidfile);
         match (running_pid(&pidfile)?, &restart.start) {
-            (Running::Pid(pid), _) => {
+            (Ok(pid), _) => {
                 kill(Pid::from_raw(pid), signal.signal.0).with_context(|| {
                     format!(
                         "failed to send {} to pid {pid} from `{}`",
@@ -75,8 +75,8 @@ pub fn run(
                 })?;
                 output::say(format!("restart: sent {} to pid {pid}", signal.signal));
             }
-            (not_running, Some(start)) => {
-                if let Running::Gone(..) = not_running {
+            (Err(not_running), Some(start)) => {
+                if let NotRunning::Gone(..) = not_running {
                     // A server would take it for a running copy of itself and refuse to start
                     // (gunicorn does, while the pid is a zombie or another process's).
                     std::fs::remove_file(&pidfile).with_context(|| {
@@ -87,7 +87,7 @@ pub fn run(
                 run_command(shell(start, restart, layout, env), start, width, mode)?;
                 output::say(format!("restart: ran `{}`", one_line(start)));
             }
-            (not_running, None) => bail!(
+            (Err(not_running), None) => bail!(
                 "{not_running}, so there is nothing to send {} to; set `restart.start` to the \
                  command that starts the app when it is not running",
                 signal.signal
@@ -128,19 +128,17 @@ fn one_line(command: &str) -> String {
     }
 }
 
-/// Whether a pidfile names a running process.
-enum Running {
-    Pid(i32),
+/// Why a pidfile names no running process.
+enum NotRunning {
     NoPidfile(String),
     Gone(String, i32),
 }
 
-impl std::fmt::Display for Running {
+impl std::fmt::Display for NotRunning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Running::Pid(pid) => write!(f, "pid {pid} runs"),
-            Running::NoPidfile(path) => write!(f, "no pidfile `{path}`"),
-            Running::Gone(path, pid) => write!(
+            NotRunning::NoPidfile(path) => write!(f, "no pidfile `{path}`"),
+            NotRunning::Gone(path, pid) => write!(
                 f,
                 "pid {pid} from `{path}` is not running (the stale pidfile is removed)"
             ),
@@ -148,12 +146,13 @@ impl std::fmt::Display for Running {
     }
 }
 
-fn running_pid(pidfile: &Path) -> Result<Running> {
+/// The running process a pidfile names, or why there is none.
+fn running_pid(pidfile: &Path) -> Result<Result<i32, NotRunning>> {
     let shown = pidfile.display().to_string();
     let text = match std::fs::read_to_string(pidfile) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Running::NoPidfile(shown))
+            return Ok(Err(NotRunning::NoPidfile(shown)))
         }
         Err(err) => {
             return Err(err).with_context(|| format!("failed to read pidfile `{shown}`"));
@@ -168,8 +167,8 @@ fn running_pid(pidfile: &Path) -> Result<Running> {
     // Signal 0 only asks whether the process exists; EPERM means it does, as another user. A
     // zombie exists too, but runs no more: it waits for a parent to reap it.
     match kill(Pid::from_raw(pid), None) {
-        Ok(()) | Err(Errno::EPERM) if !is_zombie(pid) => Ok(Running::Pid(pid)),
-        _ => Ok(Running::Gone(shown, pid)),
+        Ok(()) | Err(Errno::EPERM) if !is_zombie(pid) => Ok(Ok(pid)),
+        _ => Ok(Err(NotRunning::Gone(shown, pid))),
     }
 }
 

@@ -217,17 +217,17 @@ pub fn prepare(repo_dir: &Path, config: &Config, commit: &str) -> Result<()> {
     if !is_live(&layout, commit)? {
         return Ok(());
     }
-    let outcome = prepare_locked(repo_dir, config, &layout, commit);
-    if let Err(err) = &outcome {
+    let outcome = prepare_locked(repo_dir, config, &layout, commit).map_err(|err| {
+        // The hint reads the cause from the error's chain, so it goes on before the message
+        // is flattened for `status`.
+        let err = crate::output::with_disk_full_hint(err);
         let _ = remove(&layout, PREPARING);
         let mut state = state(&layout);
-        state.failed = Some(format!(
-            "{:#}",
-            crate::output::with_disk_full_hint(anyhow::anyhow!("{err:#}"))
-        ));
+        state.failed = Some(format!("{err:#}"));
         state.failed_at = Some(crate::deploy::rfc3339(std::time::SystemTime::now()));
         let _ = write_state(&layout, &state);
-    }
+        err
+    });
     drop(lock);
     outcome
 }

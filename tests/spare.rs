@@ -176,6 +176,7 @@ fn a_full_disk_while_preparing_leaves_the_live_release_and_shows_in_status() {
         .success()
         .stdout_has("spare:       preparing it failed at ")
         .stdout_has("No space left on device")
+        .stdout_has("a disk is full: free some space")
         .stdout_has("the next push checks its tree out whole");
     assert!(!server.root.join("releases/.spare-new").exists());
     assert_eq!(server.live(), Some(live));

@@ -20,8 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-
-use crate::process::Cmd;
 use git2::Repository;
 
 use crate::cli::{Command, KeysAction, Location, RemoteAction};
@@ -195,17 +193,15 @@ fn load(location: &Location) -> Result<Config> {
     let path = Config::locate(location.config.as_deref(), &dir);
     if location.config.is_none() && !path.exists() {
         if let Some(clone) = clone_around(&dir) {
-            let remotes = Cmd::new("git")
-                .args(["remote"])
-                .dir(&clone)
-                .read()
-                .unwrap_or_default();
-            let remotes: Vec<&str> = remotes.split_whitespace().collect();
-            let name = remotes.first().copied().unwrap_or("staging");
+            let remotes = remote::names(&clone);
+            let name = remotes
+                .as_deref()
+                .and_then(|r| r.split(", ").next())
+                .unwrap_or("staging");
             bail!(
                 "`{}` is a clone of your app, not the server's bare repository: ask the server with `--remote {name}` (this clone's remotes: {}), or pass `--repo PATH` on the server",
                 clone.display(),
-                if remotes.is_empty() { "none yet".to_string() } else { remotes.join(", ") }
+                remotes.as_deref().unwrap_or("none yet")
             );
         }
     }

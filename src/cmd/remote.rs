@@ -124,24 +124,14 @@ pub struct Request<'a> {
 /// through ssh the way git reaches it (`GIT_SSH_COMMAND`, else `core.sshCommand`, else `ssh`).
 /// A deploy key's gate lets these through; a login shell runs the server's `ats-hook`.
 pub fn run_there(name: &str, request: &Request<'_>) -> Result<ExitCode> {
-    let dir = std::env::current_dir().context("failed to find the current folder")?;
+    let dir = clone_dir()?;
     let git = |args: &[&str]| Cmd::new("git").args(args).dir(&dir).read();
-    git(&["rev-parse", "--git-dir"]).with_context(|| {
-        format!(
-            "`{}` is not inside a git repository: run this in your app's clone",
-            dir.display()
-        )
-    })?;
     let url = match git(&["remote", "get-url", name]) {
         Ok(url) => url.trim().to_string(),
-        Err(_) => {
-            let remotes = git(&["remote"]).unwrap_or_default();
-            let remotes: Vec<&str> = remotes.split_whitespace().collect();
-            bail!(
-                "this clone has no remote `{name}` (its remotes: {}); add one with `ats-hook remote add {name} URL`",
-                if remotes.is_empty() { "none".to_string() } else { remotes.join(", ") }
-            );
-        }
+        Err(_) => bail!(
+            "this clone has no remote `{name}` (its remotes: {}); add one with `ats-hook remote add {name} URL`",
+            names(&dir).unwrap_or_else(|| "none".to_string())
+        ),
     };
     let server =
         SshUrl::parse(&url).with_context(|| format!("remote `{name}` is not reached over SSH"))?;
@@ -189,6 +179,25 @@ pub fn run_there(name: &str, request: &Request<'_>) -> Result<ExitCode> {
     Err(cmd.arg("--").arg(destination).arg(remote_command).exec())
 }
 
+/// The current folder, when it is in a git clone.
+fn clone_dir() -> Result<PathBuf> {
+    let dir = std::env::current_dir().context("failed to find the current folder")?;
+    git2::Repository::discover(&dir).with_context(|| {
+        format!(
+            "`{}` is not inside a git repository: run this in your app's clone",
+            dir.display()
+        )
+    })?;
+    Ok(dir)
+}
+
+/// The remotes of the clone `dir` is in, for a message (`None` when it has none).
+pub fn names(dir: &Path) -> Option<String> {
+    let remotes = Cmd::new("git").arg("remote").dir(dir).read().ok()?;
+    let remotes: Vec<&str> = remotes.split_whitespace().collect();
+    (!remotes.is_empty()).then(|| remotes.join(", "))
+}
+
 /// A path quoted the way git quotes it for a remote shell: `'it'\''s'`.
 fn git_quote(path: &str) -> String {
     let mut quoted = String::from("'");
@@ -211,13 +220,7 @@ pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
     {
         bail!("`{}` is not a remote name", options.name);
     }
-    let dir = std::env::current_dir().context("failed to find the current folder")?;
-    git2::Repository::discover(&dir).with_context(|| {
-        format!(
-            "`{}` is not inside a git repository: run this in your app's clone",
-            dir.display()
-        )
-    })?;
+    let dir = clone_dir()?;
 
     // Host keys first: nothing is changed unless they can be pinned.
     let keys: Vec<PublicKey> = match (options.host_key, options.scan) {

@@ -51,9 +51,7 @@ pub fn run(repo: &Path, key_name: Option<&str>, allow_rollback: bool) -> Result<
         Ok(parsed) => parsed,
         Err(err) => return Ok(refuse(&allowed, &request, &format!("{err:#}"))),
     };
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"));
+    let home = home();
     if let Err(err) = resolves_to(&path, &home, &allowed) {
         return Ok(refuse(&allowed, &request, &format!("{err:#}")));
     }
@@ -94,10 +92,7 @@ fn run_ats(
         ));
     }
     if let Some(path) = &parsed.repo {
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/"));
-        if let Err(err) = resolves_to(path, &home, allowed) {
+        if let Err(err) = resolves_to(path, &home(), allowed) {
             return Ok(refuse(allowed, request, &format!("{err:#}")));
         }
     }
@@ -200,6 +195,13 @@ fn split_words(text: &str) -> Result<Vec<String>> {
         }
     }
     Ok(words)
+}
+
+/// The folder git resolves relative repository paths from: the key user's home.
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 fn refuse(allowed: &Path, request: &str, why: &str) -> ExitCode {
