@@ -130,14 +130,15 @@ fn touch_two(work: &Path, a: &str, b: &str, n: usize) -> String {
     git(work, &["rev-parse", "HEAD"])
 }
 
-/// Waits until the spare prepared after the last push holds `commit` (pushes minutes apart
-/// give it that time), or the spare is not wanted any more.
+/// Waits until the spare prepared after the last push holds `commit` and its folders are
+/// stamped, a couple of seconds later (pushes minutes apart give it that time), or the spare
+/// is not wanted any more.
 fn spare_settles(root: &Path, commit: &str) {
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(120) {
         let state = std::fs::read_to_string(root.join(".ats-hook/spare.json")).unwrap_or_default();
         let preparing = root.join("releases/.spare-new").exists();
-        if state.contains(commit)
+        if (state.contains(commit) && root.join(".ats-hook/index/.spare.folders").exists())
             || (!preparing
                 && !root.join("releases/.spare").exists()
                 && start.elapsed() > Duration::from_secs(2))

@@ -561,8 +561,25 @@ fn make_release(
         Some(old) => Some(Base::Old(old)),
         None => spare::take(config, &layout)?.map(|lock| Base::Spare { _lock: lock }),
     };
-    match &base {
-        Some(base) => {
+    // Its index says what it holds; without a readable one, it is not built from.
+    let base = base.and_then(
+        |base| match release::readable_index(repo, &layout, base.folder()) {
+            Ok(index) => Some((base, index)),
+            Err(err) => {
+                output::say(format!(
+                    "not building from {}: {err:#}; checking the tree out whole",
+                    base.describe()
+                ));
+                None
+            }
+        },
+    );
+    let (base, index) = match base {
+        Some((base, index)) => (Some(base), Some(index)),
+        None => (None, None),
+    };
+    match (&base, index) {
+        (Some(base), Some(index)) => {
             let links: Vec<_> = config
                 .shared
                 .paths
@@ -578,6 +595,7 @@ fn make_release(
                 repo,
                 &layout,
                 base.folder(),
+                index,
                 &id,
                 target.commit,
                 &links,
@@ -603,7 +621,7 @@ fn make_release(
                 seconds(clock.elapsed())
             ));
         }
-        None => {
+        _ => {
             let checkout =
                 release::materialize(repo, target.commit, &dir, &layout.index_file(&id))?;
             output::say(format!(

@@ -11,6 +11,7 @@ pub mod deploy;
 #[cfg(test)]
 mod fuzz;
 pub mod health;
+pub mod index;
 pub mod layout;
 pub mod lock;
 pub mod output;

@@ -9,14 +9,15 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
-use git2::{Index, IndexEntry, IndexTime, Oid, Repository, Tree};
+use git2::{Oid, Repository, Tree};
 
 use crate::config::RelPath;
+use crate::index::{Entry, ReleaseIndex};
 use crate::layout::Layout;
 use crate::output;
 use crate::stamps::Stamps;
@@ -87,23 +88,21 @@ pub fn materialize(
         .tree()
         .with_context(|| format!("failed to read the tree of `{}`", commit.id()))?;
     fs::create_dir(dir).with_context(|| format!("failed to create release `{}`", dir.display()))?;
-    let _ = fs::remove_file(index_path);
-    let mut index = Index::open(index_path)
-        .with_context(|| format!("failed to create index `{}`", index_path.display()))?;
     trust_received_objects();
     let started = std::time::Instant::now();
-    let mut entries = Vec::new();
-    collect_tree(repo, &tree, "", &mut entries)?;
+    let mut wanted = Vec::new();
+    collect_tree(repo, &tree, "", &mut wanted)?;
     tracing::debug!(
-        entries = entries.len(),
+        entries = wanted.len(),
         "read the tree in {:?}",
         started.elapsed()
     );
     let mut stats = Checkout::default();
+    let mut entries = Vec::with_capacity(wanted.len());
     // The release is new: every folder in it is one this loop made, so no symlink can be among
     // the parents of what it writes.
     let mut folders = std::collections::HashSet::new();
-    for (rel, mode, id) in &entries {
+    for (rel, mode, id) in &wanted {
         if let Some(parent) = Path::new(rel)
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -117,12 +116,10 @@ pub fn materialize(
         let path = dir.join(rel);
         stats.bytes += write_blob_or_gitlink(repo, &path, rel, *mode, *id)?;
         stats.files += 1;
-        add_entry(&mut index, &path, rel, *mode, *id)?;
+        entries.push(Entry::written(&path, rel, *mode, *id)?);
     }
     tracing::debug!("wrote the files in {:?}", started.elapsed());
-    index
-        .write()
-        .with_context(|| format!("failed to write index `{}`", index_path.display()))?;
+    ReleaseIndex::new(commit.id(), entries).save(index_path)?;
     tracing::debug!("wrote the index in {:?}", started.elapsed());
     Ok(stats)
 }
@@ -167,28 +164,6 @@ fn is_safe_name(name: &str) -> bool {
         && name != ".."
         && !name.contains(['/', '\0'])
         && !name.eq_ignore_ascii_case(".git")
-}
-
-fn add_entry(index: &mut Index, path: &Path, rel: &str, mode: u32, id: Oid) -> Result<()> {
-    let meta = fs::symlink_metadata(path)
-        .with_context(|| format!("failed to stat `{}`", path.display()))?;
-    let entry = IndexEntry {
-        ctime: IndexTime::new(meta.ctime() as i32, meta.ctime_nsec() as u32),
-        mtime: IndexTime::new(meta.mtime() as i32, meta.mtime_nsec() as u32),
-        dev: meta.dev() as u32,
-        ino: meta.ino() as u32,
-        mode,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        file_size: meta.size() as u32,
-        id,
-        flags: rel.len().min(0xfff) as u16,
-        flags_extended: 0,
-        path: rel.as_bytes().to_vec(),
-    };
-    index
-        .add(&entry)
-        .with_context(|| format!("failed to index `{rel}`"))
 }
 
 /// Links each shared path into the release. Returns one note per thing worth telling.
@@ -361,6 +336,19 @@ pub fn expendable<'a>(
     candidates
 }
 
+/// The index of release `id`, when a new release can be built from it: it reads back whole,
+/// and the commit it holds is still in the repository.
+pub fn readable_index(repo: &Repository, layout: &Layout, id: &str) -> Result<ReleaseIndex> {
+    let index = ReleaseIndex::load(&layout.index_file(id))?;
+    repo.find_commit(index.commit).with_context(|| {
+        format!(
+            "its commit `{}` is no longer in the repository",
+            index.commit
+        )
+    })?;
+    Ok(index)
+}
+
 /// How an existing release was turned into a new one.
 #[derive(Debug, Default)]
 pub struct Update {
@@ -372,17 +360,20 @@ pub struct Update {
     pub cleaned: usize,
 }
 
-/// Builds release `new_id` from the old release `from_id`: renames it, then brings its tracked
-/// files to the tree of `commit`, touching only what differs. Its kept index says what it
-/// holds; a stat check catches files changed on disk since. The old release's links (shared
-/// paths, outputs) are removed first and linked again afterwards, so no write can land in
-/// `shared/` or in a build, and so are its untracked files: it starts from its commit alone,
-/// as a fresh checkout would. The files ats-hook writes into every release (`generated`) go
-/// too, uncounted, unless the new commit tracks them.
+/// Builds release `new_id` from the old release `from_id`, whose index is `old`: renames it,
+/// then brings its tracked files to the tree of `commit`, touching only what differs. What
+/// differs comes from comparing the old commit's tree with the new one, whole subtrees at a
+/// time; a stat check of each file catches what changed on disk since it was written. The old
+/// release's links (shared paths, outputs) are removed first and linked again afterwards, so no
+/// write can land in `shared/` or in a build, and so are its untracked files: it starts from
+/// its commit alone, as a fresh checkout would. The files ats-hook writes into every release
+/// (`generated`) go too, uncounted, unless the new commit tracks them.
+#[allow(clippy::too_many_arguments)]
 pub fn update(
     repo: &Repository,
     layout: &Layout,
     from_id: &str,
+    old: ReleaseIndex,
     new_id: &str,
     commit: Oid,
     links: &[&RelPath],
@@ -392,8 +383,22 @@ pub fn update(
     let index_path = layout.index_file(new_id);
     let clock = std::time::Instant::now();
     let lap = |what: &str| tracing::trace!("update: {what} at {:?}", clock.elapsed());
+    // Both trees are read before anything is touched.
+    let tree_of = |id: Oid| {
+        repo.find_commit(id)
+            .and_then(|c| c.tree())
+            .with_context(|| format!("failed to read the tree of `{id}`"))
+    };
+    let (old_tree, new_tree) = (tree_of(old.commit)?, tree_of(commit)?);
+    trust_received_objects();
+    let mut changes = Changes::default();
+    compare_trees(repo, &old_tree, &new_tree, "", &mut changes)?;
+    lap("trees compared");
+
     fs::rename(layout.release(from_id), &dir)
         .with_context(|| format!("failed to rename release `{from_id}` to `{new_id}`"))?;
+    // Until the new index replaces it, the old one stands for the release: cut short here, the
+    // release is its old commit with files changed on disk, which the stat check catches.
     fs::rename(layout.index_file(from_id), &index_path)
         .with_context(|| format!("failed to move the index of `{from_id}`"))?;
     // Taken before anything here moves a folder; without them every folder is listed.
@@ -407,90 +412,66 @@ pub fn update(
         }
     }
 
-    let mut index = Index::open(&index_path)
-        .with_context(|| format!("failed to read index `{}`", index_path.display()))?;
-    lap("index read");
     // What the old release holds, as far as its files are unchanged on disk: one lstat per
     // file, spread over the cores as git spreads its own.
-    let entries: Vec<IndexEntry> = index.iter().collect();
-    let unchanged = stat_all(&dir, &entries);
-    let mut old: HashMap<Vec<u8>, (Oid, u32)> = HashMap::with_capacity(entries.len());
-    let mut dirty: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
-    let mut old_folders: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
-    for (entry, unchanged) in entries.into_iter().zip(unchanged) {
-        let mut parent = Path::new(std::ffi::OsStr::from_bytes(&entry.path)).parent();
-        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            if !old_folders.insert(p.as_os_str().as_bytes().to_vec()) {
-                break;
-            }
-            parent = p.parent();
-        }
-        if unchanged {
-            old.insert(entry.path, (entry.id, entry.mode));
-        } else {
-            dirty.insert(entry.path);
-        }
-    }
-
+    let unchanged = stat_all(&dir, old.entries());
+    let dirty: Vec<Entry> = old
+        .entries()
+        .iter()
+        .zip(unchanged)
+        .filter(|(_, unchanged)| !unchanged)
+        .map(|(entry, _)| entry.clone())
+        .collect();
     lap("stat pass");
-    let tree = repo
-        .find_commit(commit)
-        .and_then(|c| c.tree())
-        .with_context(|| format!("failed to read the tree of `{commit}`"))?;
-    let mut wanted: Vec<(String, u32, Oid)> = Vec::new();
-    trust_received_objects();
-    collect_tree(repo, &tree, "", &mut wanted)?;
-    lap("tree read");
 
     let mut update = Update {
         repaired: dirty.len(),
         ..Update::default()
     };
-    let keep: std::collections::HashSet<&[u8]> =
-        wanted.iter().map(|(p, _, _)| p.as_bytes()).collect();
+    let removed: std::collections::HashSet<&[u8]> =
+        changes.removed.iter().map(Vec::as_slice).collect();
     // Remove what the new tree does not have (and what changed on disk), deepest first.
-    let mut gone: Vec<Vec<u8>> = index
+    let mut gone: Vec<&[u8]> = removed
         .iter()
-        .map(|e| e.path)
-        .filter(|p| !keep.contains(p.as_slice()) || dirty.contains(p))
+        .copied()
+        .chain(dirty.iter().map(|e| e.path.as_slice()))
         .collect();
     gone.sort_by(|a, b| b.cmp(a));
+    gone.dedup();
     for rel in &gone {
         let path = dir.join(std::ffi::OsStr::from_bytes(rel));
         remove_any(&path)?;
-        index
-            .remove_path(Path::new(std::ffi::OsStr::from_bytes(rel)))
-            .ok();
-        old.remove(rel);
-        if !keep.contains(rel.as_slice()) {
+        if removed.contains(rel) {
             update.removed += 1;
             remove_empty_parents(&dir, &path);
         }
     }
-    for (rel, mode, id) in &wanted {
-        if old.get(rel.as_bytes()) == Some(&(*id, *mode)) {
-            continue;
-        }
+    // Write what the new tree changed, and put back what changed on disk (as it was: the
+    // comparison of the trees says it did not change).
+    let changed: std::collections::HashSet<&str> =
+        changes.written.iter().map(|(p, _, _)| p.as_str()).collect();
+    let repairs = dirty.iter().filter_map(|e| {
+        let rel = std::str::from_utf8(&e.path).ok()?;
+        (!removed.contains(e.path.as_slice()) && !changed.contains(rel))
+            .then(|| (rel.to_string(), e.mode, e.id))
+    });
+    let repairs: Vec<_> = repairs.collect();
+    let mut added = Vec::new();
+    for (rel, mode, id) in changes.written.iter().chain(&repairs) {
         let path = dir.join(rel);
         make_parents(&dir, Path::new(rel), InTheWay::Replace)?;
         remove_any(&path)?;
         write_blob_or_gitlink(repo, &path, rel, *mode, *id)?;
-        add_entry(&mut index, &path, rel, *mode, *id)?;
-        update.written += 1;
+        added.push(Entry::written(&path, rel, *mode, *id)?);
     }
-    let mut folders = std::collections::HashSet::new();
-    for (rel, _, _) in &wanted {
-        let mut parent = Path::new(rel.as_str()).parent();
-        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            if !folders.insert(p.as_os_str().as_bytes().to_vec()) {
-                break;
-            }
-            parent = p.parent();
-        }
-    }
+    update.written = changes.written.len() + repairs.len();
+    let old_folders = old.folders();
+    let dropped: std::collections::HashSet<&[u8]> = gone.iter().copied().collect();
+    let index = old.changed(commit, &dropped, added);
+    let folders = index.folders();
     lap("writes");
     for name in generated {
-        if !keep.contains(name.as_bytes()) {
+        if !index.contains(name.as_bytes()) {
             let path = dir.join(name);
             if fs::symlink_metadata(&path).is_ok() {
                 remove_any(&path)?;
@@ -498,13 +479,11 @@ pub fn update(
         }
     }
     update.cleaned = match &stamps {
-        Some(stamps) => remove_untracked_where_moved(&dir, stamps, &keep, &folders, &old_folders)?,
-        None => remove_untracked(&dir, Path::new(""), &keep, &folders)?,
+        Some(stamps) => remove_untracked_where_moved(&dir, stamps, &index, &folders, &old_folders)?,
+        None => remove_untracked(&dir, Path::new(""), &index, &folders)?,
     };
     lap("untracked");
-    index
-        .write()
-        .with_context(|| format!("failed to write index `{}`", index_path.display()))?;
+    index.save(&index_path)?;
     // The release holds its commit alone now: what moves from here on is someone else's.
     Stamps::record(
         &dir,
@@ -515,7 +494,90 @@ pub fn update(
     Ok(update)
 }
 
-use std::collections::HashMap;
+/// What turns one tree into another: the paths of files to remove, and the files to write.
+#[derive(Debug, Default)]
+struct Changes {
+    removed: Vec<Vec<u8>>,
+    written: Vec<(String, u32, Oid)>,
+}
+
+/// Compares tree `old` with tree `new` (both at `prefix`), skipping every subtree they share:
+/// the cost follows the change, not the size of the tree.
+fn compare_trees(
+    repo: &Repository,
+    old: &Tree<'_>,
+    new: &Tree<'_>,
+    prefix: &str,
+    changes: &mut Changes,
+) -> Result<()> {
+    const TREE: u32 = 0o040000;
+    let subtree = |id: Oid, rel: &str| {
+        repo.find_tree(id)
+            .with_context(|| format!("failed to read tree `{rel}`"))
+    };
+    for entry in new.iter() {
+        let name = safe_name(&entry, prefix)?;
+        let rel = format!("{prefix}{name}");
+        let mode = entry.filemode() as u32;
+        let before = old.get_name(name);
+        let before = before.as_ref().map(|b| (b.filemode() as u32, b.id()));
+        if before == Some((mode, entry.id())) {
+            continue;
+        }
+        match (before, mode) {
+            (Some((TREE, id)), TREE) => compare_trees(
+                repo,
+                &subtree(id, &rel)?,
+                &subtree(entry.id(), &rel)?,
+                &format!("{rel}/"),
+                changes,
+            )?,
+            (before, TREE) => {
+                if before.is_some() {
+                    changes.removed.push(rel.clone().into_bytes());
+                }
+                let tree = subtree(entry.id(), &rel)?;
+                collect_tree(repo, &tree, &format!("{rel}/"), &mut changes.written)?;
+            }
+            (before, _) => {
+                if let Some((TREE, id)) = before {
+                    let mut files = Vec::new();
+                    collect_tree(repo, &subtree(id, &rel)?, &format!("{rel}/"), &mut files)?;
+                    changes
+                        .removed
+                        .extend(files.into_iter().map(|(p, _, _)| p.into_bytes()));
+                }
+                changes.written.push((rel, mode, entry.id()));
+            }
+        }
+    }
+    for entry in old.iter() {
+        // The old tree was checked out, so its names were all safe.
+        let Ok(name) = std::str::from_utf8(entry.name_bytes()) else {
+            continue;
+        };
+        if new.get_name(name).is_some() {
+            continue;
+        }
+        let rel = format!("{prefix}{name}");
+        if entry.filemode() as u32 == TREE {
+            let mut files = Vec::new();
+            collect_tree(
+                repo,
+                &subtree(entry.id(), &rel)?,
+                &format!("{rel}/"),
+                &mut files,
+            )?;
+            changes
+                .removed
+                .extend(files.into_iter().map(|(p, _, _)| p.into_bytes()));
+        } else {
+            changes.removed.push(rel.into_bytes());
+        }
+    }
+    Ok(())
+}
+
 use std::os::unix::ffi::OsStrExt;
 
 /// Every file, symlink and submodule of a tree, with its path, mode and id.
@@ -560,27 +622,6 @@ fn write_blob_or_gitlink(
         }
         other => bail!("`{rel}` has an unknown file mode {other:o}"),
     }
-}
-
-/// Whether a file is as the index recorded it when it was written: same type, size, mtime and
-/// inode (what git's own stat check compares).
-fn unchanged_on_disk(path: &Path, entry: &IndexEntry) -> bool {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return false;
-    };
-    let kind_ok = match entry.mode {
-        0o120000 => meta.file_type().is_symlink(),
-        0o160000 => meta.is_dir(),
-        mode => meta.is_file() && (meta.mode() & 0o111 != 0) == (mode == 0o100755),
-    };
-    if !kind_ok {
-        return false;
-    }
-    entry.mode == 0o160000
-        || (meta.size() as u32 == entry.file_size
-            && meta.mtime() as i32 == entry.mtime.seconds()
-            && meta.mtime_nsec() as u32 == entry.mtime.nanoseconds()
-            && meta.ino() as u32 == entry.ino)
 }
 
 /// Removes a file, symlink or folder, never following a symlink.
@@ -639,14 +680,14 @@ fn remove_empty_parents(release: &Path, path: &Path) {
 
 /// Removes what the tree does not track; returns how many entries went.
 /// `lstat`s each entry's file, on a few threads: whether each is as the index recorded it.
-fn stat_all(release: &Path, entries: &[IndexEntry]) -> Vec<bool> {
+fn stat_all(release: &Path, entries: &[Entry]) -> Vec<bool> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
     if threads == 1 || entries.len() < 1000 {
         return entries
             .iter()
-            .map(|e| unchanged_on_disk(&release.join(std::ffi::OsStr::from_bytes(&e.path)), e))
+            .map(|e| e.unchanged_at(&release.join(std::ffi::OsStr::from_bytes(&e.path))))
             .collect();
     }
     let chunk = entries.len().div_ceil(threads);
@@ -657,10 +698,7 @@ fn stat_all(release: &Path, entries: &[IndexEntry]) -> Vec<bool> {
                 scope.spawn(move || {
                     part.iter()
                         .map(|e| {
-                            unchanged_on_disk(
-                                &release.join(std::ffi::OsStr::from_bytes(&e.path)),
-                                e,
-                            )
+                            e.unchanged_at(&release.join(std::ffi::OsStr::from_bytes(&e.path)))
                         })
                         .collect::<Vec<bool>>()
                 })
@@ -679,7 +717,7 @@ fn stat_all(release: &Path, entries: &[IndexEntry]) -> Vec<bool> {
 fn remove_untracked_where_moved(
     release: &Path,
     stamps: &Stamps,
-    tracked: &std::collections::HashSet<&[u8]>,
+    tracked: &ReleaseIndex,
     folders: &std::collections::HashSet<Vec<u8>>,
     old_folders: &std::collections::HashSet<Vec<u8>>,
 ) -> Result<usize> {
@@ -722,7 +760,7 @@ fn remove_untracked_where_moved(
 fn remove_untracked(
     release: &Path,
     rel: &Path,
-    tracked: &std::collections::HashSet<&[u8]>,
+    tracked: &ReleaseIndex,
     folders: &std::collections::HashSet<Vec<u8>>,
 ) -> Result<usize> {
     let dir = release.join(rel);

@@ -21,9 +21,11 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::index::ReleaseIndex;
 use crate::layout::Layout;
 use crate::process::{self, Cmd};
 use crate::release;
+use crate::stamps::Stamps;
 
 /// The spare's id in `releases/` and `.ats-hook/index/`.
 pub const SPARE: &str = ".spare";
@@ -229,7 +231,37 @@ pub fn prepare(repo_dir: &Path, config: &Config, commit: &str) -> Result<()> {
         err
     });
     drop(lock);
-    outcome
+    outcome?;
+    stamp_when_settled(&layout, commit)
+}
+
+/// Stamps the spare's folders once their times are old enough to be trusted (see `stamps`), so
+/// that the push that takes the spare lists only the folders that moved. Nothing waits for
+/// this: a push that takes the spare before lists every folder, and one that comes during the
+/// wait finds the spare free.
+fn stamp_when_settled(layout: &Layout, commit: &str) -> Result<()> {
+    let settled = std::time::Instant::now() + crate::stamps::RACY;
+    while std::time::Instant::now() < settled {
+        if process::stop_requested() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let Some(_lock) = try_lock(layout, false)? else {
+        return Ok(());
+    };
+    if state(layout).commit.as_deref() != Some(commit) || !layout.release(SPARE).is_dir() {
+        return Ok(());
+    }
+    let index = ReleaseIndex::load(&layout.index_file(SPARE))?;
+    if index.commit.to_string() != commit {
+        return Ok(());
+    }
+    Stamps::record(
+        &layout.release(SPARE),
+        index.folders().iter().map(Vec::as_slice),
+        &layout.stamps_file(SPARE),
+    )
 }
 
 /// Whether `commit` is what `current` holds, as the history says.
@@ -257,9 +289,14 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    if layout.release(SPARE).is_dir() && layout.index_file(SPARE).is_file() {
+    let old = layout
+        .release(SPARE)
+        .is_dir()
+        .then(|| release::readable_index(&repo, layout, SPARE).ok())
+        .flatten();
+    if let Some(old) = old {
         // The old spare, brought to the new commit: only what changed is written.
-        release::update(&repo, layout, SPARE, PREPARING, id, &[], &[])?;
+        release::update(&repo, layout, SPARE, old, PREPARING, id, &[], &[])?;
     } else {
         remove(layout, SPARE)?;
         release::materialize(

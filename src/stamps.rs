@@ -33,7 +33,7 @@ pub struct Stamp {
 pub struct Stamps(HashMap<Vec<u8>, Stamp>);
 
 /// How recent a folder's change may be for its stamp to be trusted.
-const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+pub const RACY: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn stamp_of(path: &Path) -> Option<Stamp> {
     let meta = fs::symlink_metadata(path).ok()?;

@@ -505,3 +505,72 @@ fn untracked_entries_go_even_where_a_release_is_stamped() {
     assert_release_is(&repo, &built, record["commit"].as_str().unwrap(), &[]);
     assert!(!built.join("gone").exists());
 }
+
+/// An old release whose index cannot be trusted (git's own format, as earlier versions of
+/// ats-hook wrote it, or a damaged file) is not built from: the push checks its tree out whole,
+/// says why, and goes live as usual.
+#[test]
+fn a_release_with_an_unreadable_index_is_not_built_from() {
+    let server = Server::new();
+    server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n");
+    let clone = server.clone("work");
+    clone.write("lib/util.py", "x = 1\n");
+    for n in 0..3 {
+        clone.commit_file("app.py", &format!("{n}\n"));
+        clone.push().success();
+    }
+    // Every release's index damaged (a byte flipped in the middle), then in git's own format.
+    let indexes = |server: &Server| -> Vec<std::path::PathBuf> {
+        server
+            .releases()
+            .iter()
+            .map(|id| server.root.join(format!(".ats-hook/index/{id}")))
+            .collect()
+    };
+    for index in indexes(&server) {
+        let mut bytes = std::fs::read(&index).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&index, bytes).unwrap();
+    }
+    clone.commit_file("app.py", "3\n");
+    clone
+        .push()
+        .success()
+        .stderr_has("the file is damaged; checking the tree out whole")
+        .stderr_has("checked out 2 files");
+    assert_eq!(server.live_file("app.py"), "3\n");
+    assert_eq!(server.live_file("lib/util.py"), "x = 1\n");
+    assert!(server.last_record()["built_from"].is_null());
+
+    for index in indexes(&server) {
+        std::fs::write(&index, b"DIRC\x00\x00\x00\x02\x00\x00\x00\x00").unwrap();
+    }
+    clone.commit_file("app.py", "4\n");
+    clone
+        .push()
+        .success()
+        .stderr_has(
+            "is unreadable: not an index of this version of ats-hook; checking the tree out whole",
+        )
+        .stderr_has("checked out 2 files");
+    assert_eq!(server.live_file("app.py"), "4\n");
+
+    // Once pruning has taken those, the releases made since are built from again.
+    let mut built_from = None;
+    for n in 5..9 {
+        clone.commit_file("app.py", &format!("{n}\n"));
+        clone.push().success();
+        assert_eq!(server.live_file("app.py"), format!("{n}\n"));
+        built_from = server.last_record()["built_from"]
+            .as_str()
+            .map(String::from);
+        if built_from.is_some() {
+            break;
+        }
+    }
+    assert!(
+        built_from.is_some(),
+        "never built from an old release again"
+    );
+}

@@ -67,11 +67,20 @@ fn the_second_push_on_a_new_server_builds_from_the_spare() {
         .ats(&["status"])
         .success()
         .stdout_has(&format!("spare:       ready, holding {}", &v1[..7]));
+    // Once its folders' times can be trusted, the spare is stamped: the release itself and
+    // its 40 folders, so the push that takes it lists only the folders that moved.
+    let stamps = server.root.join(".ats-hook/index/.spare.folders");
+    wait_for("the spare's stamps", Duration::from_secs(20), || {
+        std::fs::read_to_string(&stamps).is_ok_and(|s| s.lines().count() == 41)
+    });
+    // Something written into the spare after that moves its folder's time, and goes.
+    std::fs::write(server.root.join("releases/.spare/d3/stray.txt"), "x").unwrap();
     clone.commit_file("app.py", "2\n");
     clone
         .push()
         .success()
-        .stderr_has("built from the spare release: 1 file written, 0 removed");
+        .stderr_has("built from the spare release: 1 file written, 0 removed, 1 untracked removed");
+    assert!(!server.root.join("current/d3/stray.txt").exists());
     assert_eq!(server.last_record()["built_from"], "spare");
     assert_live_is(&server, &clone);
     // The spare is a release no more; the next one follows the new live commit.
