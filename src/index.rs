@@ -36,11 +36,9 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entry for what was just written at `path` (`rel` in the release).
-    pub fn written(path: &Path, rel: &str, mode: u32, id: Oid) -> Result<Entry> {
-        let meta = fs::symlink_metadata(path)
-            .with_context(|| format!("failed to stat `{}`", path.display()))?;
-        Ok(Entry {
+    /// The entry for `rel` in the release, as `meta` says it is on disk.
+    pub fn new(rel: &str, mode: u32, id: Oid, meta: &fs::Metadata) -> Entry {
+        Entry {
             path: rel.as_bytes().to_vec(),
             mode,
             id,
@@ -48,7 +46,7 @@ impl Entry {
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec() as u32,
             ino: meta.ino(),
-        })
+        }
     }
 
     /// Whether the file at `path` is as it was written: same type, executable bit, size,

@@ -114,9 +114,12 @@ pub fn materialize(
             }
         }
         let path = dir.join(rel);
-        stats.bytes += write_blob_or_gitlink(repo, &path, rel, *mode, *id)?;
+        let entry = write_entry(repo, &path, rel, *mode, *id)?;
+        if *mode != 0o160000 {
+            stats.bytes += entry.size;
+        }
         stats.files += 1;
-        entries.push(Entry::written(&path, rel, *mode, *id)?);
+        entries.push(entry);
     }
     tracing::debug!("wrote the files in {:?}", started.elapsed());
     ReleaseIndex::new(commit.id(), entries).save(index_path)?;
@@ -124,8 +127,15 @@ pub fn materialize(
     Ok(stats)
 }
 
-/// Writes one file or symlink of the tree at `path`, which must not exist. Returns its size.
-fn write_blob(repo: &Repository, path: &Path, rel: &str, mode: u32, id: Oid) -> Result<u64> {
+/// Writes one file or symlink of the tree at `path`, which must not exist. Returns how it is
+/// on disk now.
+fn write_blob(
+    repo: &Repository,
+    path: &Path,
+    rel: &str,
+    mode: u32,
+    id: Oid,
+) -> Result<fs::Metadata> {
     let blob = repo
         .find_blob(id)
         .with_context(|| format!("failed to read blob of `{rel}`"))?;
@@ -133,6 +143,7 @@ fn write_blob(repo: &Repository, path: &Path, rel: &str, mode: u32, id: Oid) -> 
         let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(blob.content());
         std::os::unix::fs::symlink(target, path)
             .with_context(|| format!("failed to create symlink `{}`", path.display()))?;
+        fs::symlink_metadata(path)
     } else {
         let mut file = OpenOptions::new()
             .write(true)
@@ -142,8 +153,10 @@ fn write_blob(repo: &Repository, path: &Path, rel: &str, mode: u32, id: Oid) -> 
             .with_context(|| format!("failed to create `{}`", path.display()))?;
         file.write_all(blob.content())
             .with_context(|| format!("failed to write `{}`", path.display()))?;
+        // Through the open file: no second walk of the path.
+        file.metadata()
     }
-    Ok(blob.size() as u64)
+    .with_context(|| format!("failed to stat `{}`", path.display()))
 }
 
 /// A tree entry's name, refused unless it is one plain path component (no `..`, `/`, `.git`):
@@ -461,8 +474,7 @@ pub fn update(
         let path = dir.join(rel);
         make_parents(&dir, Path::new(rel), InTheWay::Replace)?;
         remove_any(&path)?;
-        write_blob_or_gitlink(repo, &path, rel, *mode, *id)?;
-        added.push(Entry::written(&path, rel, *mode, *id)?);
+        added.push(write_entry(repo, &path, rel, *mode, *id)?);
     }
     update.written = changes.written.len() + repairs.len();
     let old_folders = old.folders();
@@ -603,25 +615,22 @@ fn collect_tree(
     Ok(())
 }
 
-/// Writes one entry of the tree; a submodule becomes an empty folder. Returns its size.
-fn write_blob_or_gitlink(
-    repo: &Repository,
-    path: &Path,
-    rel: &str,
-    mode: u32,
-    id: Oid,
-) -> Result<u64> {
-    match mode {
-        0o100644 | 0o100755 | 0o120000 => write_blob(repo, path, rel, mode, id),
+/// Writes one entry of the tree (a submodule becomes an empty folder), and returns its entry
+/// for the index.
+fn write_entry(repo: &Repository, path: &Path, rel: &str, mode: u32, id: Oid) -> Result<Entry> {
+    let meta = match mode {
+        0o100644 | 0o100755 | 0o120000 => write_blob(repo, path, rel, mode, id)?,
         0o160000 => {
             // Its folder exists; its content is not part of this commit.
             fs::create_dir(path)
                 .with_context(|| format!("failed to create `{}`", path.display()))?;
             output::warn(format!("submodule `{rel}` is left empty"));
-            Ok(0)
+            fs::symlink_metadata(path)
+                .with_context(|| format!("failed to stat `{}`", path.display()))?
         }
         other => bail!("`{rel}` has an unknown file mode {other:o}"),
-    }
+    };
+    Ok(Entry::new(rel, mode, id, &meta))
 }
 
 /// Removes a file, symlink or folder, never following a symlink.
