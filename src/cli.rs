@@ -52,6 +52,15 @@ pub enum Command {
         /// Print the plan (release, steps, restart, health) and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Skip a step the config marks `skippable` (repeatable), as `git push -o ats.skip=STEP`
+        #[arg(long, value_name = "STEP")]
+        skip: Vec<String>,
+        /// Switch without restarting the app, as `git push -o ats.no-restart`
+        #[arg(long)]
+        no_restart: bool,
+        /// A note for the history, as `git push -o ats.note=TEXT`
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
         #[command(flatten)]
         location: Location,
     },

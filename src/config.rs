@@ -110,6 +110,9 @@ pub struct Step {
     /// For an `after_switch` step: whether its failure switches back to the previous release.
     #[serde(default)]
     pub rollback_on_failure: bool,
+    /// Whether a push may skip it (`git push -o ats.skip=<name>`).
+    #[serde(default)]
+    pub skippable: bool,
     /// What the step builds (`.venv`, `node_modules`): kept in the output store under a key
     /// made of the step's `run`, these paths, its `inputs` at the pushed commit and its `key`
     /// command's output, and linked into every release with that key. When the key was built
@@ -146,6 +149,9 @@ impl Step {
         }
         if self.after_switch {
             bail!("`step.outputs` of step `{name}`: a step with outputs runs before the switch, not with `after_switch`");
+        }
+        if self.skippable {
+            bail!("`step.skippable` of step `{name}`: a step with outputs cannot be skipped, or the release would lack them; it already does not run while its key is unchanged");
         }
         if self.key.as_deref().is_some_and(|key| key.trim().is_empty()) {
             bail!("`step.key` of step `{name}` is empty");

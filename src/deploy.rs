@@ -20,6 +20,7 @@ use crate::lock::{self, DeployLock, Holder};
 use crate::output::{self, seconds, short};
 use crate::outputs::Store;
 use crate::process;
+use crate::push_options::PushOptions;
 use crate::record::{self, Action, DeployRecord, State, StepRecord};
 use crate::refs::short_ref;
 use crate::select::Target;
@@ -87,6 +88,10 @@ struct Session {
     sync: Option<Duration>,
     /// How much step output the run's log keeps.
     log_limit: u64,
+    /// What the push asked for (`git push -o ats.…`).
+    options: PushOptions,
+    /// The subject line of the commit going live.
+    subject: Option<String>,
     _output: Option<output::DeployGuard>,
 }
 
@@ -184,6 +189,8 @@ impl Session {
             checkout: None,
             sync: None,
             log_limit: config.deploy.log_limit.0,
+            options: PushOptions::default(),
+            subject: None,
             _output: None,
         })
     }
@@ -231,6 +238,7 @@ impl Session {
             git_ref: self.holder.git_ref.clone(),
             old_commit: old.map(|oid| oid.to_string()),
             commit: self.holder.commit.clone(),
+            subject: self.subject.clone(),
             release: release.to_string(),
             previous_release: self.previous_release.clone(),
             built_from: self.built_from.clone(),
@@ -241,6 +249,8 @@ impl Session {
             error: None,
             steps: Vec::new(),
             pusher: self.holder.pusher.clone(),
+            note: self.options.note.clone(),
+            no_restart: self.options.no_restart,
             started_at: rfc3339(self.started),
             finished_at: rfc3339(SystemTime::now()),
             duration_ms: self.clock.elapsed().as_millis() as u64,
@@ -349,9 +359,15 @@ pub fn deploy(
     config: &Config,
     target: &Target,
     trigger: Trigger,
+    options: &PushOptions,
 ) -> Result<ExitCode> {
     let commit = target.commit.to_string();
     let mut session = Session::lock(config, &commit, &target.git_ref)?;
+    session.options = options.clone();
+    session.subject = repo.find_commit(target.commit).ok().and_then(|c| {
+        c.summary_bytes()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+    });
     let id = release::new_id(&session.layout, target.commit, SystemTime::now());
     if let Err(err) = session.start(id) {
         return Err(session.abandon(err));
@@ -362,6 +378,12 @@ pub fn deploy(
         short(&commit),
         short_ref(&target.git_ref)
     ));
+    if let Some(asked) = options.describe() {
+        output::say(format!("the push asks: {asked}"));
+    }
+    if let Some(note) = &options.note {
+        output::say(format!("note: {note}"));
+    }
 
     let mut steps = Vec::new();
     let mut outcome = match trigger {
@@ -463,7 +485,7 @@ fn pipeline(
     }
 
     let previous_commit = session.previous_commit.clone();
-    let env = environment(
+    let mut env = environment(
         config,
         &layout,
         &id,
@@ -471,6 +493,9 @@ fn pipeline(
         previous_commit.as_deref(),
         &target.git_ref,
     )?;
+    if let Some(note) = &session.options.note {
+        env.insert("ATS_PUSH_NOTE".to_string(), note.clone());
+    }
     let tree = repo
         .find_commit(target.commit)
         .and_then(|commit| commit.tree())
@@ -483,6 +508,7 @@ fn pipeline(
         release_dir: &dir,
         tree: &tree,
         env: &env,
+        options: &session.options,
         records: Vec::new(),
         timings: Vec::new(),
     };
@@ -516,6 +542,10 @@ fn pipeline(
 
     let width = steps::prefix_width(config);
     for step in config.steps_after_switch() {
+        if session.options.skips(step.name.as_str()) {
+            steps.push(steps::skipped(step));
+            continue;
+        }
         let (record, exit) = steps::run(step, &layout.current(), &env, width)?;
         session.timings.push((
             step.name.to_string(),
@@ -695,14 +725,18 @@ fn go_live(
     release::switch_current(&layout, release)?;
     output::say(format!("switched current to {release}"));
     let width = steps::prefix_width(config);
+    let no_restart = session.options.no_restart;
+    // Without a restart, the old release's processes are meant to stay.
     let old = match (&config.health, &session.previous_release) {
-        (Some(_), Some(previous)) => Some(health::OldProcesses::before_restart(
+        (Some(_), Some(previous)) if !no_restart => Some(health::OldProcesses::before_restart(
             &layout.release(previous),
         )),
         _ => None,
     };
 
-    if !config.restart.is_empty() {
+    if no_restart && !config.restart.is_empty() {
+        output::say("restart skipped: the push asked for `ats.no-restart`");
+    } else if !config.restart.is_empty() {
         live_stage(config, session, "restart", "restart", |session| {
             let was_live = session.previous_release.as_deref();
             let was_live = was_live.map(|id| layout.release(id));
@@ -795,6 +829,7 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
         Err(err) => return Err(session.abandon(err)),
     };
     let made = record::deploy_of(&session.records, &target).expect("rollback targets went live");
+    session.subject = made.subject.clone();
     let (commit, git_ref) = (made.commit.clone(), made.git_ref.clone());
     session.holder.commit = commit.clone();
     session.holder.git_ref = git_ref.clone();
@@ -893,6 +928,7 @@ pub fn plan(
     repo: &Repository,
     config: &Config,
     target: &Target,
+    options: &PushOptions,
     out: &mut dyn std::io::Write,
 ) -> Result<()> {
     let layout = Layout::new(&config.deploy.root);
@@ -910,5 +946,15 @@ pub fn plan(
         writeln!(out, "lock:      held by {lock}; the deploy would wait")?;
     }
     crate::cmd::write_plan(config, out)?;
-    crate::cmd::write_outputs_plan(config, repo, target.commit, &target.git_ref, out)
+    crate::cmd::write_outputs_plan(config, repo, target.commit, &target.git_ref, out)?;
+    for step in &options.skip {
+        writeln!(out, "skipped:   step {step}, as asked")?;
+    }
+    if options.no_restart {
+        writeln!(out, "restart:   skipped, as asked")?;
+    }
+    if let Some(note) = &options.note {
+        writeln!(out, "note:      {note}")?;
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ pub mod outputs;
 pub mod process;
 pub mod procs;
 pub mod prune;
+pub mod push_options;
 pub mod record;
 pub mod recover;
 pub mod refs;

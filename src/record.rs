@@ -44,7 +44,8 @@ pub enum StepStatus {
     Interrupted,
     /// Its outputs were already built for the same key, and linked into the release.
     Reused,
-    /// Recorded by earlier versions, which skipped a step whose inputs were unchanged.
+    /// Skipped because the push asked (`ats.skip`); earlier versions also recorded this for a
+    /// step whose inputs were unchanged.
     Skipped,
 }
 
@@ -95,6 +96,9 @@ pub struct DeployRecord {
     pub git_ref: String,
     pub old_commit: Option<String>,
     pub commit: String,
+    /// The commit's subject line, as the history shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub release: String,
     /// The release that was live when this deploy started.
     pub previous_release: Option<String>,
@@ -115,6 +119,12 @@ pub struct DeployRecord {
     pub error: Option<String>,
     pub steps: Vec<StepRecord>,
     pub pusher: String,
+    /// The push's note (`git push -o ats.note=…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Whether the push asked not to restart the app (`ats.no-restart`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_restart: bool,
     pub started_at: String,
     pub finished_at: String,
     pub duration_ms: u64,

@@ -19,6 +19,7 @@ use crate::config::{Config, Step};
 use crate::output::{self, seconds};
 use crate::outputs::{self, Build, Key, Store};
 use crate::process::{self, Cmd, Exit};
+use crate::push_options::PushOptions;
 use crate::record::{StepOutput, StepRecord, StepStatus};
 
 /// What the deploy tells its steps about itself.
@@ -120,6 +121,22 @@ pub fn run(
     Ok((record, finished.exit))
 }
 
+/// The record of a step the push asked to skip (`ats.skip`), which it says.
+pub fn skipped(step: &Step) -> StepRecord {
+    output::say(format!(
+        "{}: skipped, as the push asked (`ats.skip={}`)",
+        step.name, step.name
+    ));
+    StepRecord {
+        name: step.name.to_string(),
+        status: StepStatus::Skipped,
+        exit_code: None,
+        duration_ms: 0,
+        inputs: None,
+        output: None,
+    }
+}
+
 /// Why the steps before the switch stopped short.
 pub enum Stopped {
     Failed { name: String, exit: Exit },
@@ -134,6 +151,8 @@ pub struct BeforeSwitch<'a> {
     pub release_dir: &'a Path,
     pub tree: &'a git2::Tree<'a>,
     pub env: &'a BTreeMap<String, String>,
+    /// What the push asked for: steps to skip.
+    pub options: &'a PushOptions,
     /// Each step's record, in order.
     pub records: Vec<StepRecord>,
     /// Each step's time, for the summary line.
@@ -149,6 +168,10 @@ impl BeforeSwitch<'_> {
                 return Ok(Some(Stopped::Interrupted {
                     before: step.name.to_string(),
                 }));
+            }
+            if self.options.skips(step.name.as_str()) {
+                self.records.push(skipped(step));
+                continue;
             }
             let (record, exit) = if step.has_outputs() {
                 self.build_or_reuse(step, width)?

@@ -450,3 +450,46 @@ fn the_pusher_reads_status_releases_and_log_and_rolls_back_only_with_a_key_that_
     }
     assert!(!marker.exists(), "a refused command ran");
 }
+
+/// Push options go through the SSH gate as git sent them: the note arrives byte for byte, and
+/// a skip and a bad option act as they do on a local push.
+#[test]
+fn push_options_pass_through_the_ssh_gate_unchanged() {
+    let config = format!("{CONFIG}skippable = true\n");
+    let setup = SshSetup::new("post-receive", &config);
+    let clone = setup.clone();
+    let sha = clone.commit_file("app.py", "1\n");
+    let note = "release 1.2 — $(touch /tmp/ats-hook-pwned) 'quoted' \"double\"";
+    git_over_ssh(
+        &clone,
+        &setup.ssh(),
+        &[
+            "push",
+            "-o",
+            &format!("ats.note={note}"),
+            "-o",
+            "ats.skip=build",
+            "staging",
+            "main",
+        ],
+    )
+    .success()
+    .stderr_has("build: skipped, as the push asked")
+    .stderr_has(&format!("remote: ats-hook: deployed {}", &sha[..7]));
+    let history = std::fs::read_to_string(setup.root.join(".ats-hook/deploys.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(history.lines().last().unwrap()).unwrap();
+    assert_eq!(record["note"], note);
+    assert_eq!(record["steps"][0]["status"], "skipped");
+    assert!(!setup.root.join("current/version.txt").exists());
+    assert!(!Path::new("/tmp/ats-hook-pwned").exists());
+
+    clone.commit_file("app.py", "2\n");
+    git_over_ssh(
+        &clone,
+        &setup.ssh(),
+        &["push", "-o", "ats.restart-please", "staging", "main"],
+    )
+    .stderr_has("nothing deployed: unknown push option `ats.restart-please`");
+    assert_eq!(record["commit"], sha.as_str());
+    assert_eq!(history.lines().count(), 1);
+}

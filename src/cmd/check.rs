@@ -15,6 +15,17 @@ use crate::refs::short_ref;
 pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
     let config = super::load(location)?;
     write_plan(&config, out)?;
+    if let Ok(repo) = super::repo_dir(location) {
+        let is_repo = repo.join("objects").is_dir() && repo.join("config").is_file();
+        if is_repo && !super::install::advertises_push_options(&repo) {
+            writeln!(
+                out,
+                "push options: not advertised, so `git push -o ats.…` fails (\"the receiving end does not support push options\"); fix: `git -C {} config {} true` (`ats-hook install` sets it)",
+                repo.display(),
+                super::install::PUSH_OPTIONS
+            )?;
+        }
+    }
     if config.steps.iter().any(|step| step.has_outputs()) {
         // The repository is only read for this part: `check` also serves an admin who cannot
         // open it.

@@ -1,4 +1,5 @@
-//! `ats-hook deploy [REV] [--ref REF]`: a deploy by hand, through the same pipeline as a push.
+//! `ats-hook deploy [REV] [--ref REF] [--skip STEP] [--no-restart] [--note TEXT] [--dry-run]`: a
+//! deploy by hand, through the same pipeline as a push, with the flags a push gives as options.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -7,16 +8,18 @@ use anyhow::{Context, Result};
 
 use crate::cli::Location;
 use crate::deploy::{self, Trigger};
+use crate::push_options::PushOptions;
 use crate::select::Target;
 
 pub fn run(
     location: &Location,
     rev: Option<&str>,
     git_ref: Option<&str>,
-    dry_run: bool,
+    options: &PushOptions,
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
     let (repo, config) = super::open(location)?;
+    options.check(&config)?;
     let git_ref = match git_ref {
         Some(name) if name.starts_with("refs/") => name.to_string(),
         Some(name) => format!("refs/heads/{name}"),
@@ -40,9 +43,9 @@ pub fn run(
         old,
         commit: commit.id(),
     };
-    if dry_run {
-        deploy::plan(&repo, &config, &target, out)?;
+    if options.dry_run {
+        deploy::plan(&repo, &config, &target, options, out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    deploy::deploy(&repo, &config, &target, Trigger::Manual)
+    deploy::deploy(&repo, &config, &target, Trigger::Manual, options)
 }

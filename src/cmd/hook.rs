@@ -6,17 +6,48 @@
 use std::io::BufRead;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::Location;
 use crate::deploy::Trigger;
-use crate::{deploy, refs, select};
+use crate::push_options::PushOptions;
+use crate::{deploy, output, refs, select};
 
 pub fn run(location: &Location, trigger: Trigger, stdin: impl BufRead) -> Result<ExitCode> {
     let updates = refs::parse(stdin)?;
+    let refused = if trigger == Trigger::PreReceive {
+        "push rejected, nothing deployed"
+    } else {
+        "nothing deployed"
+    };
+    let options = PushOptions::from_env().context(refused)?;
     let (repo, config) = super::open(location)?;
-    match select::select(&repo, &config, &updates)? {
-        Some(target) => deploy::deploy(&repo, &config, &target, trigger),
-        None => Ok(ExitCode::SUCCESS),
+    options.check(&config).context(refused)?;
+    let Some(target) = select::select(&repo, &config, &updates)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !options.dry_run {
+        return deploy::deploy(&repo, &config, &target, trigger, &options);
+    }
+    let mut plan = Vec::new();
+    deploy::plan(&repo, &config, &target, &options, &mut plan)?;
+    for line in String::from_utf8_lossy(&plan).lines() {
+        output::say(format!("dry run: {line}"));
+    }
+    let commit = target.commit.to_string();
+    if trigger == Trigger::PreReceive {
+        output::say(format!(
+            "dry run: nothing deployed, and the push is rejected so that `{}` stays where it was",
+            refs::short_ref(&target.git_ref)
+        ));
+        Ok(ExitCode::FAILURE)
+    } else {
+        output::say(format!(
+            "dry run: nothing deployed; `{}` is at {} now: deploy it with your next push, or with `ats-hook deploy {}` on the server",
+            refs::short_ref(&target.git_ref),
+            output::short(&commit),
+            output::short(&commit)
+        ));
+        Ok(ExitCode::SUCCESS)
     }
 }

@@ -47,6 +47,8 @@ enum Change {
     CreateDir(PathBuf),
     /// An empty env file, mode 0600, for the secrets the config reads from it.
     CreateEnvFile(PathBuf),
+    /// `receive.advertisePushOptions`, without which `git push -o` fails.
+    AdvertisePushOptions(PathBuf),
     Chown {
         path: PathBuf,
         uid: u32,
@@ -86,6 +88,10 @@ impl Change {
             Change::CreateEnvFile(path) => format!(
                 "create the empty env file `{}` (mode 0600) for the app's settings and secrets",
                 path.display()
+            ),
+            Change::AdvertisePushOptions(repo) => format!(
+                "set `receive.advertisePushOptions` in `{}`, so pushes can pass `-o ats.…`",
+                repo.display()
             ),
             Change::Chown { path, user, .. } => format!("give `{}` to `{user}`", path.display()),
         }
@@ -142,10 +148,26 @@ impl Change {
                     .open(path)
                     .with_context(|| format!("failed to create `{}`", path.display()))?;
             }
+            Change::AdvertisePushOptions(repo) => Repository::open_bare(repo)
+                .and_then(|repo| repo.config())
+                .and_then(|mut config| config.set_bool(PUSH_OPTIONS, true))
+                .with_context(|| {
+                    format!("failed to set `{PUSH_OPTIONS}` in `{}`", repo.display())
+                })?,
             Change::Chown { path, uid, gid, .. } => chown_tree(path, *uid, *gid)?,
         }
         Ok(())
     }
+}
+
+/// The setting that lets pushes pass options (`git push -o`) to the hooks.
+pub const PUSH_OPTIONS: &str = "receive.advertisePushOptions";
+
+/// Whether the bare repository `repo` lets pushes pass options; false when it does not exist.
+pub fn advertises_push_options(repo: &Path) -> bool {
+    git2::Config::open(&repo.join("config"))
+        .and_then(|config| config.get_bool(PUSH_OPTIONS))
+        .unwrap_or(false)
 }
 
 pub fn run(options: &Options<'_>, out: &mut dyn Write) -> Result<ExitCode> {
@@ -212,6 +234,10 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
         RepoKind::OtherFolder => {
             bail!("`{}` is a folder but not a git repository; refusing to touch it", repo.display())
         }
+    }
+
+    if !advertises_push_options(&repo) {
+        changes.push(Change::AdvertisePushOptions(repo.clone()));
     }
 
     let root = match options.root {

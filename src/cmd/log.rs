@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::Location;
 use crate::layout::Layout;
-use crate::output::short;
+use crate::output::{seconds, short};
 use crate::record::{self, Action, DeployRecord};
 use crate::refs::short_ref;
 
@@ -45,13 +45,14 @@ pub fn run(
                 .unwrap_or_default();
             writeln!(
                 out,
-                "{:width$}  {what}  {:11}  {} ({})  by {}  {:.1}s{why}",
+                "{:width$}  {what}  {:11}  {} ({})  {:>6}  by {}{}{why}",
                 r.id,
                 r.state.as_str(),
                 short(&r.commit),
                 short_ref(&r.git_ref),
+                seconds(std::time::Duration::from_millis(r.duration_ms)),
                 r.pusher,
-                r.duration_ms as f64 / 1000.0
+                about(r)
             )?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -97,5 +98,27 @@ fn find<'a>(records: &'a [DeployRecord], wanted: &'a str) -> (&'a str, Option<&'
     match found {
         Some(record) => (record.id.as_str(), Some(record)),
         None => (wanted, None),
+    }
+}
+
+/// `  "Fix the login form" (note: hotfix for the release)`: what a person reads a deploy by.
+pub fn about(record: &DeployRecord) -> String {
+    let mut text = String::new();
+    if let Some(subject) = &record.subject {
+        text.push_str(&format!("  \"{}\"", clip(subject, 60)));
+    }
+    if let Some(note) = &record.note {
+        text.push_str(&format!("  (note: {})", clip(note, 80)));
+    }
+    text
+}
+
+/// `text`, cut to `max` characters with `…` when longer.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(max - 1).collect();
+        format!("{cut}…")
     }
 }

@@ -25,6 +25,7 @@ use git2::Repository;
 use crate::cli::{Command, KeysAction, Location, RemoteAction};
 use crate::config::Config;
 use crate::deploy::Trigger;
+use crate::push_options::PushOptions;
 
 pub fn run(command: Command) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
@@ -39,14 +40,28 @@ pub fn run(command: Command) -> Result<ExitCode> {
             rev,
             git_ref,
             dry_run,
+            skip,
+            no_restart,
+            note,
             location,
-        } => deploy::run(
-            &location,
-            rev.as_deref(),
-            git_ref.as_deref(),
-            dry_run,
-            &mut stdout,
-        ),
+        } => {
+            let mut options = PushOptions {
+                skip,
+                no_restart,
+                dry_run,
+                note: None,
+            };
+            if let Some(note) = note {
+                options.set_note(&note)?;
+            }
+            deploy::run(
+                &location,
+                rev.as_deref(),
+                git_ref.as_deref(),
+                &options,
+                &mut stdout,
+            )
+        }
         Command::Rollback {
             remote: Some(name),
             release,

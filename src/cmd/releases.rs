@@ -21,6 +21,10 @@ struct ReleaseInfo {
     /// The state of the deploy that made it; `unknown` when the history has no such deploy.
     state: String,
     created: Option<String>,
+    /// Who pushed it, its commit's subject line, and the push's note.
+    pusher: Option<String>,
+    subject: Option<String>,
+    note: Option<String>,
     live: bool,
     rollback_target: bool,
     /// The stored builds its outputs link to.
@@ -53,6 +57,9 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
                 git_ref: made.map(|r| r.git_ref.clone()),
                 state: made.map_or("unknown", |r| r.state.as_str()).to_string(),
                 created: made.map(|r| r.started_at.clone()),
+                pusher: made.map(|r| r.pusher.clone()),
+                subject: made.and_then(|r| r.subject.clone()),
+                note: made.and_then(|r| r.note.clone()),
                 live: live.as_deref() == Some(id),
                 rollback_target: rollback.as_deref() == Some(id),
                 outputs: record::outputs_of(&records, id)
@@ -76,10 +83,16 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         return Ok(ExitCode::SUCCESS);
     }
     let width = releases.iter().map(|r| r.id.len()).max().unwrap_or(0);
+    let by_width = releases
+        .iter()
+        .map(|r| r.pusher.as_deref().map_or(1, str::len))
+        .max()
+        .unwrap_or(0)
+        .max(2);
     writeln!(
         out,
-        "  {:width$}  {:7}  {:12}  {:11}  {:20}  OUTPUTS",
-        "RELEASE", "COMMIT", "REF", "STATE", "CREATED"
+        "  {:width$}  {:7}  {:12}  {:11}  {:20}  {:by_width$}  OUTPUTS",
+        "RELEASE", "COMMIT", "REF", "STATE", "CREATED", "BY"
     )?;
     for release in &releases {
         let marker = if release.live { "*" } else { " " };
@@ -102,12 +115,16 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         };
         writeln!(
             out,
-            "{marker} {:width$}  {:7}  {:12}  {:11}  {:20}  {outputs}{note}",
+            "{marker} {:width$}  {:7}  {:12}  {:11}  {:20}  {:by_width$}  {outputs}{note}{}",
             release.id,
             release.commit.as_deref().map(short).unwrap_or("-"),
             release.git_ref.as_deref().map(short_ref).unwrap_or("-"),
             release.state,
             release.created.as_deref().unwrap_or("-"),
+            release.pusher.as_deref().unwrap_or("-"),
+            record::deploy_of(&records, &release.id)
+                .map(super::log::about)
+                .unwrap_or_default(),
         )?;
     }
     Ok(ExitCode::SUCCESS)

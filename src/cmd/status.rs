@@ -42,6 +42,8 @@ struct Live {
     git_ref: Option<String>,
     since: Option<String>,
     pusher: Option<String>,
+    subject: Option<String>,
+    note: Option<String>,
 }
 
 pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
@@ -55,6 +57,8 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             git_ref: record.map(|r| r.git_ref.clone()),
             since: record.map(|r| r.finished_at.clone()),
             pusher: record.map(|r| r.pusher.clone()),
+            subject: record.and_then(|r| r.subject.clone()),
+            note: record.and_then(|r| r.note.clone()),
             release,
         }
     });
@@ -109,8 +113,14 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
                     dead.previous_release.as_deref().unwrap_or("nothing")
                 )?;
             }
+            if let Some(subject) = &live.subject {
+                writeln!(out, "commit:      {subject}")?;
+            }
             if let (Some(since), Some(pusher)) = (&live.since, &live.pusher) {
                 writeln!(out, "since:       {since}, pushed by {pusher}")?;
+            }
+            if let Some(note) = &live.note {
+                writeln!(out, "note:        {note}")?;
             }
         }
     }
@@ -121,12 +131,14 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         };
         writeln!(
             out,
-            "last deploy: {} {} ({} of {}) at {}{detail}",
+            "last deploy: {} {} ({} of {}) at {} by {}{}{detail}",
             last.id,
             last.state.as_str(),
             short(&last.commit),
             short_ref(&last.git_ref),
-            last.finished_at
+            last.finished_at,
+            last.pusher,
+            super::log::about(last)
         )?;
     }
     match &status.lock {

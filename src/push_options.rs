@@ -1,0 +1,198 @@
+//! Per-deploy flags from `git push -o ats.…`, which git hands to the hooks as
+//! `GIT_PUSH_OPTION_COUNT` and `GIT_PUSH_OPTION_<n>`; `ats-hook deploy` takes the same as flags.
+//!
+//! - `ats.skip=<step>`: skip a step the config marks `skippable` (repeatable);
+//! - `ats.no-restart`: switch without restarting the app;
+//! - `ats.dry-run`: show the plan and deploy nothing (in gate mode, reject the push);
+//! - `ats.note=<text>`: a note kept in the history and shown by `log` and `status`.
+//!
+//! Options outside the `ats.` namespace belong to other hooks and are left alone. An unknown or
+//! malformed `ats.` option is an error before anything runs: the push deploys nothing, and in
+//! gate mode it is rejected. Values reach steps only as environment variables, never on a
+//! command line.
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Config;
+
+/// The longest note kept, in characters: a line in `log`, not a changelog.
+const NOTE_MAX: usize = 500;
+
+/// What a push asked of its deploy.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PushOptions {
+    /// Steps to skip, by name.
+    pub skip: Vec<String>,
+    pub no_restart: bool,
+    pub dry_run: bool,
+    pub note: Option<String>,
+}
+
+impl PushOptions {
+    /// The options git passed to this hook, if any.
+    pub fn from_env() -> Result<PushOptions> {
+        let Ok(count) = std::env::var("GIT_PUSH_OPTION_COUNT") else {
+            return Ok(PushOptions::default());
+        };
+        let count: usize = count
+            .trim()
+            .parse()
+            .with_context(|| format!("git passed a malformed `GIT_PUSH_OPTION_COUNT={count}`"))?;
+        let options = (0..count)
+            .map(|n| {
+                std::env::var(format!("GIT_PUSH_OPTION_{n}"))
+                    .with_context(|| format!("git passed no `GIT_PUSH_OPTION_{n}`"))
+            })
+            .collect::<Result<Vec<String>>>()?;
+        Self::parse(&options)
+    }
+
+    /// Reads `ats.` options, in the form `git push -o` takes them.
+    pub fn parse(options: &[String]) -> Result<PushOptions> {
+        let mut parsed = PushOptions::default();
+        for option in options {
+            let Some(rest) = option.strip_prefix("ats.") else {
+                tracing::debug!("push option `{option}` is not ats-hook's; left alone");
+                continue;
+            };
+            let (name, value) = match rest.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (rest, None),
+            };
+            match (name, value) {
+                ("skip", Some(step)) if !step.trim().is_empty() => {
+                    let step = step.trim().to_string();
+                    if !parsed.skip.contains(&step) {
+                        parsed.skip.push(step);
+                    }
+                }
+                ("skip", _) => bail!("push option `{option}` needs a step: `-o ats.skip=<step>`"),
+                ("no-restart", None) => parsed.no_restart = true,
+                ("dry-run", None) => parsed.dry_run = true,
+                ("no-restart" | "dry-run", Some(_)) => {
+                    bail!("push option `{option}` takes no value: `-o ats.{name}`")
+                }
+                ("note", Some(note)) => parsed.set_note(note)?,
+                ("note", None) => bail!("push option `{option}` needs a text: `-o ats.note=\"…\"`"),
+                _ => bail!(
+                    "unknown push option `{option}`: ats-hook takes `ats.skip=<step>`, `ats.no-restart`, `ats.dry-run` and `ats.note=<text>`"
+                ),
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// Sets the note, refusing an empty, overlong or multi-line one.
+    pub fn set_note(&mut self, note: &str) -> Result<()> {
+        let note = note.trim();
+        if self.note.is_some() {
+            bail!("more than one note: pass `ats.note` once");
+        }
+        if note.is_empty() {
+            bail!("the note is empty");
+        }
+        if note.chars().count() > NOTE_MAX {
+            bail!("the note is longer than {NOTE_MAX} characters");
+        }
+        if note.chars().any(char::is_control) {
+            bail!("the note holds a control character (a newline, a tab …): keep it to one line");
+        }
+        self.note = Some(note.to_string());
+        Ok(())
+    }
+
+    /// Refuses to skip a step the config does not have, or does not mark `skippable`.
+    pub fn check(&self, config: &Config) -> Result<()> {
+        for name in &self.skip {
+            match config.steps.iter().find(|s| s.name.as_str() == name) {
+                None => {
+                    let names: Vec<&str> = config.steps.iter().map(|s| s.name.as_str()).collect();
+                    bail!(
+                        "cannot skip step `{name}`: the config has no such step (it has: {})",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    )
+                }
+                Some(step) if !step.skippable => bail!(
+                    "cannot skip step `{name}`: the config does not mark it `skippable = true`"
+                ),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the push asks to skip `step`.
+    pub fn skips(&self, step: &str) -> bool {
+        self.skip.iter().any(|s| s == step)
+    }
+
+    /// What the pusher asked for, as the output names it: `ats.skip=migrate, ats.no-restart`.
+    pub fn describe(&self) -> Option<String> {
+        let mut parts: Vec<String> = self.skip.iter().map(|s| format!("skip {s}")).collect();
+        if self.no_restart {
+            parts.push("no restart".into());
+        }
+        if self.dry_run {
+            parts.push("dry run".into());
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(options: &[&str]) -> Result<PushOptions> {
+        PushOptions::parse(&options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_in_the_namespace_are_read_and_others_left_alone() {
+        let parsed = parse(&[
+            "ats.skip=assets",
+            "ci.skip",
+            "ats.skip=assets",
+            "ats.skip=migrate",
+            "ats.no-restart",
+            "ats.note=hotfix for #12 = urgent",
+        ])
+        .unwrap();
+        assert_eq!(
+            parsed,
+            PushOptions {
+                skip: vec!["assets".into(), "migrate".into()],
+                no_restart: true,
+                dry_run: false,
+                note: Some("hotfix for #12 = urgent".into()),
+            }
+        );
+        assert!(parse(&["ats.dry-run"]).unwrap().dry_run);
+        assert_eq!(parse(&[]).unwrap(), PushOptions::default());
+    }
+
+    #[test]
+    fn malformed_options_are_refused_with_the_fix() {
+        for (options, error) in [
+            (vec!["ats.skip"], "needs a step"),
+            (vec!["ats.skip="], "needs a step"),
+            (vec!["ats.no-restart=yes"], "takes no value"),
+            (vec!["ats.dry-run=1"], "takes no value"),
+            (vec!["ats.note"], "needs a text"),
+            (vec!["ats.note=  "], "the note is empty"),
+            (vec!["ats.note=a", "ats.note=b"], "more than one note"),
+            (vec!["ats.note=a\tb"], "control character"),
+            (vec!["ats.restart"], "unknown push option `ats.restart`"),
+            (vec!["ats.dry_run"], "unknown push option"),
+        ] {
+            let err = format!("{:#}", parse(&options).unwrap_err());
+            assert!(err.contains(error), "{options:?}: {err}");
+        }
+        let long = format!("ats.note={}", "x".repeat(NOTE_MAX + 1));
+        assert!(parse(&[long.as_str()]).is_err());
+    }
+}
