@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The file name looked up in the bare repository when no other config is named.
 pub const FILE_NAME: &str = "ats-hook.toml";
@@ -31,6 +31,7 @@ pub struct Config {
     #[serde(default)]
     pub restart: Restart,
     pub health: Option<Health>,
+    pub notify: Option<Notify>,
     /// Where this config was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -174,8 +175,14 @@ impl Step {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
-    /// An `http://` URL to GET.
+    /// An `http://` or `https://` URL to GET.
     pub url: Option<String>,
+    /// A PEM file of the CA certificates an `https://` URL's certificate is checked against,
+    /// instead of the system's (a private CA); relative to the deploy root.
+    pub ca_file: Option<PathBuf>,
+    /// Do not check the certificate at all: only for a loopback URL.
+    #[serde(default)]
+    pub insecure: bool,
     /// Or a shell command, run in the live release, that exits 0 when healthy.
     pub command: Option<String>,
     #[serde(default = "default_expect_status")]
@@ -325,6 +332,67 @@ fn default_health_timeout() -> Duration {
 fn default_health_interval() -> Duration {
     Duration(std::time::Duration::from_millis(500))
 }
+/// `[notify]`: who hears about deploys and rollbacks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// A command, run in the deploy root with the deploy's record as JSON on its stdin.
+    pub command: Option<String>,
+    /// An `http://` or `https://` URL the record is POSTed to as JSON. Never printed whole.
+    pub webhook: Option<String>,
+    /// POST `{"text": "…"}` (Slack's incoming webhooks, and the chats that copy them) instead
+    /// of the record.
+    #[serde(default)]
+    pub slack: bool,
+    /// Which outcomes to tell.
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyOn>,
+    /// The limit for each of `command` and `webhook`.
+    #[serde(default = "default_notify_timeout")]
+    pub timeout: Duration,
+    /// A PEM file of CA certificates for an `https://` webhook (a private CA); relative to the
+    /// deploy root.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The outcomes `[notify]` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyOn {
+    /// A deploy that went live.
+    Succeeded,
+    /// A deploy that stopped before going live (a step, an interruption).
+    Failed,
+    /// A deploy that went live, failed its restart, health check or a step after the switch,
+    /// and was switched back.
+    RolledBack,
+    /// `ats-hook rollback`, whatever its outcome.
+    Rollback,
+}
+
+impl NotifyOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyOn::Succeeded => "succeeded",
+            NotifyOn::Failed => "failed",
+            NotifyOn::RolledBack => "rolled-back",
+            NotifyOn::Rollback => "rollback",
+        }
+    }
+}
+
+fn default_notify_on() -> Vec<NotifyOn> {
+    vec![
+        NotifyOn::Succeeded,
+        NotifyOn::Failed,
+        NotifyOn::RolledBack,
+        NotifyOn::Rollback,
+    ]
+}
+fn default_notify_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(10))
+}
+
 fn default_probe_timeout() -> Duration {
     Duration(std::time::Duration::from_secs(5))
 }
@@ -417,10 +485,48 @@ impl Config {
             match (&health.url, &health.command) {
                 (Some(_), Some(_)) => bail!("`health`: set `url` or `command`, not both"),
                 (None, None) => bail!("`health`: set `url` or `command`"),
-                (Some(url), None) if !url.starts_with("http://") => bail!(
-                    "`health.url` `{url}` must start with `http://`: probe the app itself, on loopback"
+                (Some(url), None) if !url.starts_with("http://") && !url.starts_with("https://") => bail!(
+                    "`health.url` `{url}` must start with `http://` or `https://`"
+                ),
+                (Some(url), None) if health.insecure && !crate::http::is_loopback(url) => bail!(
+                    "`health.insecure` is only for a loopback URL (127.0.0.1, ::1, localhost), not `{}`: give the server's CA in `health.ca_file` instead",
+                    crate::http::redact(url)
+                ),
+                (Some(url), None) if !url.starts_with("https://") && (health.insecure || health.ca_file.is_some()) => bail!(
+                    "`health.ca_file` and `health.insecure` are for an `https://` URL"
+                ),
+                (None, Some(_)) if health.insecure || health.ca_file.is_some() => bail!(
+                    "`health.ca_file` and `health.insecure` are for `health.url`, not `command`"
                 ),
                 _ => {}
+            }
+        }
+        if let Some(notify) = &self.notify {
+            if notify.command.is_none() && notify.webhook.is_none() {
+                bail!("`notify`: set `command`, `webhook`, or both");
+            }
+            if let Some(url) = &notify.webhook {
+                if !url.starts_with("http://") && !url.starts_with("https://") {
+                    bail!(
+                        "`notify.webhook` must start with `http://` or `https://`, not `{}`",
+                        crate::http::redact(url)
+                    );
+                }
+                if crate::http::host(url).is_none() {
+                    bail!(
+                        "`notify.webhook` has no host: `{}`",
+                        crate::http::redact(url)
+                    );
+                }
+            }
+            if notify.slack && notify.webhook.is_none() {
+                bail!("`notify.slack` shapes what `webhook` posts: set `notify.webhook`");
+            }
+            if notify.ca_file.is_some() && notify.webhook.is_none() {
+                bail!("`notify.ca_file` is for `notify.webhook`");
+            }
+            if notify.on.is_empty() {
+                bail!("`notify.on` is empty: name at least one of succeeded, failed, rolled-back, rollback, or remove `[notify]`");
             }
         }
         if let Some(health) = &self.health {
@@ -745,7 +851,9 @@ mod tests {
         let config = parse(EXAMPLE).unwrap();
         assert_eq!(config.deploy.keep_releases, 5);
         assert!(config.selects("refs/heads/main"));
-        assert_eq!(config.steps_before_switch().count(), 2);
+        assert_eq!(config.steps_before_switch().count(), 3);
+        assert!(config.steps[2].skippable && !config.steps[1].skippable);
+        assert!(config.notify.is_none());
         assert!(config.deploy.recycle_releases);
         assert_eq!(
             config.steps[0].outputs,
@@ -849,8 +957,23 @@ mod tests {
         let base = "[deploy]\nroot = \"/a\"\n[health]\n";
         for (body, needle) in [
             ("", "set `url` or `command`"),
-            ("url = \"https://x/\"\n", "must start with `http://`"),
+            (
+                "url = \"ftp://x/\"\n",
+                "must start with `http://` or `https://`",
+            ),
             ("url = \"http://x/\"\ncommand = \"true\"\n", "not both"),
+            (
+                "url = \"https://x/\"\ninsecure = true\n",
+                "only for a loopback URL",
+            ),
+            (
+                "url = \"http://127.0.0.1/\"\ninsecure = true\n",
+                "are for an `https://` URL",
+            ),
+            (
+                "command = \"true\"\nca_file = \"ca.pem\"\n",
+                "not `command`",
+            ),
         ] {
             let err = parse(&format!("{base}{body}")).unwrap_err();
             assert!(format!("{err:#}").contains(needle), "{err:#}");

@@ -303,6 +303,11 @@ impl Session {
                 ))
             ));
         }
+        // After the lock is let go (when the history took the record): a slow webhook holds
+        // up no other deploy. Before the summary, which stays the pusher's last line.
+        if let Some(notify) = &config.notify {
+            crate::notify::send(notify, self.layout.root(), entry, &summary);
+        }
         output::say(summary);
         Ok(if appended.is_ok() && entry.state == State::Succeeded {
             ExitCode::SUCCESS

@@ -96,13 +96,23 @@ pub fn check(
         text.replace("{commit}", commit)
             .replace("{short_commit}", short(commit))
     });
+    let ca_file = health.ca_file.as_ref().map(|file| deploy_root.join(file));
+    let tls = crate::http::Tls {
+        ca_file: ca_file.as_deref(),
+        insecure: health.insecure,
+    };
+    if health.insecure {
+        output::say(
+            "health: the TLS certificate is not checked (`health.insecure`, loopback only)",
+        );
+    }
     let started = Instant::now();
     let mut probes = 0;
     let mut passed = 0;
     loop {
         probes += 1;
         let answer = match (&health.url, &health.command) {
-            (Some(url), _) => probe_http(url, health, expect_body.as_deref()),
+            (Some(url), _) => probe_http(url, health, tls, expect_body.as_deref()),
             (None, Some(command)) => probe_command(command, health, release_dir, env),
             (None, None) => unreachable!("the config requires a url or a command"),
         };
@@ -172,15 +182,16 @@ impl From<String> for Failed {
 }
 
 /// One GET. `Ok` holds a short description of a passing answer.
-fn probe_http(url: &str, health: &Health, expect_body: Option<&str>) -> Result<String, Failed> {
+fn probe_http(
+    url: &str,
+    health: &Health,
+    tls: crate::http::Tls<'_>,
+    expect_body: Option<&str>,
+) -> Result<String, Failed> {
     // A new agent, so a new connection, for every probe: a kept-alive connection could still
     // reach a worker of the old code after a graceful reload.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(health.probe_timeout.0))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent = crate::http::agent(health.probe_timeout.0, tls)
+        .map_err(|err| Failed::from(format!("{err:#}")))?;
     let mut response = agent
         .get(url)
         .call()

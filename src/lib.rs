@@ -11,9 +11,11 @@ pub mod deploy;
 #[cfg(test)]
 mod fuzz;
 pub mod health;
+pub mod http;
 pub mod index;
 pub mod layout;
 pub mod lock;
+pub mod notify;
 pub mod output;
 pub mod outputs;
 pub mod process;

@@ -150,6 +150,8 @@ pub struct Cmd {
     timeout: Option<Duration>,
     /// Runs to its end (or its timeout) even when ats-hook is asked to stop.
     uninterruptible: bool,
+    /// What the child reads on stdin; nothing when unset.
+    stdin: Option<Vec<u8>>,
 }
 
 impl Cmd {
@@ -164,6 +166,7 @@ impl Cmd {
             env,
             timeout: None,
             uninterruptible: false,
+            stdin: None,
         }
     }
 
@@ -210,6 +213,12 @@ impl Cmd {
         self
     }
 
+    /// Feeds `bytes` to the child's stdin.
+    pub fn stdin_bytes(mut self, bytes: Vec<u8>) -> Cmd {
+        self.stdin = Some(bytes);
+        self
+    }
+
     pub fn timeout(mut self, timeout: Duration) -> Cmd {
         self.timeout = Some(timeout);
         self
@@ -234,7 +243,6 @@ impl Cmd {
     fn expression(&self) -> duct::Expression {
         let mut expr = duct::cmd(&self.program, &self.args)
             .full_env(&self.env)
-            .stdin_null()
             .stderr_to_stdout()
             .unchecked()
             .before_spawn(|command| {
@@ -244,6 +252,11 @@ impl Cmd {
         if let Some(dir) = &self.dir {
             expr = expr.dir(dir);
         }
+        // One stdin redirection only: duct keeps the first one applied.
+        expr = match &self.stdin {
+            Some(bytes) => expr.stdin_bytes(bytes.clone()),
+            None => expr.stdin_null(),
+        };
         expr
     }
 

@@ -130,6 +130,30 @@ pub struct DeployRecord {
     pub duration_ms: u64,
 }
 
+impl DeployRecord {
+    /// `  "Fix the login form" (note: hotfix for the release)`: what a person reads a deploy by.
+    pub fn about(&self) -> String {
+        let mut text = String::new();
+        if let Some(subject) = &self.subject {
+            text.push_str(&format!("  \"{}\"", clip(subject, 60)));
+        }
+        if let Some(note) = &self.note {
+            text.push_str(&format!("  (note: {})", clip(note, 80)));
+        }
+        text
+    }
+}
+
+/// `text`, cut to `max` characters with `…` when longer.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}
+
 /// Appends one record and makes it durable before returning, so that whatever the pusher reads
 /// next is already in the history. A last line left torn (a power loss or a full disk during an
 /// earlier append) is closed first: the new record starts on a line of its own.

@@ -165,3 +165,66 @@ fn a_release_is_healthy_after_passes_in_a_row() {
         "4"
     );
 }
+
+/// `https://` health URLs against a real TLS server on loopback, whose certificate a private CA
+/// (made with openssl) signed: checked against `ca_file`, refused without it, and not checked
+/// at all only with `insecure`, which the output says.
+#[test]
+fn an_https_health_check_trusts_the_system_or_the_ca_file_and_insecure_only_on_loopback() {
+    let server = Server::new();
+    let ca = TestCa::new(&server.path().join("ca"));
+    let https = HttpServer::start_tls(
+        "files",
+        Some(&server.root.join("current")),
+        server.path(),
+        &ca,
+    );
+    let health = |extra: &str| {
+        config(&format!(
+            "url = \"{}\"\nexpect_body = \"{{commit}}\"\ninterval = \"100ms\"\ntimeout = \"3s\"\n{extra}",
+            https.https_url("localhost", "version.txt")
+        ))
+    };
+    let clone = server.clone("work");
+
+    // The system's roots do not know the private CA: the check fails, and says why.
+    server.config(&health(""));
+    clone.commit_file("a", "1");
+    clone
+        .push()
+        .success()
+        .stderr_has("deploy FAILED at health check")
+        .stderr_has("UnknownIssuer");
+    assert_eq!(server.last_record()["state"], "rolled-back");
+
+    // With the CA's certificate (relative to the deploy root), it passes.
+    std::fs::create_dir_all(server.root.join("shared")).unwrap();
+    std::fs::copy(&ca.ca_cert, server.root.join("shared/ca.pem")).unwrap();
+    server.config(&health("ca_file = \"shared/ca.pem\"\n"));
+    let sha = clone.commit_file("a", "2");
+    clone.push().success().stderr_has("(2 in a row): HTTP 200");
+    assert_eq!(server.live_file("version.txt").trim(), sha);
+
+    // `insecure`: no check, said aloud; refused for a URL that is not loopback.
+    server.config(&health("insecure = true\n"));
+    clone.commit_file("a", "3");
+    clone.push().success().stderr_has(
+        "health: the TLS certificate is not checked (`health.insecure`, loopback only)",
+    );
+    server.config(&config(
+        "url = \"https://example.com/health\"\ninsecure = true\n",
+    ));
+    server
+        .ats(&["check"])
+        .failure()
+        .stderr_has("`health.insecure` is only for a loopback URL (127.0.0.1, ::1, localhost), not `https://example.com/…`");
+    // A CA file that is not there fails the check with its path; the live release stays.
+    server.config(&health("ca_file = \"shared/missing.pem\"\n"));
+    clone.commit_file("a", "4");
+    clone
+        .push()
+        .success()
+        .stderr_has("failed to read the CA file")
+        .stderr_has("shared/missing.pem");
+    assert_eq!(server.live_file("a"), "3");
+}

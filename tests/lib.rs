@@ -15,6 +15,7 @@ mod gate;
 mod health;
 mod install;
 mod journald;
+mod notify;
 mod options;
 mod outputs;
 mod package;

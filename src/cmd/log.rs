@@ -52,7 +52,7 @@ pub fn run(
                 short_ref(&r.git_ref),
                 seconds(std::time::Duration::from_millis(r.duration_ms)),
                 r.pusher,
-                about(r)
+                r.about()
             )?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -98,27 +98,5 @@ fn find<'a>(records: &'a [DeployRecord], wanted: &'a str) -> (&'a str, Option<&'
     match found {
         Some(record) => (record.id.as_str(), Some(record)),
         None => (wanted, None),
-    }
-}
-
-/// `  "Fix the login form" (note: hotfix for the release)`: what a person reads a deploy by.
-pub fn about(record: &DeployRecord) -> String {
-    let mut text = String::new();
-    if let Some(subject) = &record.subject {
-        text.push_str(&format!("  \"{}\"", clip(subject, 60)));
-    }
-    if let Some(note) = &record.note {
-        text.push_str(&format!("  (note: {})", clip(note, 80)));
-    }
-    text
-}
-
-/// `text`, cut to `max` characters with `…` when longer.
-fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let cut: String = text.chars().take(max - 1).collect();
-        format!("{cut}…")
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::cli::Location;
 use crate::layout::Layout;
 use crate::output::short;
-use crate::record;
+use crate::record::{self, DeployRecord};
 use crate::refs::short_ref;
 
 #[derive(Debug, Serialize)]
@@ -123,7 +123,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             release.created.as_deref().unwrap_or("-"),
             release.pusher.as_deref().unwrap_or("-"),
             record::deploy_of(&records, &release.id)
-                .map(super::log::about)
+                .map(DeployRecord::about)
                 .unwrap_or_default(),
         )?;
     }

@@ -138,7 +138,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             short_ref(&last.git_ref),
             last.finished_at,
             last.pusher,
-            super::log::about(last)
+            last.about()
         )?;
     }
     match &status.lock {
