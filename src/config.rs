@@ -61,6 +61,10 @@ pub struct DeploySection {
     /// tell which code it runs, rightly after a reload too.
     #[serde(default = "default_true")]
     pub revision_file: bool,
+    /// Check submodules out into each release, at the commits the superproject records,
+    /// fetched from the URLs in `.gitmodules` into caches under `.ats-hook/submodules/`.
+    #[serde(default)]
+    pub submodules: bool,
     /// Gone: a reused release once could keep its untracked files so that steps could skip
     /// themselves, which let a release run with what another commit built. Steps now declare
     /// their `outputs`; the key explains the way.

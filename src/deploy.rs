@@ -596,9 +596,14 @@ fn make_release(
         Some(old) => Some(Base::Old(old)),
         None => spare::take(config, &layout)?.map(|lock| Base::Spare { _lock: lock }),
     };
+    let submodules = config.deploy.submodules;
+    if submodules {
+        crate::submodules::attach(repo, &layout, target.commit)?;
+    }
+    let trees = release::Trees { repo, submodules };
     // Its index says what it holds; without a readable one, it is not built from.
-    let base = base.and_then(
-        |base| match release::readable_index(repo, &layout, base.folder()) {
+    let base = base.and_then(|base| {
+        match release::readable_index(repo, &layout, base.folder(), submodules) {
             Ok(index) => Some((base, index)),
             Err(err) => {
                 output::say(format!(
@@ -607,8 +612,8 @@ fn make_release(
                 ));
                 None
             }
-        },
-    );
+        }
+    });
     let (base, index) = match base {
         Some((base, index)) => (Some(base), Some(index)),
         None => (None, None),
@@ -627,7 +632,7 @@ fn make_release(
                 &[]
             };
             let update = release::update(
-                repo,
+                trees,
                 &layout,
                 base.folder(),
                 index,
@@ -658,7 +663,7 @@ fn make_release(
         }
         _ => {
             let checkout =
-                release::materialize(repo, target.commit, &dir, &layout.index_file(&id))?;
+                release::materialize(trees, target.commit, &dir, &layout.index_file(&id))?;
             output::say(format!(
                 "checked out {} ({}) in {}",
                 output::count(checkout.files, "file"),

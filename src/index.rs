@@ -8,7 +8,8 @@
 //! push, and on a 60,000-file tree git's format through libgit2 cost about 40 ms to read and
 //! 30 ms to write, where this one costs a few.
 //!
-//! Layout (little-endian): `MAGIC`, the commit (20 bytes), the number of entries (u32), the
+//! Layout (little-endian): `MAGIC`, the commit (20 bytes), flags (u32: 1 = submodules checked
+//! out), the number of entries (u32), the
 //! entries in path order (mode u32, blob 20 bytes, size u64, mtime seconds i64, mtime
 //! nanoseconds u32, inode u64, path length u32, path), and a CRC-32 of all that. A file that
 //! does not read back whole is refused, never half-trusted.
@@ -73,14 +74,21 @@ impl Entry {
 #[derive(Debug)]
 pub struct ReleaseIndex {
     pub commit: Oid,
+    /// Whether the release holds its submodules' files (`deploy.submodules`), or leaves each
+    /// submodule an empty folder.
+    pub submodules: bool,
     entries: Vec<Entry>,
 }
 
 impl ReleaseIndex {
     /// The index of `commit` with `entries`, in any order.
-    pub fn new(commit: Oid, mut entries: Vec<Entry>) -> ReleaseIndex {
+    pub fn new(commit: Oid, submodules: bool, mut entries: Vec<Entry>) -> ReleaseIndex {
         entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        ReleaseIndex { commit, entries }
+        ReleaseIndex {
+            commit,
+            submodules,
+            entries,
+        }
     }
 
     pub fn entries(&self) -> &[Entry] {
@@ -94,20 +102,25 @@ impl ReleaseIndex {
             .is_ok()
     }
 
-    /// This index for `commit`: without the entries at `removed`, with `added` (which replace
-    /// entries at the same paths).
+    /// This index for `commit`: without the entries at `removed` (or, for a removed folder,
+    /// under it), with `added` (which replace entries at the same paths).
     pub fn changed(self, commit: Oid, removed: &HashSet<&[u8]>, added: Vec<Entry>) -> Self {
         let replaced: HashSet<&[u8]> = added.iter().map(|e| e.path.as_slice()).collect();
-        let mut entries: Vec<Entry> = self
-            .entries
-            .into_iter()
-            .filter(|e| {
-                !removed.contains(e.path.as_slice()) && !replaced.contains(e.path.as_slice())
-            })
+        let folders: Vec<Vec<u8>> = removed
+            .iter()
+            .filter(|path| !self.contains(path))
+            .map(|path| [*path, b"/"].concat())
             .collect();
+        let keep = |path: &[u8]| {
+            !removed.contains(path)
+                && !replaced.contains(path)
+                && !folders.iter().any(|f| path.starts_with(f))
+        };
+        let submodules = self.submodules;
+        let mut entries: Vec<Entry> = self.entries.into_iter().filter(|e| keep(&e.path)).collect();
         drop(replaced);
         entries.extend(added);
-        ReleaseIndex::new(commit, entries)
+        ReleaseIndex::new(commit, submodules, entries)
     }
 
     /// Every folder that holds a tracked entry, at any depth (`a`, `a/b` for `a/b/f`).
@@ -143,7 +156,7 @@ impl ReleaseIndex {
     }
 
     fn parse(bytes: &[u8]) -> Result<ReleaseIndex> {
-        if bytes.len() < MAGIC.len() + 20 + 4 + 4 || !bytes.starts_with(MAGIC) {
+        if bytes.len() < MAGIC.len() + 20 + 4 + 4 + 4 || !bytes.starts_with(MAGIC) {
             bail!("not an index of this version of ats-hook");
         }
         let (body, sum) = bytes.split_at(bytes.len() - 4);
@@ -152,6 +165,7 @@ impl ReleaseIndex {
         }
         let mut r = Reader(&body[MAGIC.len()..]);
         let commit = r.oid()?;
+        let flags = r.u32()?;
         let count = r.u32()? as usize;
         let mut entries = Vec::with_capacity(count.min(body.len() / 60));
         for _ in 0..count {
@@ -179,7 +193,11 @@ impl ReleaseIndex {
         if entries.windows(2).any(|w| w[0].path >= w[1].path) {
             bail!("its entries are out of order");
         }
-        Ok(ReleaseIndex { commit, entries })
+        Ok(ReleaseIndex {
+            commit,
+            submodules: flags & 1 != 0,
+            entries,
+        })
     }
 
     /// Writes the index to `path`, replacing what was there in one `rename(2)`.
@@ -188,6 +206,7 @@ impl ReleaseIndex {
         let mut out = Vec::with_capacity(MAGIC.len() + 28 + size + 4);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(self.commit.as_bytes());
+        out.extend_from_slice(&u32::from(self.submodules).to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
             out.extend_from_slice(&e.mode.to_le_bytes());
@@ -254,11 +273,13 @@ mod tests {
         let commit = Oid::from_bytes(&[7; 20]).unwrap();
         let index = ReleaseIndex::new(
             commit,
+            true,
             vec![entry("b/c", 2), entry("a", 1), entry("b/d/e", 3)],
         );
         index.save(&path).unwrap();
         let back = ReleaseIndex::load(&path).unwrap();
         assert_eq!(back.commit, commit);
+        assert!(back.submodules);
         assert_eq!(back.entries(), index.entries());
         assert_eq!(
             back.entries()
@@ -291,8 +312,17 @@ mod tests {
     #[test]
     fn a_changed_index_drops_and_replaces_entries() {
         let commit = Oid::from_bytes(&[1; 20]).unwrap();
-        let index = ReleaseIndex::new(commit, vec![entry("a", 1), entry("b", 2), entry("c", 3)]);
-        let removed: HashSet<&[u8]> = [&b"b"[..]].into_iter().collect();
+        let index = ReleaseIndex::new(
+            commit,
+            false,
+            ["a", "b", "c", "d/x", "d/y/z", "dx"]
+                .iter()
+                .zip(1..)
+                .map(|(path, n)| entry(path, n))
+                .collect(),
+        );
+        // `d` is no entry but a folder: what is under it goes too.
+        let removed: HashSet<&[u8]> = [&b"b"[..], b"d"].into_iter().collect();
         let next = Oid::from_bytes(&[2; 20]).unwrap();
         let changed = index.changed(next, &removed, vec![entry("c", 9), entry("0", 4)]);
         assert_eq!(changed.commit, next);
@@ -303,7 +333,12 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [(b"0".to_vec(), 4), (b"a".to_vec(), 1), (b"c".to_vec(), 9)]
+            [
+                (b"0".to_vec(), 4),
+                (b"a".to_vec(), 1),
+                (b"c".to_vec(), 9),
+                (b"dx".to_vec(), 6)
+            ]
         );
     }
 }

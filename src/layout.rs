@@ -98,6 +98,10 @@ impl Layout {
     pub fn index_file(&self, id: &str) -> PathBuf {
         self.state().join("index").join(id)
     }
+    /// The bare cache of one submodule URL (see `submodules`).
+    pub fn submodule_cache(&self, name: &str) -> PathBuf {
+        self.state().join("submodules").join(name)
+    }
     /// The folder stamps of a release, beside its index (see `stamps`).
     pub fn stamps_file(&self, id: &str) -> PathBuf {
         self.state().join("index").join(format!("{id}.folders"))

@@ -33,6 +33,7 @@ pub mod sshkey;
 pub mod stamps;
 pub mod steps;
 pub mod stop;
+pub mod submodules;
 
 use std::process::ExitCode;
 

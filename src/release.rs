@@ -76,11 +76,12 @@ fn trust_received_objects() {
 
 /// Writes the tree of `commit` into `dir` (which must not exist) and its index to `index_path`.
 pub fn materialize(
-    repo: &Repository,
+    trees: Trees<'_>,
     commit: Oid,
     dir: &Path,
     index_path: &Path,
 ) -> Result<Checkout> {
+    let repo = trees.repo;
     let commit = repo
         .find_commit(commit)
         .with_context(|| format!("failed to find commit `{commit}`"))?;
@@ -91,7 +92,7 @@ pub fn materialize(
     trust_received_objects();
     let started = std::time::Instant::now();
     let mut wanted = Vec::new();
-    collect_tree(repo, &tree, "", &mut wanted)?;
+    trees.collect(&tree, "", &mut wanted)?;
     tracing::debug!(
         entries = wanted.len(),
         "read the tree in {:?}",
@@ -122,7 +123,7 @@ pub fn materialize(
         entries.push(entry);
     }
     tracing::debug!("wrote the files in {:?}", started.elapsed());
-    ReleaseIndex::new(commit.id(), entries).save(index_path)?;
+    ReleaseIndex::new(commit.id(), trees.submodules, entries).save(index_path)?;
     tracing::debug!("wrote the index in {:?}", started.elapsed());
     Ok(stats)
 }
@@ -350,9 +351,21 @@ pub fn expendable<'a>(
 }
 
 /// The index of release `id`, when a new release can be built from it: it reads back whole,
-/// and the commit it holds is still in the repository.
-pub fn readable_index(repo: &Repository, layout: &Layout, id: &str) -> Result<ReleaseIndex> {
+/// the commit it holds is still in the repository, and it was checked out with submodules as
+/// `submodules` says.
+pub fn readable_index(
+    repo: &Repository,
+    layout: &Layout,
+    id: &str,
+    submodules: bool,
+) -> Result<ReleaseIndex> {
     let index = ReleaseIndex::load(&layout.index_file(id))?;
+    if index.submodules != submodules {
+        bail!(
+            "it was checked out {} submodules, and `deploy.submodules` is now {submodules}",
+            if index.submodules { "with" } else { "without" }
+        );
+    }
     repo.find_commit(index.commit).with_context(|| {
         format!(
             "its commit `{}` is no longer in the repository",
@@ -383,7 +396,7 @@ pub struct Update {
 /// (`generated`) go too, uncounted, unless the new commit tracks them.
 #[allow(clippy::too_many_arguments)]
 pub fn update(
-    repo: &Repository,
+    trees: Trees<'_>,
     layout: &Layout,
     from_id: &str,
     old: ReleaseIndex,
@@ -392,6 +405,7 @@ pub fn update(
     links: &[&RelPath],
     generated: &[&str],
 ) -> Result<Update> {
+    let repo = trees.repo;
     let dir = layout.release(new_id);
     let index_path = layout.index_file(new_id);
     let clock = std::time::Instant::now();
@@ -405,7 +419,7 @@ pub fn update(
     let (old_tree, new_tree) = (tree_of(old.commit)?, tree_of(commit)?);
     trust_received_objects();
     let mut changes = Changes::default();
-    compare_trees(repo, &old_tree, &new_tree, "", &mut changes)?;
+    trees.compare(&old_tree, &new_tree, "", &mut changes)?;
     lap("trees compared");
 
     fs::rename(layout.release(from_id), &dir)
@@ -513,107 +527,146 @@ struct Changes {
     written: Vec<(String, u32, Oid)>,
 }
 
-/// Compares tree `old` with tree `new` (both at `prefix`), skipping every subtree they share:
-/// the cost follows the change, not the size of the tree.
-fn compare_trees(
-    repo: &Repository,
-    old: &Tree<'_>,
-    new: &Tree<'_>,
-    prefix: &str,
-    changes: &mut Changes,
-) -> Result<()> {
-    const TREE: u32 = 0o040000;
-    let subtree = |id: Oid, rel: &str| {
-        repo.find_tree(id)
+/// How trees are read: a submodule is an entry of its own (left an empty folder), or, with
+/// `deploy.submodules`, the tree of its commit, read through the caches `submodules::attach`
+/// made readable.
+#[derive(Clone, Copy)]
+pub struct Trees<'r> {
+    pub repo: &'r Repository,
+    pub submodules: bool,
+}
+
+const TREE: u32 = 0o040000;
+
+impl Trees<'_> {
+    fn subtree(&self, id: Oid, rel: &str) -> Result<Tree<'_>> {
+        self.repo
+            .find_tree(id)
             .with_context(|| format!("failed to read tree `{rel}`"))
-    };
-    for entry in new.iter() {
-        let name = safe_name(&entry, prefix)?;
-        let rel = format!("{prefix}{name}");
+    }
+
+    /// An entry's mode and id, a submodule's being its commit's tree when submodules are
+    /// checked out.
+    fn resolve(&self, entry: &git2::TreeEntry<'_>, rel: &str) -> Result<(u32, Oid)> {
         let mode = entry.filemode() as u32;
-        let before = old.get_name(name);
-        let before = before.as_ref().map(|b| (b.filemode() as u32, b.id()));
-        if before == Some((mode, entry.id())) {
-            continue;
+        if self.submodules && mode == crate::submodules::GITLINK {
+            let tree = self
+                .repo
+                .find_commit(entry.id())
+                .map(|c| c.tree_id())
+                .with_context(|| {
+                    format!(
+                        "submodule `{rel}`: its commit `{}` is not available (does `.gitmodules` list `{rel}`?)",
+                        entry.id()
+                    )
+                })?;
+            return Ok((TREE, tree));
         }
-        match (before, mode) {
-            (Some((TREE, id)), TREE) => compare_trees(
-                repo,
-                &subtree(id, &rel)?,
-                &subtree(entry.id(), &rel)?,
-                &format!("{rel}/"),
-                changes,
-            )?,
-            (before, TREE) => {
-                if before.is_some() {
-                    changes.removed.push(rel.clone().into_bytes());
-                }
-                let tree = subtree(entry.id(), &rel)?;
-                collect_tree(repo, &tree, &format!("{rel}/"), &mut changes.written)?;
-            }
-            (before, _) => {
-                if let Some((TREE, id)) = before {
-                    let mut files = Vec::new();
-                    collect_tree(repo, &subtree(id, &rel)?, &format!("{rel}/"), &mut files)?;
-                    changes
-                        .removed
-                        .extend(files.into_iter().map(|(p, _, _)| p.into_bytes()));
-                }
-                changes.written.push((rel, mode, entry.id()));
-            }
-        }
+        Ok((mode, entry.id()))
     }
-    for entry in old.iter() {
-        // The old tree was checked out, so its names were all safe.
-        let Ok(name) = std::str::from_utf8(entry.name_bytes()) else {
-            continue;
-        };
-        if new.get_name(name).is_some() {
-            continue;
+
+    /// Every file, symlink and submodule of a tree, with its path, mode and id.
+    fn collect(
+        &self,
+        tree: &Tree<'_>,
+        prefix: &str,
+        out: &mut Vec<(String, u32, Oid)>,
+    ) -> Result<()> {
+        for entry in tree.iter() {
+            let name = safe_name(&entry, prefix)?;
+            let rel = format!("{prefix}{name}");
+            match self.resolve(&entry, &rel)? {
+                (TREE, id) => self.collect(&self.subtree(id, &rel)?, &format!("{rel}/"), out)?,
+                (mode, id) => out.push((rel, mode, id)),
+            }
         }
-        let rel = format!("{prefix}{name}");
-        if entry.filemode() as u32 == TREE {
-            let mut files = Vec::new();
-            collect_tree(
-                repo,
-                &subtree(entry.id(), &rel)?,
-                &format!("{rel}/"),
-                &mut files,
-            )?;
-            changes
-                .removed
-                .extend(files.into_iter().map(|(p, _, _)| p.into_bytes()));
-        } else {
-            changes.removed.push(rel.into_bytes());
-        }
+        Ok(())
     }
-    Ok(())
+
+    /// The paths of every file of the old tree `id` at `rel`, for removal. A submodule whose
+    /// commit no cache holds any more goes as a whole folder.
+    fn removed_files(&self, id: Oid, rel: &str, changes: &mut Changes) -> Result<()> {
+        for entry in self.subtree(id, rel)?.iter() {
+            let Ok(name) = std::str::from_utf8(entry.name_bytes()) else {
+                continue;
+            };
+            let path = format!("{rel}/{name}");
+            match self.resolve(&entry, &path) {
+                Ok((TREE, id)) => self.removed_files(id, &path, changes)?,
+                _ => changes.removed.push(path.into_bytes()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares tree `old` with tree `new` (both at `prefix`), skipping every subtree they
+    /// share: the cost follows the change, not the size of the tree.
+    fn compare(
+        &self,
+        old: &Tree<'_>,
+        new: &Tree<'_>,
+        prefix: &str,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        for entry in new.iter() {
+            let name = safe_name(&entry, prefix)?;
+            let rel = format!("{prefix}{name}");
+            let (mode, id) = self.resolve(&entry, &rel)?;
+            // What the old release holds there. An old submodule commit no cache has any more
+            // counts as something else: the folder goes whole and the new one is written.
+            let before = old.get_name(name).map(|b| {
+                self.resolve(&b, &rel)
+                    .unwrap_or((b.filemode() as u32, b.id()))
+            });
+            if before == Some((mode, id)) {
+                continue;
+            }
+            match (before, mode) {
+                (Some((TREE, old_id)), TREE) => self.compare(
+                    &self.subtree(old_id, &rel)?,
+                    &self.subtree(id, &rel)?,
+                    &format!("{rel}/"),
+                    changes,
+                )?,
+                (before, TREE) => {
+                    if before.is_some() {
+                        changes.removed.push(rel.clone().into_bytes());
+                    }
+                    self.collect(
+                        &self.subtree(id, &rel)?,
+                        &format!("{rel}/"),
+                        &mut changes.written,
+                    )?;
+                }
+                (before, _) => {
+                    if let Some((TREE, old_id)) = before {
+                        self.removed_files(old_id, &rel, changes)?;
+                    }
+                    changes.written.push((rel, mode, id));
+                }
+            }
+        }
+        for entry in old.iter() {
+            // The old tree was checked out, so its names were all safe.
+            let Ok(name) = std::str::from_utf8(entry.name_bytes()) else {
+                continue;
+            };
+            if new.get_name(name).is_some() {
+                continue;
+            }
+            let rel = format!("{prefix}{name}");
+            match self.resolve(&entry, &rel) {
+                Ok((TREE, id)) => self.removed_files(id, &rel, changes)?,
+                // A file, or a submodule whose commit is gone: its path goes, with what is
+                // under it.
+                _ => changes.removed.push(rel.into_bytes()),
+            }
+        }
+        Ok(())
+    }
 }
 
 use std::os::unix::ffi::OsStrExt;
-
-/// Every file, symlink and submodule of a tree, with its path, mode and id.
-fn collect_tree(
-    repo: &Repository,
-    tree: &Tree<'_>,
-    prefix: &str,
-    out: &mut Vec<(String, u32, Oid)>,
-) -> Result<()> {
-    for entry in tree.iter() {
-        let name = safe_name(&entry, prefix)?;
-        let rel = format!("{prefix}{name}");
-        let mode = entry.filemode() as u32;
-        if mode == 0o040000 {
-            let subtree = repo
-                .find_tree(entry.id())
-                .with_context(|| format!("failed to read tree `{rel}`"))?;
-            collect_tree(repo, &subtree, &format!("{rel}/"), out)?;
-        } else {
-            out.push((rel, mode, entry.id()));
-        }
-    }
-    Ok(())
-}
 
 /// Writes one entry of the tree (a submodule becomes an empty folder), and returns its entry
 /// for the index.
@@ -624,7 +677,9 @@ fn write_entry(repo: &Repository, path: &Path, rel: &str, mode: u32, id: Oid) ->
             // Its folder exists; its content is not part of this commit.
             fs::create_dir(path)
                 .with_context(|| format!("failed to create `{}`", path.display()))?;
-            output::warn(format!("submodule `{rel}` is left empty"));
+            output::warn(format!(
+                "submodule `{rel}` is left empty (`deploy.submodules = true` checks it out)"
+            ));
             fs::symlink_metadata(path)
                 .with_context(|| format!("failed to stat `{}`", path.display()))?
         }

@@ -289,18 +289,26 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let submodules = config.deploy.submodules;
+    if submodules {
+        crate::submodules::attach(&repo, layout, id)?;
+    }
+    let trees = release::Trees {
+        repo: &repo,
+        submodules,
+    };
     let old = layout
         .release(SPARE)
         .is_dir()
-        .then(|| release::readable_index(&repo, layout, SPARE).ok())
+        .then(|| release::readable_index(&repo, layout, SPARE, submodules).ok())
         .flatten();
     if let Some(old) = old {
         // The old spare, brought to the new commit: only what changed is written.
-        release::update(&repo, layout, SPARE, old, PREPARING, id, &[], &[])?;
+        release::update(trees, layout, SPARE, old, PREPARING, id, &[], &[])?;
     } else {
         remove(layout, SPARE)?;
         release::materialize(
-            &repo,
+            trees,
             id,
             &layout.release(PREPARING),
             &layout.index_file(PREPARING),

@@ -26,3 +26,4 @@ mod spare;
 mod ssh;
 mod stdin;
 mod steps;
+mod submodules;

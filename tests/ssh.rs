@@ -490,6 +490,104 @@ fn push_options_pass_through_the_ssh_gate_unchanged() {
         &["push", "-o", "ats.restart-please", "staging", "main"],
     )
     .stderr_has("nothing deployed: unknown push option `ats.restart-please`");
-    assert_eq!(record["commit"], sha.as_str());
-    assert_eq!(history.lines().count(), 1);
+    let after = std::fs::read_to_string(setup.root.join(".ats-hook/deploys.jsonl")).unwrap();
+    assert_eq!(
+        after, history,
+        "a push with a bad option deployed something"
+    );
+    assert_eq!(
+        std::fs::read_to_string(setup.root.join("current/app.py")).unwrap(),
+        "1\n"
+    );
+}
+
+/// A submodule fetched over real SSH with the deploy user's own key, from another account on
+/// the same sshd (as from a git host where that key is a read-only deploy key).
+#[test]
+fn a_submodule_is_fetched_over_ssh_with_the_deploy_users_own_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let config = "[deploy]\nroot = \"ROOT\"\nsubmodules = true\n";
+    let setup = SshSetup::new("post-receive", config);
+    let host = crate::support::system::User::create();
+    let chown = |path: &Path, user: &crate::support::system::User| {
+        let mut cmd = Command::new("chown");
+        cmd.arg("-R").arg(&user.name).arg(path);
+        run(&mut cmd, "chown").success();
+    };
+
+    // The library on the git host's account.
+    let lib = host.home.join("lib.git");
+    let mut init = command("git", setup.public.path());
+    init.args(["init", "-q", "--bare", "-b", "main"]).arg(&lib);
+    run(&mut init, "git init --bare").success();
+    let work = Clone::new_in(setup.public.path(), "lib-work");
+    work.commit_file("lib.py", "over ssh\n");
+    work.git(&["push", "-q", lib.to_str().unwrap(), "main"])
+        .success();
+    let lib_commit = work.head();
+    chown(&lib, &host);
+
+    // The deploy user's own key, which the git host accepts, and the host's key pinned.
+    let ssh_dir = setup.user.home.join(".ssh");
+    let own_key = ssh_dir.join("id_ed25519");
+    let mut keygen = Command::new("ssh-keygen");
+    keygen
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "deploy user", "-f"])
+        .arg(&own_key);
+    run(&mut keygen, "ssh-keygen").success();
+    let host_key =
+        std::fs::read_to_string(setup.sshd.host_keys.join("ssh_host_ed25519_key.pub")).unwrap();
+    let mut key_type_and_body = host_key.split_whitespace();
+    std::fs::write(
+        ssh_dir.join("known_hosts"),
+        format!(
+            "[127.0.0.1]:{} {} {}\n",
+            setup.sshd.port,
+            key_type_and_body.next().unwrap(),
+            key_type_and_body.next().unwrap()
+        ),
+    )
+    .unwrap();
+    chown(&ssh_dir, &setup.user);
+    std::fs::set_permissions(&own_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let host_ssh = host.home.join(".ssh");
+    std::fs::create_dir_all(&host_ssh).unwrap();
+    std::fs::copy(
+        own_key.with_extension("pub"),
+        host_ssh.join("authorized_keys"),
+    )
+    .unwrap();
+    chown(&host_ssh, &host);
+
+    let clone = setup.clone();
+    std::fs::create_dir_all(clone.dir.join("vendor/lib")).unwrap();
+    clone.write(
+        ".gitmodules",
+        &format!(
+            "[submodule \"lib\"]\n\tpath = vendor/lib\n\turl = ssh://{}@127.0.0.1:{}{}\n",
+            host.name,
+            setup.sshd.port,
+            lib.display()
+        ),
+    );
+    clone
+        .git(&[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{lib_commit},vendor/lib"),
+        ])
+        .success();
+    clone.commit_file("app.py", "app\n");
+    git_over_ssh(&clone, &setup.ssh(), &["push", "staging", "main"])
+        .success()
+        .stderr_has(&format!(
+            "submodule `vendor/lib`: fetching {}",
+            &lib_commit[..7]
+        ))
+        .stderr_has("remote: ats-hook: deployed");
+    assert_eq!(
+        std::fs::read_to_string(setup.root.join("current/vendor/lib/lib.py")).unwrap(),
+        "over ssh\n"
+    );
 }
