@@ -376,12 +376,14 @@ fn main() {
             .current_dir(&work),
     );
     // ats-hook checking the tree out whole, timed in the same conditions as git below: by hand,
-    // with reuse of old releases turned off.
+    // with reuse of old releases turned off. Neither side removes anything between samples (no
+    // pruning, git's folders kept until the end): on a disk mounted with `discard`, a removal
+    // costs the next sample, whichever side it is.
     let full_config = bare.join("full.toml");
     std::fs::write(
         &full_config,
         format!(
-            "[deploy]\nroot = \"{}\"\nkeep_releases = 5\nrecycle_releases = false\n",
+            "[deploy]\nroot = \"{}\"\nkeep_releases = 100\nrecycle_releases = false\n",
             root.display()
         ),
     )
@@ -398,10 +400,7 @@ fn main() {
     let full_checkout = |sha: &str, n: usize| {
         let dir = base.join(format!("fresh{n}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let took = git_checkout(&bare, &dir, &base.join(format!("fresh{n}.index")), sha);
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::fs::remove_file(base.join(format!("fresh{n}.index"))).unwrap();
-        took
+        git_checkout(&bare, &dir, &base.join(format!("fresh{n}.index")), sha)
     };
     // Taken in turns, so both see the same moods of the disk.
     let (mut first_git, mut first_deploy) = (Vec::new(), Vec::new());
@@ -410,6 +409,10 @@ fn main() {
         first_deploy.push(full_deploy(&first));
     }
     let (first_git, first_deploy) = (median(first_git), median(first_deploy));
+    for n in 0..slow_samples {
+        std::fs::remove_dir_all(base.join(format!("fresh{n}"))).unwrap();
+        std::fs::remove_file(base.join(format!("fresh{n}.index"))).unwrap();
+    }
 
     // The in-place tree, as a hand-written hook keeps it.
     let inplace = base.join("inplace");
@@ -475,7 +478,12 @@ fn main() {
         .iter()
         .take(slow_samples)
         .enumerate()
-        .map(|(n, sha)| full_checkout(sha, n))
+        .map(|(n, sha)| {
+            let took = full_checkout(sha, n);
+            std::fs::remove_dir_all(base.join(format!("fresh{n}"))).unwrap();
+            std::fs::remove_file(base.join(format!("fresh{n}.index"))).unwrap();
+            took
+        })
         .collect();
     let archive: Vec<Duration> = commits
         .iter()
