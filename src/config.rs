@@ -61,6 +61,10 @@ pub struct DeploySection {
     /// tell which code it runs, rightly after a reload too.
     #[serde(default = "default_true")]
     pub revision_file: bool,
+    /// When pushes of one branch queue for the lock: only the newest deploys (`newest`), or
+    /// each in turn (`all`).
+    #[serde(default)]
+    pub queue: Queue,
     /// Check submodules out into each release, at the commits the superproject records,
     /// fetched from the URLs in `.gitmodules` into caches under `.ats-hook/submodules/`.
     #[serde(default)]
@@ -336,6 +340,17 @@ fn default_health_timeout() -> Duration {
 fn default_health_interval() -> Duration {
     Duration(std::time::Duration::from_millis(500))
 }
+/// `deploy.queue`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Queue {
+    /// A push overtaken while it waited stops; the newest deploys.
+    #[default]
+    Newest,
+    /// Every push deploys, in the order they get the lock.
+    All,
+}
+
 /// `[notify]`: who hears about deploys and rollbacks.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

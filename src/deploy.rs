@@ -98,13 +98,16 @@ struct Session {
 impl Session {
     /// Takes the deploy lock (waiting, and saying for whom), and records a deploy that died
     /// holding it.
-    fn lock(config: &Config, commit: &str, git_ref: &str) -> Result<Session> {
+    fn lock(config: &Config, commit: &str, git_ref: &str, announce: bool) -> Result<Session> {
         let layout = Layout::new(&config.deploy.root);
         layout.refuse_root_on_a_users_root()?;
         layout.create()?;
         // Refuse early, before anything runs, when `current` is not ours to switch.
         layout.live_release()?;
         process::install_signal_handlers()?;
+        if announce {
+            crate::queue::arrive(&layout, git_ref, commit)?;
+        }
         let holder = Holder {
             unrecorded: None,
             pid: std::process::id(),
@@ -367,7 +370,10 @@ pub fn deploy(
     options: &PushOptions,
 ) -> Result<ExitCode> {
     let commit = target.commit.to_string();
-    let mut session = Session::lock(config, &commit, &target.git_ref)?;
+    // Pushes announce themselves, so that the newest of several waiting ones deploys.
+    let push = trigger != Trigger::Manual;
+    let newest_wins = push && config.deploy.queue == crate::config::Queue::Newest;
+    let mut session = Session::lock(config, &commit, &target.git_ref, push)?;
     session.options = options.clone();
     session.subject = repo.find_commit(target.commit).ok().and_then(|c| {
         c.summary_bytes()
@@ -391,8 +397,16 @@ pub fn deploy(
     }
 
     let mut steps = Vec::new();
-    let mut outcome = match trigger {
-        Trigger::PreReceive => check_gate_base(repo, &session.records, target).map_err(Stop::Error),
+    let overtaken = newest_wins
+        .then(|| {
+            crate::queue::overtaken_by(&session.layout, &target.git_ref, &commit, &session.records)
+        })
+        .flatten();
+    let mut outcome = match (overtaken, trigger) {
+        (Some(newer), _) => Err(Stop::Superseded(newer)),
+        (None, Trigger::PreReceive) => {
+            check_gate_base(repo, &session.records, target).map_err(Stop::Error)
+        }
         _ => Ok(()),
     };
     if outcome.is_ok() {
@@ -419,7 +433,12 @@ pub fn deploy(
         session.previous_commit.clone()
     };
     let layout = session.layout.clone();
-    let code = session.finish(config, &entry, "deploy", summary)?;
+    let mut code = session.finish(config, &entry, "deploy", summary)?;
+    // Overtaken, a post-receive push did nothing wrong; in gate mode the push is rejected, so
+    // that the branch moves only with what deploys.
+    if entry.state == State::Superseded && trigger != Trigger::PreReceive {
+        code = ExitCode::SUCCESS;
+    }
     if let Some(live) = live_commit {
         spare::after_deploy(config, &layout, repo.path(), &live);
     }
@@ -832,7 +851,7 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
     let made = record::deploy_of(&records, &target).expect("rollback targets went live");
     let (commit, git_ref) = (made.commit.clone(), made.git_ref.clone());
 
-    let mut session = Session::lock(config, &commit, &git_ref)?;
+    let mut session = Session::lock(config, &commit, &git_ref, false)?;
     // Under the lock, the answer may have changed (a deploy that finished while we waited).
     let target = match rollback_target(&session.layout, &session.records, named) {
         Ok(target) => target,

@@ -22,6 +22,7 @@ pub mod process;
 pub mod procs;
 pub mod prune;
 pub mod push_options;
+pub mod queue;
 pub mod record;
 pub mod recover;
 pub mod refs;

@@ -18,6 +18,9 @@ pub enum State {
     Failed,
     RolledBack,
     Interrupted,
+    /// Overtaken while it waited for the lock by a newer push of the same ref, which deploys
+    /// instead (`deploy.queue = "newest"`); nothing was changed.
+    Superseded,
     /// Written just before `current` is switched; the deploy's final record replaces it. Found
     /// as the last word of a deploy, it means the deploy died after the switch.
     Switching,
@@ -30,6 +33,7 @@ impl State {
             State::Failed => "failed",
             State::RolledBack => "rolled-back",
             State::Interrupted => "interrupted",
+            State::Superseded => "superseded",
             State::Switching => "switching",
         }
     }

@@ -17,6 +17,8 @@ pub enum Stop {
         during: String,
     },
     Error(anyhow::Error),
+    /// A newer push of the same ref came while this one waited for the lock.
+    Superseded(crate::queue::Newer),
     /// Something failed once the release was live; `current` was switched back (or not).
     AfterSwitch {
         stage: String,
@@ -52,6 +54,11 @@ impl Stop {
                 Some(format!("interrupted during {during}")),
             ),
             Stop::Error(err) => (State::Failed, None, Some(format!("{err:#}"))),
+            Stop::Superseded(newer) => (
+                State::Superseded,
+                None,
+                Some(format!("superseded by {}", output::short(&newer.commit))),
+            ),
             Stop::AfterSwitch {
                 stage,
                 error,
@@ -95,6 +102,14 @@ impl Stop {
                 output::error(format!("{:#}", output::with_disk_full_hint(err)));
                 format!("{what} FAILED; {still_live}")
             }
+            Stop::Superseded(newer) if newer.deployed => format!(
+                "superseded by {}, which is live now: a newer push of this branch came while this one waited",
+                output::short(&newer.commit)
+            ),
+            Stop::Superseded(newer) => format!(
+                "superseded by {}, which deploys next: a newer push of this branch came while this one waited; {still_live}",
+                output::short(&newer.commit)
+            ),
             Stop::AfterSwitch {
                 stage,
                 restored: Ok(()),

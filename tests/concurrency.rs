@@ -105,3 +105,165 @@ fn a_push_gives_up_after_the_lock_timeout() {
     );
     assert_eq!(records[0]["commit"], first.as_str());
 }
+
+const COUNTED: &str = r#"
+[deploy]
+root = "ROOT"
+lock_timeout = "2m"
+QUEUE
+[[step]]
+name = "build"
+run = 'if [ -e "$ATS_DEPLOY_ROOT/hold" ]; then touch "$ATS_DEPLOY_ROOT/holding"; while [ -e "$ATS_DEPLOY_ROOT/hold" ]; do sleep 0.05; done; fi; echo "$ATS_COMMIT" >> "$ATS_DEPLOY_ROOT/ran"'
+timeout = "2m"
+"#;
+
+/// Five pushes of one branch that arrive while a deploy holds the lock: which ones run their
+/// steps, and what the pushers read. Returns the five commits and each push's output.
+fn five_waiting_pushes(server: &Server) -> (Vec<String>, Vec<std::process::Output>) {
+    let clone = server.clone("work");
+    clone.commit_file("a", "0");
+    clone.push().success();
+    // A deploy by hand holds the lock in its step until `hold` goes.
+    std::fs::write(server.root.join("hold"), "").unwrap();
+    let holder = ChildGuard(
+        command(BIN, server.path())
+            .args(["deploy", "--repo"])
+            .arg(&server.bare)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "the deploy holding the lock",
+        Duration::from_secs(30),
+        || server.root.join("holding").exists(),
+    );
+    let queue = server.root.join(".ats-hook/queue");
+    let mut commits = Vec::new();
+    let mut pushes = Vec::new();
+    for n in 1..=5 {
+        let sha = clone.commit_file("a", &n.to_string());
+        // By URL, so that no push of the clone updates a remote-tracking ref another holds.
+        let push = command("git", server.path())
+            .args(["push", server.bare.to_str().unwrap()])
+            .arg(format!("{sha}:refs/heads/main"))
+            .current_dir(&clone.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // In order: each has announced itself before the next starts.
+        wait_for(
+            "the push to wait for the lock",
+            Duration::from_secs(30),
+            || {
+                std::fs::read_dir(&queue).is_ok_and(|entries| {
+                    entries.flatten().any(|e| {
+                        std::fs::read_to_string(e.path()).is_ok_and(|text| text.contains(&sha))
+                    })
+                })
+            },
+        );
+        commits.push(sha);
+        pushes.push(push);
+    }
+    std::fs::remove_file(server.root.join("hold")).unwrap();
+    let outputs = pushes
+        .into_iter()
+        .map(|push| push.wait_with_output().unwrap())
+        .collect();
+    drop(holder);
+    (commits, outputs)
+}
+
+fn assert_only_the_newest_deployed(
+    server: &Server,
+    commits: &[String],
+    outputs: &[std::process::Output],
+) {
+    let newest = &commits[4];
+    // Steps ran for the first push, the deploy by hand, and the newest push only.
+    let ran = std::fs::read_to_string(server.root.join("ran")).unwrap();
+    let ran: Vec<&str> = ran.lines().collect();
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    assert_eq!(ran[2], newest.as_str());
+    let records = server.records();
+    let superseded: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["state"] == "superseded")
+        .collect();
+    assert_eq!(superseded.len(), 4, "{records:#?}");
+    for record in &superseded {
+        assert_eq!(record["error"], format!("superseded by {}", &newest[..7]));
+        assert!(commits[..4].contains(&record["commit"].as_str().unwrap().to_string()));
+    }
+    let last = records.last().unwrap();
+    assert_eq!(server.last_record()["state"], last["state"]);
+    assert_eq!(server.live_file("a"), "5");
+    for (sha, output) in commits[..4].iter().zip(outputs) {
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            err.contains(&format!("ats-hook: superseded by {}, which ", &newest[..7])),
+            "{sha}: {err}"
+        );
+    }
+    let newest_err = String::from_utf8_lossy(&outputs[4].stderr);
+    assert!(
+        newest_err.contains(&format!("ats-hook: deployed {}", &newest[..7])),
+        "{newest_err}"
+    );
+}
+
+#[test]
+fn of_five_pushes_waiting_for_the_lock_only_the_newest_deploys() {
+    let server = Server::new();
+    server.config(&COUNTED.replace("QUEUE", ""));
+    let (commits, outputs) = five_waiting_pushes(&server);
+    assert_only_the_newest_deployed(&server, &commits, &outputs);
+    // post-receive: every push landed in git; the superseded ones exit 0.
+    assert!(outputs.iter().all(|o| o.status.success()));
+    assert_eq!(
+        server.tip("refs/heads/main").as_deref(),
+        Some(commits[4].as_str())
+    );
+}
+
+#[test]
+fn in_gate_mode_the_overtaken_pushes_are_rejected() {
+    let server = Server::new();
+    server.config(&COUNTED.replace("QUEUE", ""));
+    server.gate();
+    let (commits, outputs) = five_waiting_pushes(&server);
+    assert_only_the_newest_deployed(&server, &commits, &outputs);
+    for output in &outputs[..4] {
+        assert!(!output.status.success());
+        assert!(String::from_utf8_lossy(&output.stderr).contains("pre-receive hook declined"));
+    }
+    assert!(outputs[4].status.success());
+    // The branch moved once, to the newest.
+    assert_eq!(
+        server.tip("refs/heads/main").as_deref(),
+        Some(commits[4].as_str())
+    );
+}
+
+#[test]
+fn with_queue_all_every_push_deploys_in_turn() {
+    let server = Server::new();
+    server.config(&COUNTED.replace("QUEUE", "queue = \"all\""));
+    let (commits, outputs) = five_waiting_pushes(&server);
+    assert!(outputs.iter().all(|o| o.status.success()));
+    let ran = std::fs::read_to_string(server.root.join("ran")).unwrap();
+    assert_eq!(ran.lines().count(), 7, "{ran}");
+    assert!(server.records().iter().all(|r| r["state"] != "superseded"));
+    assert_eq!(
+        server
+            .records()
+            .iter()
+            .filter(|r| commits.contains(&r["commit"].as_str().unwrap().to_string()))
+            .count(),
+        5
+    );
+}
