@@ -191,6 +191,11 @@ pub struct Health {
     /// Do not check the certificate at all: only for a loopback URL.
     #[serde(default)]
     pub insecure: bool,
+    /// The app's processes, which must all work in the new release: systemd units
+    /// (`app.service`, every process of its control group) or pidfiles (the process and its
+    /// children; relative to the deploy root).
+    #[serde(default)]
+    pub processes: Vec<String>,
     /// Or a shell command, run in the live release, that exits 0 when healthy.
     pub command: Option<String>,
     #[serde(default = "default_expect_status")]
@@ -503,7 +508,9 @@ impl Config {
         if let Some(health) = &self.health {
             match (&health.url, &health.command) {
                 (Some(_), Some(_)) => bail!("`health`: set `url` or `command`, not both"),
-                (None, None) => bail!("`health`: set `url` or `command`"),
+                (None, None) if health.processes.is_empty() => {
+                    bail!("`health`: set `url`, `command` or `processes`")
+                }
                 (Some(url), None) if !url.starts_with("http://") && !url.starts_with("https://") => bail!(
                     "`health.url` `{url}` must start with `http://` or `https://`"
                 ),
@@ -551,6 +558,9 @@ impl Config {
         if let Some(health) = &self.health {
             if health.passes == 0 {
                 bail!("`health.passes` is 0: at least one probe must pass");
+            }
+            if health.processes.iter().any(|p| p.trim().is_empty()) {
+                bail!("`health.processes` holds an empty name: give systemd units (`app.service`) or pidfiles");
             }
         }
         if self.restart.start.is_some() && self.restart.signal.is_none() {
@@ -975,7 +985,7 @@ mod tests {
     fn health_needs_one_http_url_or_command() {
         let base = "[deploy]\nroot = \"/a\"\n[health]\n";
         for (body, needle) in [
-            ("", "set `url` or `command`"),
+            ("", "set `url`, `command` or `processes`"),
             (
                 "url = \"ftp://x/\"\n",
                 "must start with `http://` or `https://`",

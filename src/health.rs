@@ -19,7 +19,7 @@ use anyhow::{bail, Result};
 use crate::config::Health;
 use crate::output::{self, short};
 use crate::process::{self, Cmd};
-use crate::procs::{Scan, User};
+use crate::procs::{self, Scan, User};
 
 /// The processes that ran in the release that was live, seen just before the restart.
 pub struct OldProcesses {
@@ -114,7 +114,20 @@ pub fn check(
         let answer = match (&health.url, &health.command) {
             (Some(url), _) => probe_http(url, health, tls, expect_body.as_deref()),
             (None, Some(command)) => probe_command(command, health, release_dir, env),
-            (None, None) => unreachable!("the config requires a url or a command"),
+            (None, None) => Ok(String::new()),
+        };
+        // And the processes, when named: all of them in the new release.
+        let answer = match answer {
+            Ok(said) if !health.processes.is_empty() => {
+                probe_processes(&health.processes, release_dir, deploy_root).map(|procs| {
+                    if said.is_empty() {
+                        procs
+                    } else {
+                        format!("{said}; {procs}")
+                    }
+                })
+            }
+            other => other,
         };
         match answer {
             Ok(answer) => {
@@ -167,6 +180,75 @@ pub fn check(
         }
         std::thread::sleep(health.interval.0);
     }
+}
+
+/// Whether every process of `names` (systemd units, or pidfiles relative to `deploy_root`)
+/// works in the release `current` points at: not in an older one it resolved when it started.
+fn probe_processes(names: &[String], current: &Path, deploy_root: &Path) -> Result<String, Failed> {
+    let release = std::fs::canonicalize(current)
+        .map_err(|err| Failed::from(format!("cannot resolve `{}`: {err}", current.display())))?;
+    let id = release
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let releases = release.parent().unwrap_or(deploy_root).to_path_buf();
+    let mut counts = Vec::new();
+    for name in names {
+        let procs = if is_unit(name) {
+            procs::of_unit(name)
+        } else {
+            let pidfile = deploy_root.join(name);
+            let pid = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok())
+                .ok_or_else(|| Failed::from(format!("`{}` names no process", pidfile.display())))?;
+            procs::with_children(pid)
+        };
+        if procs.is_empty() {
+            return Err(Failed::from(format!("`{name}` has no running process")));
+        }
+        for proc in &procs {
+            let Some(cwd) = &proc.cwd else {
+                return Err(Failed::from(format!(
+                    "cannot read the working directory of {proc} of `{name}`: run the app as the deploy user, or ats-hook as root"
+                )));
+            };
+            if cwd.starts_with(&release) {
+                continue;
+            }
+            let fix = if is_unit(name) {
+                format!("restart it (`systemctl_action = \"restart\"`), or start it with `--chdir {}/current` (gunicorn) so a reload follows the switch", deploy_root.display())
+            } else {
+                format!("restart it, or start it with `--chdir {}/current` (gunicorn) so a reload follows the switch", deploy_root.display())
+            };
+            let message = match cwd.strip_prefix(&releases) {
+                Ok(rest) => format!(
+                    "{proc} of `{name}` runs in release {} (its working directory), not in {id}: a reload keeps the directory a server resolved when it started; {fix}",
+                    rest.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default()
+                ),
+                Err(_) => format!(
+                    "{proc} of `{name}` works in `{}`, outside the new release {id}: give it `WorkingDirectory={}/current` and {fix}",
+                    cwd.display(),
+                    deploy_root.display()
+                ),
+            };
+            return Err(Failed::from(message));
+        }
+        counts.push(format!(
+            "{} of `{name}`",
+            output::count(procs.len(), "process")
+        ));
+    }
+    Ok(format!("{} in {id}", counts.join(", ")))
+}
+
+/// Whether a `processes` entry names a systemd unit rather than a pidfile.
+fn is_unit(name: &str) -> bool {
+    !name.contains('/')
+        && [".service", ".scope", ".socket", ".target"]
+            .iter()
+            .any(|suffix| name.ends_with(suffix))
 }
 
 /// A probe that did not pass: what it answered, and the body if there was one.

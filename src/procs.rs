@@ -190,6 +190,101 @@ fn strip_deleted(path: PathBuf) -> PathBuf {
     }
 }
 
+/// A running process, with the working directory that tells which release it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub pid: i32,
+    pub name: String,
+    /// `None` when this user may not read it.
+    pub cwd: Option<PathBuf>,
+}
+
+impl fmt::Display for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} ({})", self.pid, self.name)
+    }
+}
+
+fn running(pid: i32) -> Running {
+    let dir = Path::new("/proc").join(pid.to_string());
+    Running {
+        pid,
+        name: std::fs::read_to_string(dir.join("comm"))
+            .map(|n| n.trim_end().to_string())
+            .unwrap_or_else(|_| "?".to_string()),
+        cwd: std::fs::read_link(dir.join("cwd")).ok().map(strip_deleted),
+    }
+}
+
+/// The processes of this machine (as this user sees them), zombies left out: an exited
+/// process runs nothing.
+fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|pid| !exited(*pid))
+}
+
+/// Whether `pid` is a zombie, or gone.
+fn exited(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X" | "x"))
+}
+
+/// The processes of the systemd unit `unit`: those in its control group, or one under it.
+pub fn of_unit(unit: &str) -> Vec<Running> {
+    let suffix = format!("/{unit}");
+    let inside = format!("/{unit}/");
+    pids()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+                text.lines().any(|line| {
+                    let path = line.splitn(3, ':').nth(2).unwrap_or_default();
+                    path.ends_with(&suffix) || path.contains(&inside)
+                })
+            })
+        })
+        .map(running)
+        .collect()
+}
+
+/// Process `pid` and its descendants.
+pub fn with_children(pid: i32) -> Vec<Running> {
+    let parents: Vec<(i32, i32)> = pids()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // `pid (comm) state ppid …`: the name may hold spaces and parentheses.
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut family = vec![pid];
+    let mut n = 0;
+    while n < family.len() {
+        let parent = family[n];
+        family.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        n += 1;
+    }
+    family
+        .into_iter()
+        .filter(|p| !exited(*p))
+        .map(running)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -530,3 +530,38 @@ fn django_with_sqlite_in_shared_migrations_static_files_and_gunicorn() {
         .join("current/static/admin/css/base.css")
         .is_file());
 }
+
+/// `[health] processes` alone (no URL) catches the reload trap under a real systemd: after a
+/// reload of gunicorn started with `WorkingDirectory=.../current`, its workers still work in the
+/// old release, and the check names them; a restart passes.
+#[test]
+fn the_processes_check_alone_catches_the_reload_trap() {
+    let app = SystemdApp::start();
+    let v1 = app.first_deploy();
+    let processes_only = |config: &str| -> String {
+        let health = config
+            .find("[health]")
+            .expect("the example has a health check");
+        format!(
+            "{}[health]\nprocesses = [\"app.service\"]\ntimeout = \"10s\"\ninterval = \"250ms\"\nsettle = \"2s\"\n",
+            &config[..health]
+        )
+    };
+    app.use_config(&processes_only(&app.reload_config()));
+    app.clone.commit_file("VERSION", "2");
+    app.push()
+        .success()
+        .stderr_has("restart: sudo systemctl reload app.service")
+        .stderr_has("(gunicorn) of `app.service` runs in release ")
+        .stderr_has("a reload keeps the directory a server resolved when it started")
+        .stderr_has("deploy FAILED at health check; switched back");
+    assert_eq!(get(&app.url()).unwrap().trim(), v1);
+
+    app.use_config(&processes_only(&app.config));
+    let v3 = app.clone.commit_file("VERSION", "3");
+    app.push()
+        .success()
+        .stderr_has("of `app.service` in ")
+        .stderr_has(&format!("ats-hook: deployed {}", &v3[..7]));
+    assert_eq!(get(&app.url()).unwrap().trim(), v3);
+}

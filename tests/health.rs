@@ -228,3 +228,71 @@ fn an_https_health_check_trusts_the_system_or_the_ca_file_and_insecure_only_on_l
         .stderr_has("shared/missing.pem");
     assert_eq!(server.live_file("a"), "3");
 }
+
+/// `processes`: the app's processes must work in the new release. A server that kept its old
+/// release as working directory fails the check (no URL needed), named with the release it
+/// runs; restarted in the new one, it passes.
+#[test]
+fn the_processes_check_proves_which_release_the_app_runs() {
+    let server = Server::new();
+    let restart = "[restart]\ncommand = 'kill $(cat shared/app.pid) 2>/dev/null; cd current && setsid sleep 600 >/dev/null 2>&1 < /dev/null & echo $! > shared/app.pid'\n";
+    let health = "[health]\nprocesses = [\"shared/app.pid\"]\ntimeout = \"1s\"\ninterval = \"100ms\"\nsettle = \"1s\"\n";
+    server.config(&format!("[deploy]\nroot = \"ROOT\"\n{restart}{health}"));
+    std::fs::create_dir_all(server.root.join("shared")).unwrap();
+    let clone = server.clone("work");
+    clone.commit_file("a", "1");
+    let stop_app = || {
+        if let Ok(pid) = std::fs::read_to_string(server.root.join("shared/app.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    };
+    let push = clone.push();
+    push.success()
+        .stderr_has("health: ok after")
+        .stderr_has("1 process of `shared/app.pid` in ");
+    let first = server.live().unwrap();
+
+    // A restart that leaves the server where it was: it still works in the first release.
+    server.config(&format!(
+        "[deploy]\nroot = \"ROOT\"\n[restart]\ncommand = 'true'\n{health}"
+    ));
+    clone.commit_file("a", "2");
+    let push = clone.push();
+    let pid = std::fs::read_to_string(server.root.join("shared/app.pid")).unwrap();
+    push.success()
+        .stderr_has(&format!(
+            "pid {} (sleep) of `shared/app.pid` runs in release {first} (its working directory), not in ",
+            pid.trim()
+        ))
+        .stderr_has("deploy FAILED at health check; switched back");
+    assert_eq!(server.live().unwrap(), first);
+
+    // Restarted in the new release, it passes.
+    server.config(&format!("[deploy]\nroot = \"ROOT\"\n{restart}{health}"));
+    clone.commit_file("a", "3");
+    clone.push().success().stderr_has("health: ok after");
+    let live = server.live().unwrap();
+    let pid: i32 = std::fs::read_to_string(server.root.join("shared/app.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        server.root.join("releases").join(&live)
+    );
+    stop_app();
+
+    // A pidfile naming no process fails the check, saying so.
+    server.config(&format!(
+        "[deploy]\nroot = \"ROOT\"\n[restart]\ncommand = 'true'\n{health}"
+    ));
+    clone.commit_file("a", "4");
+    clone
+        .push()
+        .success()
+        .stderr_has("`shared/app.pid` has no running process")
+        .stderr_has("deploy FAILED at health check");
+}
