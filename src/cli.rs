@@ -69,6 +69,10 @@ pub enum Command {
     Rollback {
         /// A release id (see `ats-hook releases`)
         release: Option<String>,
+        /// Go back even onto a schema the target's migrations did not make (expand/contract
+        /// migrations, where old code works on the new schema)
+        #[arg(long)]
+        force: bool,
         /// Ask the server behind this git remote of your clone, over SSH
         #[arg(long, value_name = "NAME", conflicts_with_all = ["repo", "config"])]
         remote: Option<String>,

@@ -105,7 +105,7 @@ pub struct EnvSection {
     pub vars: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub name: StepName,
@@ -135,6 +135,14 @@ pub struct Step {
     /// A command whose output is part of the key, for what the commit does not hold: the
     /// interpreter's version (`python3 --version`), so a system upgrade rebuilds.
     pub key: Option<String>,
+    /// Files or folders of the commit that define the database schema (`migrations/`): their
+    /// content is each release's schema fingerprint, which rollbacks compare.
+    #[serde(default)]
+    pub migrations: Vec<RelPath>,
+    /// A command that reverses this step's migrations when a release with another schema goes
+    /// live again; run in the release being left, with `ATS_ROLLBACK_FROM` and
+    /// `ATS_ROLLBACK_TO` (release ids) and `ATS_ROLLBACK_TO_DIR`.
+    pub down: Option<String>,
 }
 
 impl Step {
@@ -480,6 +488,18 @@ impl Config {
                 bail!("`step.run` of step `{}` is empty", step.name);
             }
             step.check_outputs(&self.shared.paths)?;
+            if step.down.is_some() && step.migrations.is_empty() {
+                bail!(
+                    "`step.down` of step `{}` needs `migrations`: the paths whose change it reverses",
+                    step.name
+                );
+            }
+            if !step.migrations.is_empty() && step.after_switch {
+                bail!(
+                    "`step.migrations` of step `{}`: a migrating step runs before the switch, not with `after_switch`",
+                    step.name
+                );
+            }
             if step.rollback_on_failure && !step.after_switch {
                 bail!(
                     "`step.rollback_on_failure` of step `{}` needs `after_switch = true`: a step before the switch never changes what is live",

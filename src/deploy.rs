@@ -92,6 +92,11 @@ struct Session {
     options: PushOptions,
     /// The subject line of the commit going live.
     subject: Option<String>,
+    /// Its schema fingerprint (`step.migrations`), and whether a migrating step ran.
+    schema: Option<String>,
+    migrated: bool,
+    /// `down` commands run on the way back, recorded with the steps.
+    down_steps: Vec<StepRecord>,
     _output: Option<output::DeployGuard>,
 }
 
@@ -194,6 +199,9 @@ impl Session {
             log_limit: config.deploy.log_limit.0,
             options: PushOptions::default(),
             subject: None,
+            schema: None,
+            migrated: false,
+            down_steps: Vec::new(),
             _output: None,
         })
     }
@@ -242,6 +250,7 @@ impl Session {
             old_commit: old.map(|oid| oid.to_string()),
             commit: self.holder.commit.clone(),
             subject: self.subject.clone(),
+            schema: self.schema.clone(),
             release: release.to_string(),
             previous_release: self.previous_release.clone(),
             built_from: self.built_from.clone(),
@@ -415,6 +424,7 @@ pub fn deploy(
 
     let mut entry = session.record(Action::Deploy, trigger, &id, target.old);
     entry.steps = steps;
+    entry.steps.append(&mut session.down_steps);
     if let Err(stop) = &outcome {
         (entry.state, entry.failed_step, entry.error) = stop.describe();
     }
@@ -537,6 +547,11 @@ fn pipeline(
         timings: Vec::new(),
     };
     let stopped = before.run();
+    session.schema = crate::schema::fingerprint(config, &tree);
+    session.migrated = before.records.iter().any(|r| {
+        r.status == crate::record::StepStatus::Ok
+            && crate::schema::migrating_steps(config).any(|s| s.name.as_str() == r.name)
+    });
     steps.append(&mut before.records);
     session.timings.append(&mut before.timings);
     match stopped? {
@@ -582,12 +597,12 @@ fn pipeline(
         if step.rollback_on_failure {
             let error = anyhow::anyhow!("step `{}` failed ({exit})", step.name);
             let restored = switch_back(config, session);
-            return Err(Stop::AfterSwitch {
-                stage: format!("step {}", step.name),
+            return Err(after_switch(
+                &format!("step {}", step.name),
                 error,
                 restored,
-                interrupted: process::stop_requested(),
-            });
+                process::stop_requested(),
+            ));
         }
         output::warn(format!(
             "step `{}` failed after the switch; {id} stays live",
@@ -812,20 +827,136 @@ fn live_stage(
     let interrupted = process::stop_requested();
     output::error(format!("{error:#}"));
     let restored = switch_back(config, session);
-    Err(Stop::AfterSwitch {
-        stage: stage.to_string(),
-        error,
-        restored,
-        interrupted,
-    })
+    Err(after_switch(stage, error, restored, interrupted))
+}
+
+/// What stopped a deploy once live, given how switching back went.
+fn after_switch(
+    stage: &str,
+    error: anyhow::Error,
+    restored: Result<()>,
+    interrupted: bool,
+) -> Stop {
+    match restored {
+        Err(err) if err.downcast_ref::<KeptLive>().is_some() => Stop::FailedForward {
+            stage: stage.to_string(),
+            error,
+            why: format!("{err:#}"),
+        },
+        restored => Stop::AfterSwitch {
+            stage: stage.to_string(),
+            error,
+            restored,
+            interrupted,
+        },
+    }
+}
+
+/// Why a failed release stays live: going back would put old code on its schema.
+#[derive(Debug)]
+struct KeptLive(String);
+
+impl std::fmt::Display for KeptLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for KeptLive {}
+
+/// Before `current` goes from release `from` (schema `from_schema`) back to `to`: when the
+/// schemas differ, runs every migrating step's `down` in `from`, and says why not when it
+/// cannot (no `down`, or one failed). The `down` runs are returned for the record.
+fn reverse_schema(
+    config: &Config,
+    layout: &Layout,
+    (from, from_schema): (&str, Option<&str>),
+    (to, to_schema): (&str, Option<&str>),
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<StepRecord>, String> {
+    let (Some(from_schema), Some(to_schema)) = (from_schema, to_schema) else {
+        return Ok(Vec::new());
+    };
+    if from_schema == to_schema {
+        return Ok(Vec::new());
+    }
+    let lacking = crate::schema::lacking(config, &layout.release(from), &layout.release(to));
+    let lacking = if lacking.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} lacks {})", to, lacking.join(", "))
+    };
+    let downs: Vec<&crate::config::Step> = crate::schema::migrating_steps(config)
+        .filter(|s| s.down.is_some())
+        .collect();
+    if downs.is_empty() {
+        return Err(format!(
+            "release {from} changed the schema ({to_schema} → {from_schema}){lacking}, and no step declares a `down` command to reverse it; old code is never put on a new schema"
+        ));
+    }
+    let mut env = env.clone();
+    env.insert("ATS_ROLLBACK_FROM".into(), from.to_string());
+    env.insert("ATS_ROLLBACK_TO".into(), to.to_string());
+    env.insert(
+        "ATS_ROLLBACK_TO_DIR".into(),
+        layout.release(to).display().to_string(),
+    );
+    let width = steps::prefix_width(config);
+    let mut records = Vec::new();
+    for step in downs {
+        let down = crate::config::Step {
+            name: step.name.clone(),
+            run: step.down.clone().unwrap_or_default(),
+            ..(*step).clone()
+        };
+        output::say(format!(
+            "{}: reversing its migrations{lacking} with `down`",
+            step.name
+        ));
+        let (mut record, exit) = steps::run(&down, &layout.release(from), &env, width)
+            .map_err(|err| format!("`down` of step `{}` could not run: {err:#}", step.name))?;
+        record.name = format!("{} (down)", step.name);
+        records.push(record);
+        if !exit.success() {
+            return Err(format!(
+                "`down` of step `{}` failed ({exit}), so the schema is still {from}'s",
+                step.name
+            ));
+        }
+    }
+    Ok(records)
 }
 
 /// After a failure once live: `current` goes back to the release that was live before, which
 /// is restarted too.
-fn switch_back(config: &Config, session: &Session) -> Result<()> {
-    let layout = &session.layout;
-    let previous = session.previous_release.as_deref();
+fn switch_back(config: &Config, session: &mut Session) -> Result<()> {
+    let layout = session.layout.clone();
+    let layout = &layout;
+    let previous = session.previous_release.clone();
+    let previous = previous.as_deref();
     let leaving = layout.live_release().ok().flatten();
+    // Old code never goes back onto the schema this deploy's migrations made.
+    if let (Some(to), Some(from), true) = (previous, leaving.as_deref(), session.migrated) {
+        let to_schema = record::live_record(&session.records, to).and_then(|r| r.schema.clone());
+        let env = environment(
+            config,
+            layout,
+            from,
+            &session.holder.commit,
+            session.previous_commit.as_deref(),
+            &session.holder.git_ref,
+        )?;
+        match reverse_schema(
+            config,
+            layout,
+            (from, session.schema.as_deref()),
+            (to, to_schema.as_deref()),
+            &env,
+        ) {
+            Ok(mut downs) => session.down_steps.append(&mut downs),
+            Err(why) => return Err(KeptLive(why).into()),
+        }
+    }
     release::restore_current(layout, previous)?;
     let Some(previous) = previous else {
         output::say("removed `current`: nothing was live before");
@@ -843,7 +974,7 @@ fn switch_back(config: &Config, session: &Session) -> Result<()> {
 }
 
 /// Makes an older release live again: the previous good one, or the one named.
-pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
+pub fn rollback(config: &Config, named: Option<&str>, force: bool) -> Result<ExitCode> {
     let layout = Layout::new(&config.deploy.root);
     layout.refuse_root_on_a_users_root()?;
     let records = record::read_all(&layout.deploys_file())?;
@@ -859,6 +990,8 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
     };
     let made = record::deploy_of(&session.records, &target).expect("rollback targets went live");
     session.subject = made.subject.clone();
+    session.schema = made.schema.clone();
+    let target_schema = made.schema.clone();
     let (commit, git_ref) = (made.commit.clone(), made.git_ref.clone());
     session.holder.commit = commit.clone();
     session.holder.git_ref = git_ref.clone();
@@ -888,9 +1021,47 @@ pub fn rollback(config: &Config, named: Option<&str>) -> Result<ExitCode> {
         // Nothing changed: no record, and the lock goes back empty.
         Err(err) => return Err(session.abandon(err)),
     };
-    let intent = session.record(Action::Rollback, Trigger::Manual, &target, None);
+    // The schema: the target's code must find the schema its migrations made.
+    if let Some(live) = session.previous_release.clone() {
+        let live_record = record::live_record(&session.records, &live);
+        let live_schema = live_record.and_then(|r| r.schema.clone());
+        let differs = matches!((&live_schema, &target_schema), (Some(a), Some(b)) if a != b);
+        if differs && force {
+            output::warn(format!(
+                "--force: {target}'s code goes onto the schema of {live} ({} → {})",
+                live_schema.as_deref().unwrap_or_default(),
+                target_schema.as_deref().unwrap_or_default()
+            ));
+        } else if differs {
+            let live_env = live_record
+                .map(|r| (r.commit.clone(), r.git_ref.clone()))
+                .map(|(c, r)| environment(config, &session.layout, &live, &c, None, &r));
+            let reversed = match live_env {
+                Some(Ok(live_env)) => reverse_schema(
+                    config,
+                    &session.layout,
+                    (&live, live_schema.as_deref()),
+                    (&target, target_schema.as_deref()),
+                    &live_env,
+                ),
+                Some(Err(err)) => Err(format!("{err:#}")),
+                None => Ok(Vec::new()),
+            };
+            match reversed {
+                Ok(mut downs) => session.down_steps.append(&mut downs),
+                Err(why) => {
+                    return Err(session.abandon(anyhow::anyhow!(
+                        "rollback refused: {why}. Either declare `down` for the migrating step, or, when {target}'s code works on this schema (expand/contract migrations), pass `--force`"
+                    )))
+                }
+            }
+        }
+    }
+    let mut intent = session.record(Action::Rollback, Trigger::Manual, &target, None);
+    intent.steps = session.down_steps.clone();
     let outcome = go_live(config, &mut session, &intent, &env);
     let mut entry = session.record(Action::Rollback, Trigger::Manual, &target, None);
+    entry.steps = session.down_steps.clone();
     if let Err(stop) = &outcome {
         (entry.state, entry.failed_step, entry.error) = stop.describe();
     }

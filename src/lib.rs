@@ -28,6 +28,7 @@ pub mod recover;
 pub mod refs;
 pub mod release;
 pub mod restart;
+pub mod schema;
 pub mod select;
 pub mod spare;
 pub mod sshkey;

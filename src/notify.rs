@@ -22,7 +22,7 @@ pub fn event(record: &DeployRecord) -> Option<NotifyOn> {
     match (record.action, record.state) {
         (Action::Rollback, _) => Some(NotifyOn::Rollback),
         (_, State::Succeeded) => Some(NotifyOn::Succeeded),
-        (_, State::Failed | State::Interrupted) => Some(NotifyOn::Failed),
+        (_, State::Failed | State::Interrupted | State::FailedForward) => Some(NotifyOn::Failed),
         (_, State::RolledBack) => Some(NotifyOn::RolledBack),
         (_, State::Switching | State::Superseded) => None,
     }

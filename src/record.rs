@@ -18,6 +18,9 @@ pub enum State {
     Failed,
     RolledBack,
     Interrupted,
+    /// Failed once live, and left live: its migrations changed the schema, and the old release
+    /// cannot run on the new one (no `down` command, or it failed).
+    FailedForward,
     /// Overtaken while it waited for the lock by a newer push of the same ref, which deploys
     /// instead (`deploy.queue = "newest"`); nothing was changed.
     Superseded,
@@ -29,6 +32,7 @@ pub enum State {
 impl State {
     pub fn as_str(self) -> &'static str {
         match self {
+            State::FailedForward => "failed-forward",
             State::Succeeded => "succeeded",
             State::Failed => "failed",
             State::RolledBack => "rolled-back",
@@ -123,6 +127,9 @@ pub struct DeployRecord {
     pub error: Option<String>,
     pub steps: Vec<StepRecord>,
     pub pusher: String,
+    /// The fingerprint of the schema the release's migrations define (`step.migrations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// The push's note (`git push -o ats.note=…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -235,12 +242,11 @@ pub fn read_all(path: &Path) -> Result<Vec<DeployRecord>> {
     Ok(records)
 }
 
-/// The newest record of a deploy that made `release` live.
+/// The newest record of a deploy that made `release` live (one that failed forward stays live).
 pub fn live_record<'a>(records: &'a [DeployRecord], release: &str) -> Option<&'a DeployRecord> {
-    records
-        .iter()
-        .rev()
-        .find(|r| r.release == release && r.state == State::Succeeded)
+    records.iter().rev().find(|r| {
+        r.release == release && matches!(r.state, State::Succeeded | State::FailedForward)
+    })
 }
 
 /// Where a rollback from `live` goes: the newest release older than `live` that went live

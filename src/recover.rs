@@ -186,6 +186,7 @@ fn interrupted(dead: &Holder) -> DeployRecord {
         old_commit: None,
         commit: dead.commit.clone(),
         subject: None,
+        schema: None,
         release,
         previous_release: None,
         built_from: None,

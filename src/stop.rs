@@ -19,6 +19,13 @@ pub enum Stop {
     Error(anyhow::Error),
     /// A newer push of the same ref came while this one waited for the lock.
     Superseded(crate::queue::Newer),
+    /// Something failed once the release was live, and it stays live: going back would put old
+    /// code on the schema its migrations changed.
+    FailedForward {
+        stage: String,
+        error: anyhow::Error,
+        why: String,
+    },
     /// Something failed once the release was live; `current` was switched back (or not).
     AfterSwitch {
         stage: String,
@@ -54,6 +61,11 @@ impl Stop {
                 Some(format!("interrupted during {during}")),
             ),
             Stop::Error(err) => (State::Failed, None, Some(format!("{err:#}"))),
+            Stop::FailedForward { stage, error, why } => (
+                State::FailedForward,
+                Some(stage.clone()),
+                Some(format!("{error:#}; kept live: {why}")),
+            ),
             Stop::Superseded(newer) => (
                 State::Superseded,
                 None,
@@ -101,6 +113,12 @@ impl Stop {
             Stop::Error(err) => {
                 output::error(format!("{:#}", output::with_disk_full_hint(err)));
                 format!("{what} FAILED; {still_live}")
+            }
+            Stop::FailedForward { stage, why, .. } => {
+                output::error(format!("NOT switched back: {why}"));
+                format!(
+                    "{what} FAILED at {stage} and stays live (failed-forward): fix it with the next push, or reverse the migrations and roll back with `ats-hook rollback --force`"
+                )
             }
             Stop::Superseded(newer) if newer.deployed => format!(
                 "superseded by {}, which is live now: a newer push of this branch came while this one waited",

@@ -22,6 +22,7 @@ mod package;
 mod push;
 mod releases;
 mod rollback;
+mod schema;
 mod spare;
 mod ssh;
 mod stdin;

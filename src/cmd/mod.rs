@@ -68,10 +68,13 @@ pub fn run(command: Command) -> Result<ExitCode> {
             ..
         } => there(&name, "rollback", false, release.as_deref()),
         Command::Rollback {
-            release, location, ..
+            release,
+            force,
+            location,
+            ..
         } => {
             let config = load(&location)?;
-            crate::deploy::rollback(&config, release.as_deref())
+            crate::deploy::rollback(&config, release.as_deref(), force)
         }
         Command::Releases {
             remote: Some(name),

@@ -21,6 +21,8 @@ struct ReleaseInfo {
     /// The state of the deploy that made it; `unknown` when the history has no such deploy.
     state: String,
     created: Option<String>,
+    /// The schema fingerprint of its migrations (`step.migrations`).
+    schema: Option<String>,
     /// Who pushed it, its commit's subject line, and the push's note.
     pusher: Option<String>,
     subject: Option<String>,
@@ -57,6 +59,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
                 git_ref: made.map(|r| r.git_ref.clone()),
                 state: made.map_or("unknown", |r| r.state.as_str()).to_string(),
                 created: made.map(|r| r.started_at.clone()),
+                schema: made.and_then(|r| r.schema.clone()),
                 pusher: made.map(|r| r.pusher.clone()),
                 subject: made.and_then(|r| r.subject.clone()),
                 note: made.and_then(|r| r.note.clone()),
@@ -94,6 +97,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         "  {:width$}  {:7}  {:12}  {:11}  {:20}  {:by_width$}  OUTPUTS",
         "RELEASE", "COMMIT", "REF", "STATE", "CREATED", "BY"
     )?;
+    let mut previous_schema: Option<&str> = None;
     for release in &releases {
         let marker = if release.live { "*" } else { " " };
         let note = if release.live {
@@ -108,11 +112,21 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             .iter()
             .map(|o| format!("{}={}", o.step, crate::output::prefix(&o.key, 12)))
             .collect();
-        let outputs = if outputs.is_empty() {
+        let mut outputs = if outputs.is_empty() {
             "-".to_string()
         } else {
             outputs.join(",")
         };
+        // The schema, marked where it changed from the release before.
+        if let Some(schema) = &release.schema {
+            let changed = previous_schema.is_some_and(|p| p != schema.as_str());
+            outputs.push_str(&format!(
+                "  schema {}{}",
+                crate::output::prefix(schema, 8),
+                if changed { " (changed)" } else { "" }
+            ));
+        }
+        previous_schema = release.schema.as_deref();
         writeln!(
             out,
             "{marker} {:width$}  {:7}  {:12}  {:11}  {:20}  {:by_width$}  {outputs}{note}{}",
