@@ -215,6 +215,24 @@ fn probe_processes(names: &[String], current: &Path, deploy_root: &Path) -> Resu
                 )));
             };
             if cwd.starts_with(&release) {
+                // Its executable and the paths it was given, where they are releases' files,
+                // must be the new release's too (resolved: `current/...` names the new one).
+                let stale = proc.exe.iter().chain(&proc.paths).find_map(|path| {
+                    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                    let other = real.strip_prefix(&releases).ok()?.components().next()?;
+                    (other.as_os_str() != id.as_str()).then(|| {
+                        (
+                            path.clone(),
+                            other.as_os_str().to_string_lossy().into_owned(),
+                        )
+                    })
+                });
+                if let Some((path, other)) = stale {
+                    return Err(Failed::from(format!(
+                        "{proc} of `{name}` works in {id} but runs `{}` of release {other}: restart it so it starts from the new release",
+                        path.display()
+                    )));
+                }
                 continue;
             }
             let fix = if is_unit(name) {

@@ -197,6 +197,9 @@ pub struct Running {
     pub name: String,
     /// `None` when this user may not read it.
     pub cwd: Option<PathBuf>,
+    /// Its executable, and the absolute paths on its command line (a script, `--chdir`).
+    pub exe: Option<PathBuf>,
+    pub paths: Vec<PathBuf>,
 }
 
 impl fmt::Display for Running {
@@ -213,6 +216,15 @@ fn running(pid: i32) -> Running {
             .map(|n| n.trim_end().to_string())
             .unwrap_or_else(|_| "?".to_string()),
         cwd: std::fs::read_link(dir.join("cwd")).ok().map(strip_deleted),
+        exe: std::fs::read_link(dir.join("exe")).ok().map(strip_deleted),
+        paths: std::fs::read(dir.join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter_map(|arg| std::str::from_utf8(arg).ok())
+            .map(|arg| arg.rsplit_once('=').map_or(arg, |(_, value)| value))
+            .filter(|arg| arg.starts_with('/'))
+            .map(PathBuf::from)
+            .collect(),
     }
 }
 

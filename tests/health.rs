@@ -285,6 +285,18 @@ fn the_processes_check_proves_which_release_the_app_runs() {
     );
     stop_app();
 
+    // Working in the new release but started on an old release's file: named too.
+    let stale = "[restart]\ncommand = 'kill $(cat shared/app.pid) 2>/dev/null; old=$PWD/$(ls -d releases/*/ | head -1); cd current && setsid sh -c \"sleep 600; :\" app \"$old\" >/dev/null 2>&1 < /dev/null & echo $! > shared/app.pid'\n";
+    server.config(&format!("[deploy]\nroot = \"ROOT\"\n{stale}{health}"));
+    clone.commit_file("a", "3b");
+    clone
+        .push()
+        .success()
+        .stderr_has(" but runs `")
+        .stderr_has("restart it so it starts from the new release")
+        .stderr_has("deploy FAILED at health check");
+    stop_app();
+
     // A pidfile naming no process fails the check, saying so.
     server.config(&format!(
         "[deploy]\nroot = \"ROOT\"\n[restart]\ncommand = 'true'\n{health}"
