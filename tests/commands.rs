@@ -77,7 +77,8 @@ fn check_prints_the_plan() {
     check.success();
     check
         .stdout_has("is valid")
-        .stdout_has("deploys:   branches main");
+        .stdout_has("deploys:   branches main")
+        .stdout_has("a push may skip it: `git push -o ats.skip=static`");
     check
         .stdout_has("step 1:    install (timeout 15m)")
         .stdout_has("step 2:    migrate (timeout 10m)");

@@ -173,6 +173,26 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             step.timeout,
             step.run
         )?;
+        if step.skippable {
+            writeln!(
+                out,
+                "           a push may skip it: `git push -o ats.skip={}`",
+                step.name
+            )?;
+        }
+        if !step.migrations.is_empty() {
+            let paths: Vec<String> = step.migrations.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "           its migrations ({}) are each release's schema; {}",
+                paths.join(", "),
+                if step.down.is_some() {
+                    "`down` reverses them before old code goes back"
+                } else {
+                    "no `down`: old code never goes back onto a newer schema without `rollback --force`"
+                }
+            )?;
+        }
         if step.has_outputs() {
             let paths: Vec<String> = step.outputs.iter().map(ToString::to_string).collect();
             writeln!(
