@@ -11,6 +11,7 @@ mod config_errors;
 mod deps;
 mod django;
 mod faults;
+mod fleet;
 mod gate;
 mod health;
 mod install;

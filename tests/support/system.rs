@@ -148,6 +148,17 @@ pub struct Sshd {
 impl Sshd {
     /// Starts sshd; with `namespace`, inside that systemd's PID and mount namespace.
     pub fn start(dir: &Path, namespace: Option<i32>) -> Sshd {
+        Sshd::start_at(dir, namespace, "127.0.0.1", ".ssh/authorized_keys")
+    }
+
+    /// Starts sshd listening on `address` (any of 127.0.0.0/8: a host of its own), reading
+    /// each user's keys from `authorized_keys` (sshd's `%u` tokens allowed).
+    pub fn start_at(
+        dir: &Path,
+        namespace: Option<i32>,
+        address: &str,
+        authorized_keys: &str,
+    ) -> Sshd {
         require_root();
         let wrap = |program: &Path| -> Command {
             match namespace {
@@ -186,8 +197,8 @@ impl Sshd {
         std::fs::write(
             &config,
             format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {pid}\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAuthorizedKeysFile .ssh/authorized_keys\n\
+                "Port {port}\nListenAddress {address}\nHostKey {key}\nPidFile {pid}\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAuthorizedKeysFile {authorized_keys}\n\
                  AllowTcpForwarding yes\nAcceptEnv GIT_PROTOCOL\n",
                 key = key.display(),
                 pid = dir.join("sshd.pid").display()
@@ -207,7 +218,7 @@ impl Sshd {
             std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
         );
         wait_for("sshd to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            std::net::TcpStream::connect((address, port)).is_ok()
         });
         let pid = match namespace {
             Some(_) => None,

@@ -1,0 +1,373 @@
+//! Several servers through Ansible, for real: real ansible-core (installed by tests/run into
+//! `target/ansible`) sets up three hosts, each its own sshd on its own loopback address with its
+//! own deploy user and deploy root, through `contrib/ansible/site.yml`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pretty_assertions::assert_eq;
+
+use crate::support::system::{Public, Sshd};
+use crate::support::*;
+
+/// ansible-playbook from the virtualenv tests/run fills.
+fn ansible_playbook() -> PathBuf {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ansible/bin/ansible-playbook");
+    assert!(
+        bin.exists(),
+        "{} is missing: tests/run installs ansible-core there",
+        bin.display()
+    );
+    bin
+}
+
+/// One host of the fleet.
+struct Host {
+    name: String,
+    user: String,
+    sshd: Sshd,
+    address: String,
+}
+
+/// Three (or more) hosts, the control node's key authorized for root on each, and an inventory.
+struct Fleet {
+    public: Public,
+    hosts: Vec<Host>,
+    key: PathBuf,
+    known_hosts: PathBuf,
+}
+
+impl Fleet {
+    fn new(count: usize) -> Fleet {
+        let public = Public::new();
+        let keys = public.path().join("authorized");
+        std::fs::create_dir_all(&keys).unwrap();
+        let key = public.path().join("control_key");
+        let mut keygen = Command::new("ssh-keygen");
+        keygen
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "control node", "-f"])
+            .arg(&key);
+        run(&mut keygen, "ssh-keygen").success();
+        std::fs::copy(key.with_extension("pub"), keys.join("root")).unwrap();
+        let mut fleet = Fleet {
+            known_hosts: public.path().join("known_hosts"),
+            public,
+            hosts: Vec::new(),
+            key,
+        };
+        for n in 0..count {
+            fleet.add_host(n);
+        }
+        fleet
+    }
+
+    fn add_host(&mut self, n: usize) {
+        let address = format!("127.0.0.{}", 11 + n);
+        let dir = self.public.path().join(format!("host{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The control node's key for root from this test's folder; deploy keys where
+        // `keys add` writes them.
+        let authorized = format!(
+            "{}/%u .ssh/authorized_keys",
+            self.public.path().join("authorized").display()
+        );
+        let sshd = Sshd::start_at(&dir, None, &address, &authorized);
+        let host_key =
+            std::fs::read_to_string(sshd.host_keys.join("ssh_host_ed25519_key.pub")).unwrap();
+        let mut parts = host_key.split_whitespace();
+        let line = format!(
+            "[{address}]:{} {} {}\n",
+            sshd.port,
+            parts.next().unwrap(),
+            parts.next().unwrap()
+        );
+        let mut known = std::fs::read_to_string(&self.known_hosts).unwrap_or_default();
+        known.push_str(&line);
+        std::fs::write(&self.known_hosts, known).unwrap();
+        self.hosts.push(Host {
+            name: format!("web{}", n + 1),
+            user: format!("atsf{}x{n}", std::process::id()),
+            sshd,
+            address,
+        });
+    }
+
+    /// The inventory: the hosts in group `app`, each with its own deploy user.
+    fn inventory(&self) -> PathBuf {
+        let mut text = String::from("[app]\n");
+        for host in &self.hosts {
+            text.push_str(&format!(
+                "{} ansible_host={} ansible_port={} ats_hook_user={}\n",
+                host.name, host.address, host.sshd.port, host.user
+            ));
+        }
+        text.push_str(&format!(
+            "\n[all:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n\
+             ansible_ssh_common_args='-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes'\n\
+             ansible_python_interpreter=/usr/bin/python3\nats_hook_binary_src={}\n\
+             ats_hook_binary={}\n",
+            self.key.display(),
+            self.known_hosts.display(),
+            self.public.bin.display(),
+            self.public.path().join("bin/installed-ats-hook").display()
+        ));
+        let path = self.public.path().join("inventory.ini");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `ansible-playbook PLAYBOOK` from `contrib/ansible`, against the inventory.
+    fn playbook(&self, playbook: &str, extra: &[&str]) -> Run {
+        let mut cmd = command(ansible_playbook(), self.public.path());
+        cmd.arg("-i")
+            .arg(self.inventory())
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("contrib/ansible")
+                    .join(playbook),
+            )
+            .args(extra)
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_FORCE_COLOR", "0")
+            .env("ANSIBLE_LOCAL_TEMP", self.public.path().join("ansible-tmp"))
+            .env("ANSIBLE_HOME", self.public.path().join("ansible-home"));
+        run(&mut cmd, format!("ansible-playbook {playbook}"))
+    }
+
+    fn home(&self, host: &Host) -> PathBuf {
+        PathBuf::from("/home").join(&host.user)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for host in &self.hosts {
+            let _ = Command::new("userdel")
+                .args(["-r", "-f", &host.user])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `changed=N` of each host in the play recap.
+fn changed(recap: &str) -> Vec<(String, u32)> {
+    recap
+        .lines()
+        .skip_while(|line| !line.starts_with("PLAY RECAP"))
+        .skip(1)
+        .filter_map(|line| {
+            let host = line.split_whitespace().next()?.to_string();
+            let n = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("changed="))?
+                .parse()
+                .ok()?;
+            Some((host, n))
+        })
+        .collect()
+}
+
+#[test]
+fn site_yml_sets_every_host_up_and_a_second_run_changes_nothing() {
+    let fleet = Fleet::new(3);
+    let first = fleet.playbook("site.yml", &[]);
+    let out = first.success().stdout();
+    let recap = changed(&out);
+    assert_eq!(recap.len(), 3, "{out}");
+    assert!(recap.iter().all(|(_, n)| *n > 0), "{out}");
+    for host in &fleet.hosts {
+        let repo = fleet.home(host).join("app.git");
+        assert!(git2::Repository::open_bare(&repo).is_ok(), "{}", host.name);
+        // Gate mode: the hook is pre-receive, linked to the installed binary.
+        assert_eq!(
+            std::fs::read_link(repo.join("hooks/pre-receive")).unwrap(),
+            fleet.public.path().join("bin/installed-ats-hook")
+        );
+        let config = std::fs::read_to_string(repo.join("ats-hook.toml")).unwrap();
+        assert!(
+            config.contains(&format!(
+                "root = \"{}\"",
+                fleet.home(host).join("app").display()
+            )),
+            "{config}"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&repo).unwrap().uid();
+        let user = nix::unistd::User::from_name(&host.user).unwrap().unwrap();
+        assert_eq!(owner, user.uid.as_raw(), "{}", host.name);
+    }
+
+    // Idempotent: nothing changes on the second run.
+    let again = fleet.playbook("site.yml", &[]).success().stdout();
+    let recap = changed(&again);
+    assert_eq!(recap.len(), 3, "{again}");
+    assert!(recap.iter().all(|(_, n)| *n == 0), "{again}");
+}
+
+#[test]
+fn a_host_that_cannot_be_reached_fails_by_name_and_the_others_are_set_up() {
+    let mut fleet = Fleet::new(2);
+    // A third host whose sshd is gone.
+    fleet.add_host(2);
+    let gone = fleet.hosts.pop().unwrap();
+    let (name, address, port) = (gone.name.clone(), gone.address.clone(), gone.sshd.port);
+    drop(gone);
+    let mut text = std::fs::read_to_string(fleet.inventory()).unwrap();
+    text = text.replacen(
+        "[app]\n",
+        &format!(
+            "[app]\n{name} ansible_host={address} ansible_port={port} ats_hook_user=nobody-here\n"
+        ),
+        1,
+    );
+    let inventory = fleet.public.path().join("with-unreachable.ini");
+    std::fs::write(&inventory, text).unwrap();
+    let mut cmd = command(ansible_playbook(), fleet.public.path());
+    cmd.arg("-i")
+        .arg(&inventory)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/ansible/site.yml"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env(
+            "ANSIBLE_LOCAL_TEMP",
+            fleet.public.path().join("ansible-tmp"),
+        )
+        .env("ANSIBLE_HOME", fleet.public.path().join("ansible-home"));
+    let out = run(&mut cmd, "ansible-playbook site.yml");
+    out.failure();
+    let stdout = out.stdout();
+    assert!(
+        stdout.contains(&format!("fatal: [{name}]: UNREACHABLE!")),
+        "{stdout}"
+    );
+    for host in &fleet.hosts {
+        assert!(fleet.home(host).join("app.git/ats-hook.toml").is_file());
+    }
+}
+
+#[test]
+fn the_ansible_content_is_lint_clean() {
+    let lint = ansible_playbook().with_file_name("ansible-lint");
+    let mut cmd = command(&lint, Path::new(env!("CARGO_MANIFEST_DIR")));
+    cmd.args(["--offline", "--nocolor", "."])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/ansible"))
+        .env(
+            "ANSIBLE_HOME",
+            std::env::temp_dir().join("ats-hook-ansible-lint"),
+        );
+    run(&mut cmd, "ansible-lint contrib/ansible")
+        .success()
+        .stderr_has("Passed: 0 failure(s), 0 warning(s)");
+}
+
+/// The app's config on every host: a migration step that counts its runs in one file all hosts
+/// share, and a build step that fails on a host holding `fail-here` in its deploy root.
+fn app_vars(fleet: &Fleet, push_key: &Path) -> String {
+    let ran = fleet.public.path().join("migrations-ran");
+    std::fs::write(&ran, "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ran, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let public_key = std::fs::read_to_string(push_key.with_extension("pub")).unwrap();
+    format!(
+        "ats_hook_config: |\n  [[step]]\n  name = \"migrate\"\n  run = 'echo \"$ATS_DEPLOY_ROOT $ATS_COMMIT\" >> {ran}'\n  skippable = true\n  \
+         [[step]]\n  name = \"build\"\n  run = 'test ! -e \"$ATS_DEPLOY_ROOT/fail-here\" && printf \"%s\\\\n\" \"$ATS_COMMIT\" > version.txt'\n\
+         ats_hook_keys:\n  - name: ci\n    public_key: \"{}\"\n",
+        public_key.trim(),
+        ran = ran.display()
+    )
+}
+
+#[test]
+fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure() {
+    let fleet = Fleet::new(3);
+    let push_key = fleet.public.path().join("push_key");
+    let mut keygen = Command::new("ssh-keygen");
+    keygen
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"])
+        .arg(&push_key);
+    run(&mut keygen, "ssh-keygen").success();
+    let group_vars = fleet.public.path().join("group_vars");
+    std::fs::create_dir_all(&group_vars).unwrap();
+    std::fs::write(group_vars.join("app.yml"), app_vars(&fleet, &push_key)).unwrap();
+    fleet.playbook("site.yml", &[]).success();
+
+    let source = Clone::new_in(fleet.public.path(), "source");
+    let v1 = source.commit_file("app.py", "1\n");
+    // As JSON: `-e key=value` splits at spaces.
+    let ssh = serde_json::json!({
+        "ats_hook_ssh_command": format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
+            push_key.display(),
+            fleet.known_hosts.display()
+        )
+    })
+    .to_string();
+    let roll = |commit: &str| {
+        fleet.playbook(
+            "deploy.yml",
+            &[
+                "-e",
+                &format!("ats_hook_commit={commit}"),
+                "-e",
+                &format!("ats_hook_source={}", source.dir.display()),
+                "-e",
+                "ats_hook_migrate_step=migrate",
+                "-e",
+                &ssh,
+            ],
+        )
+    };
+    let version = |host: &Host| {
+        std::fs::read_to_string(fleet.home(host).join("app/current/version.txt"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let migrations = || {
+        std::fs::read_to_string(fleet.public.path().join("migrations-ran"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    roll(&v1).success();
+    for host in &fleet.hosts {
+        assert_eq!(version(host), v1, "{}", host.name);
+    }
+    // Once per roll, on the first host.
+    let ran = migrations();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(ran[0].starts_with(
+        &fleet
+            .home(&fleet.hosts[0])
+            .join("app")
+            .display()
+            .to_string()
+    ));
+
+    // A step that fails on the second host stops the roll there.
+    std::fs::write(fleet.home(&fleet.hosts[1]).join("app/fail-here"), "").unwrap();
+    let v2 = source.commit_file("app.py", "2\n");
+    let failed = roll(&v2);
+    failed.failure();
+    let out = failed.stdout();
+    assert!(out.contains("fatal: [web2 -> localhost]: FAILED!"), "{out}");
+    assert!(out.contains("deploy FAILED at step build"), "{out}");
+    assert_eq!(version(&fleet.hosts[0]), v2);
+    assert_eq!(version(&fleet.hosts[1]), v1);
+    assert_eq!(
+        version(&fleet.hosts[2]),
+        v1,
+        "the roll went past the failed host"
+    );
+    assert_eq!(migrations().len(), 2);
+
+    // Fixed, the same roll finishes; the primary is done already and migrates nothing again.
+    std::fs::remove_file(fleet.home(&fleet.hosts[1]).join("app/fail-here")).unwrap();
+    roll(&v2).success();
+    for host in &fleet.hosts {
+        assert_eq!(version(host), v2, "{}", host.name);
+    }
+    assert_eq!(migrations().len(), 2);
+}
