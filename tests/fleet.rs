@@ -363,11 +363,66 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
     );
     assert_eq!(migrations().len(), 2);
 
-    // Fixed, the same roll finishes; the primary is done already and migrates nothing again.
+    // status.yml shows the host left on another release.
+    let status = fleet.playbook("status.yml", &[]).success().stdout();
+    let row = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.contains(&format!("\"{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}: {status}"))
+            .to_string()
+    };
+    assert!(
+        row("web1").contains(&v2[..7]) && row("web1").contains("DIFFERS"),
+        "{status}"
+    );
+    for name in ["web2", "web3"] {
+        assert!(
+            row(name).contains(&v1[..7]) && !row(name).contains("DIFFERS"),
+            "{status}"
+        );
+    }
+    assert!(row("web2").contains("failed"), "{status}");
+
+    // rollback.yml brings the group back to v1: web1 rolls back, the others are there already.
+    let back = fleet.playbook(
+        "rollback.yml",
+        &[
+            "-e",
+            &format!("ats_hook_commit={v1}"),
+            "-e",
+            &format!("ats_hook_source={}", source.dir.display()),
+        ],
+    );
+    let out = back.success().stdout();
+    let recap = changed(&out);
+    assert_eq!(
+        recap,
+        [
+            ("web1".to_string(), 1),
+            ("web2".to_string(), 0),
+            ("web3".to_string(), 0)
+        ],
+        "{out}"
+    );
+    for host in &fleet.hosts {
+        assert_eq!(version(host), v1, "{}", host.name);
+    }
+    let status = fleet.playbook("status.yml", &[]).success().stdout();
+    assert!(!status.contains("DIFFERS"), "{status}");
+
+    // Fixed, the roll finishes. web1's branch is at v2 already (a rollback moves no branch), so
+    // git has nothing to push there and the playbook deploys it by hand; this roll migrates
+    // once, there, and nowhere else.
     std::fs::remove_file(fleet.home(&fleet.hosts[1]).join("app/fail-here")).unwrap();
     roll(&v2).success();
     for host in &fleet.hosts {
         assert_eq!(version(host), v2, "{}", host.name);
     }
-    assert_eq!(migrations().len(), 2);
+    let ran = migrations();
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    assert_eq!(
+        ran[2],
+        format!("{} {v2}", fleet.home(&fleet.hosts[0]).join("app").display())
+    );
 }
