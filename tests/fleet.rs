@@ -278,9 +278,34 @@ fn app_vars(fleet: &Fleet, push_key: &Path) -> String {
     )
 }
 
+/// What a host's live release holds (its `version.txt`).
+fn version(fleet: &Fleet, host: &Host) -> String {
+    std::fs::read_to_string(fleet.home(host).join("app/current/version.txt"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// `deploy.yml` of `commit` from `source`, migrating with the step `migrate`.
+fn fleet_roll(fleet: &Fleet, source: &Clone, commit: &str, ssh: &str) -> Run {
+    fleet.playbook(
+        "deploy.yml",
+        &[
+            "-e",
+            &format!("ats_hook_commit={commit}"),
+            "-e",
+            &format!("ats_hook_source={}", source.dir.display()),
+            "-e",
+            "ats_hook_migrate_step=migrate",
+            "-e",
+            ssh,
+        ],
+    )
+}
+
 #[test]
 fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure() {
-    let fleet = Fleet::new(3);
+    let mut fleet = Fleet::new(3);
     let push_key = fleet.public.path().join("push_key");
     let mut keygen = Command::new("ssh-keygen");
     keygen
@@ -303,37 +328,17 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
         )
     })
     .to_string();
-    let roll = |commit: &str| {
-        fleet.playbook(
-            "deploy.yml",
-            &[
-                "-e",
-                &format!("ats_hook_commit={commit}"),
-                "-e",
-                &format!("ats_hook_source={}", source.dir.display()),
-                "-e",
-                "ats_hook_migrate_step=migrate",
-                "-e",
-                &ssh,
-            ],
-        )
-    };
-    let version = |host: &Host| {
-        std::fs::read_to_string(fleet.home(host).join("app/current/version.txt"))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
+    let ran_file = fleet.public.path().join("migrations-ran");
     let migrations = || {
-        std::fs::read_to_string(fleet.public.path().join("migrations-ran"))
+        std::fs::read_to_string(&ran_file)
             .unwrap()
             .lines()
             .map(String::from)
             .collect::<Vec<_>>()
     };
-    roll(&v1).success();
+    fleet_roll(&fleet, &source, &v1, &ssh).success();
     for host in &fleet.hosts {
-        assert_eq!(version(host), v1, "{}", host.name);
+        assert_eq!(version(&fleet, host), v1, "{}", host.name);
     }
     // Once per roll, on the first host.
     let ran = migrations();
@@ -349,15 +354,15 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
     // A step that fails on the second host stops the roll there.
     std::fs::write(fleet.home(&fleet.hosts[1]).join("app/fail-here"), "").unwrap();
     let v2 = source.commit_file("app.py", "2\n");
-    let failed = roll(&v2);
+    let failed = fleet_roll(&fleet, &source, &v2, &ssh);
     failed.failure();
     let out = failed.stdout();
     assert!(out.contains("fatal: [web2 -> localhost]: FAILED!"), "{out}");
     assert!(out.contains("deploy FAILED at step build"), "{out}");
-    assert_eq!(version(&fleet.hosts[0]), v2);
-    assert_eq!(version(&fleet.hosts[1]), v1);
+    assert_eq!(version(&fleet, &fleet.hosts[0]), v2);
+    assert_eq!(version(&fleet, &fleet.hosts[1]), v1);
     assert_eq!(
-        version(&fleet.hosts[2]),
+        version(&fleet, &fleet.hosts[2]),
         v1,
         "the roll went past the failed host"
     );
@@ -406,7 +411,7 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
         "{out}"
     );
     for host in &fleet.hosts {
-        assert_eq!(version(host), v1, "{}", host.name);
+        assert_eq!(version(&fleet, host), v1, "{}", host.name);
     }
     let status = fleet.playbook("status.yml", &[]).success().stdout();
     assert!(!status.contains("DIFFERS"), "{status}");
@@ -415,9 +420,9 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
     // git has nothing to push there and the playbook deploys it by hand; this roll migrates
     // once, there, and nowhere else.
     std::fs::remove_file(fleet.home(&fleet.hosts[1]).join("app/fail-here")).unwrap();
-    roll(&v2).success();
+    fleet_roll(&fleet, &source, &v2, &ssh).success();
     for host in &fleet.hosts {
-        assert_eq!(version(host), v2, "{}", host.name);
+        assert_eq!(version(&fleet, host), v2, "{}", host.name);
     }
     let ran = migrations();
     assert_eq!(ran.len(), 3, "{ran:?}");
@@ -425,4 +430,17 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
         ran[2],
         format!("{} {v2}", fleet.home(&fleet.hosts[0]).join("app").display())
     );
+
+    // A fourth host joins: site.yml sets it up, changing nothing elsewhere, and the next roll
+    // gives it the current release (and migrates nowhere, web1 being at v2 already).
+    fleet.add_host(3);
+    let setup = fleet.playbook("site.yml", &[]).success().stdout();
+    let recap = changed(&setup);
+    assert!(
+        recap.iter().all(|(host, n)| (host == "web4") == (*n > 0)),
+        "{setup}"
+    );
+    fleet_roll(&fleet, &source, &v2, &ssh).success();
+    assert_eq!(version(&fleet, &fleet.hosts[3]), v2);
+    assert_eq!(migrations().len(), 3);
 }
