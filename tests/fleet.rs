@@ -303,9 +303,10 @@ fn fleet_roll(fleet: &Fleet, source: &Clone, commit: &str, ssh: &str) -> Run {
     )
 }
 
-#[test]
-fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure() {
-    let mut fleet = Fleet::new(3);
+/// `count` hosts set up by site.yml for the app of `app_vars`, a clone on the control node,
+/// and the `-e` JSON that makes deploy.yml push with the CI key.
+fn fleet_with_app(count: usize) -> (Fleet, Clone, String) {
+    let fleet = Fleet::new(count);
     let push_key = fleet.public.path().join("push_key");
     let mut keygen = Command::new("ssh-keygen");
     keygen
@@ -316,18 +317,67 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
     std::fs::create_dir_all(&group_vars).unwrap();
     std::fs::write(group_vars.join("app.yml"), app_vars(&fleet, &push_key)).unwrap();
     fleet.playbook("site.yml", &[]).success();
-
     let source = Clone::new_in(fleet.public.path(), "source");
-    let v1 = source.commit_file("app.py", "1\n");
-    // As JSON: `-e key=value` splits at spaces.
-    let ssh = serde_json::json!({
+    let ssh = ssh_with(&fleet, &push_key);
+    (fleet, source, ssh)
+}
+
+/// The `-e` JSON that makes deploy.yml push with `key` (as JSON: `-e key=value` splits at
+/// spaces).
+fn ssh_with(fleet: &Fleet, key: &Path) -> String {
+    serde_json::json!({
         "ats_hook_ssh_command": format!(
             "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
-            push_key.display(),
+            key.display(),
             fleet.known_hosts.display()
         )
     })
-    .to_string();
+    .to_string()
+}
+
+#[test]
+fn a_wrong_key_or_a_host_never_set_up_stops_the_roll_by_name_before_any_change() {
+    let (mut fleet, source, ssh) = fleet_with_app(2);
+    let v1 = source.commit_file("app.py", "1\n");
+    fleet_roll(&fleet, &source, &v1, &ssh).success();
+
+    // A key no host authorized: the first host refuses it, and the roll stops there.
+    let stranger = fleet.public.path().join("stranger");
+    let mut keygen = Command::new("ssh-keygen");
+    keygen
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger);
+    run(&mut keygen, "ssh-keygen").success();
+    let v2 = source.commit_file("app.py", "2\n");
+    let refused = fleet_roll(&fleet, &source, &v2, &ssh_with(&fleet, &stranger));
+    refused.failure();
+    let out = refused.stdout();
+    assert!(out.contains("fatal: [web1 -> localhost]: FAILED!"), "{out}");
+    assert!(out.contains("Permission denied (publickey)"), "{out}");
+    for host in &fleet.hosts {
+        assert_eq!(version(&fleet, host), v1, "{}", host.name);
+    }
+
+    // A host in the inventory that site.yml never set up: named, and the hosts after it wait.
+    fleet.add_host(2);
+    fleet.hosts.swap(0, 2);
+    let never = fleet_roll(&fleet, &source, &v2, &ssh);
+    never.failure();
+    let out = never.stdout();
+    let name = &fleet.hosts[0].name;
+    assert!(
+        out.contains(&format!("fatal: [{name} -> localhost]: FAILED!")),
+        "{out}"
+    );
+    for host in &fleet.hosts[1..] {
+        assert_eq!(version(&fleet, host), v1, "{}", host.name);
+    }
+}
+
+#[test]
+fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure() {
+    let (mut fleet, source, ssh) = fleet_with_app(3);
+    let v1 = source.commit_file("app.py", "1\n");
     let ran_file = fleet.public.path().join("migrations-ran");
     let migrations = || {
         std::fs::read_to_string(&ran_file)
