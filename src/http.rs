@@ -57,11 +57,21 @@ fn read_certificates(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>
     Ok(certs)
 }
 
+/// A URL's scheme, its authority without the user part (`host:port`), and whether anything
+/// (path, query) follows the authority or a user part was dropped.
+fn split(url: &str) -> Option<(&str, &str, bool)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (user, host_port) = match authority.rsplit_once('@') {
+        Some((_, host_port)) => (true, host_port),
+        None => (false, authority),
+    };
+    Some((scheme, host_port, user || rest.len() > authority.len()))
+}
+
 /// The host of an `http://` or `https://` URL, without brackets, user or port.
 pub fn host(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (_, authority, _) = split(url)?;
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next()?,
         None => authority.split(':').next()?,
@@ -83,15 +93,10 @@ pub fn is_loopback(url: &str) -> bool {
 /// `url` as it may be printed: scheme and host only, the rest (where webhook tokens live)
 /// replaced by `…`.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "…".to_string();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if rest.len() > authority.len() || rest.contains('@') {
-        format!("{scheme}://{authority}/…")
-    } else {
-        format!("{scheme}://{authority}")
+    match split(url) {
+        None => "…".to_string(),
+        Some((scheme, authority, true)) => format!("{scheme}://{authority}/…"),
+        Some((scheme, authority, false)) => format!("{scheme}://{authority}"),
     }
 }
 

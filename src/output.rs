@@ -478,6 +478,16 @@ pub fn short(sha: &str) -> &str {
 }
 
 /// The first `n` characters of `text`, never cutting one in two.
+/// The first 16 hex digits of the SHA-256 of `bytes`: a name for a file, a fingerprint.
+pub fn short_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn prefix(text: &str, n: usize) -> &str {
     match text.char_indices().nth(n) {
         Some((at, _)) => &text[..at],

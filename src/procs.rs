@@ -236,18 +236,25 @@ fn pids() -> impl Iterator<Item = i32> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .filter(|pid| !exited(*pid))
+        .filter(|pid| alive(*pid))
 }
 
-/// Whether `pid` is a zombie, or gone.
-fn exited(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|end| stat[end + 1..].split_whitespace().next());
-    matches!(state, Some("Z" | "X" | "x"))
+/// Whether process `pid` runs: it exists (as any user) and is no zombie.
+pub fn alive(pid: i32) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Ok(()) | Err(Errno::EPERM)
+    ) && !is_zombie(pid)
+}
+
+/// Whether `/proc` shows process `pid` as exited but not reaped.
+pub fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) S ...": the state follows the last parenthesis, as comm may hold any.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X', 'x']))
+    })
 }
 
 /// The processes of the systemd unit `unit`: those in its control group, or one under it.
@@ -292,7 +299,7 @@ pub fn with_children(pid: i32) -> Vec<Running> {
     }
     family
         .into_iter()
-        .filter(|p| !exited(*p))
+        .filter(|p| alive(*p))
         .map(running)
         .collect()
 }

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::layout::Layout;
 use crate::record::{DeployRecord, State};
@@ -35,9 +34,10 @@ pub struct Newer {
 }
 
 fn file(layout: &Layout, git_ref: &str) -> PathBuf {
-    let digest = Sha256::digest(git_ref.as_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    layout.state().join("queue").join(hex)
+    layout
+        .state()
+        .join("queue")
+        .join(crate::output::short_hash(git_ref.as_bytes()))
 }
 
 /// Announces this push, before it waits for the lock.
@@ -73,8 +73,7 @@ pub fn overtaken_by(
         .rev()
         .find(|r| r.git_ref == git_ref && r.state == State::Succeeded)
         .is_some_and(|r| r.commit == arrival.commit);
-    let waiting =
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(arrival.pid as i32), None).is_ok();
+    let waiting = crate::procs::alive(arrival.pid as i32);
     (deployed || waiting).then_some(Newer {
         commit: arrival.commit,
         deployed,

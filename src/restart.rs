@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
-use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
@@ -166,19 +165,11 @@ fn running_pid(pidfile: &Path) -> Result<Result<i32, NotRunning>> {
         .with_context(|| format!("pidfile `{shown}` does not hold a pid"))?;
     // Signal 0 only asks whether the process exists; EPERM means it does, as another user. A
     // zombie exists too, but runs no more: it waits for a parent to reap it.
-    match kill(Pid::from_raw(pid), None) {
-        Ok(()) | Err(Errno::EPERM) if !is_zombie(pid) => Ok(Ok(pid)),
-        _ => Ok(Err(NotRunning::Gone(shown, pid))),
+    if crate::procs::alive(pid) {
+        Ok(Ok(pid))
+    } else {
+        Ok(Err(NotRunning::Gone(shown, pid)))
     }
-}
-
-/// Whether `/proc` shows process `pid` as exited but not reaped.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // "pid (comm) S ...": the state follows the last parenthesis, as comm may hold any.
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    })
 }
 
 fn run_command(cmd: Cmd, label: &str, width: usize, mode: Mode) -> Result<()> {

@@ -7,8 +7,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::config::{Config, Step};
 
 /// The steps whose migrations define the schema.
@@ -16,27 +14,16 @@ pub fn migrating_steps(config: &Config) -> impl Iterator<Item = &Step> {
     config.steps.iter().filter(|s| !s.migrations.is_empty())
 }
 
-/// The fingerprint of `tree`'s migrations; `None` when no step declares any.
+/// The fingerprint of `tree`'s migrations; `None` when no step declares any. Each path counts
+/// with the id of its tree or blob, as a step's `inputs` do in its output key.
 pub fn fingerprint(config: &Config, tree: &git2::Tree<'_>) -> Option<String> {
-    let mut hash = Sha256::new();
-    let mut any = false;
-    for step in migrating_steps(config) {
-        for path in &step.migrations {
-            any = true;
-            let id = tree
-                .get_path(path.as_path())
-                .map(|entry| entry.id().to_string())
-                .unwrap_or_else(|_| "absent".to_string());
-            hash.update(format!("{}\0{path}\0{id}\n", step.name).as_bytes());
-        }
-    }
-    any.then(|| {
-        hash.finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    })
+    let parts: Vec<String> = migrating_steps(config)
+        .filter_map(|step| {
+            crate::outputs::inputs_digest(tree, &step.migrations)
+                .map(|digest| format!("{} {digest}", step.name))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| crate::output::short_hash(parts.join("\n").as_bytes()))
 }
 
 /// The migration files `from` (a release folder) has and `to` lacks, by path: what a move from

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use git2::{Oid, Repository, Tree};
-use sha2::{Digest, Sha256};
 
 use crate::layout::Layout;
 use crate::output;
@@ -182,8 +181,7 @@ pub fn resolve_url(base: &str, url: &str) -> String {
 
 /// A cache's folder name: readable, and unique per URL.
 fn cache_name(url: &str) -> String {
-    let digest = Sha256::digest(url.as_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let hex = crate::output::short_hash(url.as_bytes());
     let tail: String = url
         .trim_end_matches('/')
         .rsplit(['/', ':'])

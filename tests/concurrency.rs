@@ -199,8 +199,13 @@ fn assert_only_the_newest_deployed(
         assert_eq!(record["error"], format!("superseded by {}", &newest[..7]));
         assert!(commits[..4].contains(&record["commit"].as_str().unwrap().to_string()));
     }
-    let last = records.last().unwrap();
-    assert_eq!(server.last_record()["state"], last["state"]);
+    // The newest push's deploy succeeded, whichever order the waiters got the lock in.
+    assert!(
+        records
+            .iter()
+            .any(|r| r["commit"] == newest.as_str() && r["state"] == "succeeded"),
+        "{records:#?}"
+    );
     assert_eq!(server.live_file("a"), "5");
     for (sha, output) in commits[..4].iter().zip(outputs) {
         let err = String::from_utf8_lossy(&output.stderr);

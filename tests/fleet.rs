@@ -118,9 +118,14 @@ impl Fleet {
 
     /// `ansible-playbook PLAYBOOK` from `contrib/ansible`, against the inventory.
     fn playbook(&self, playbook: &str, extra: &[&str]) -> Run {
+        self.playbook_with(&self.inventory(), playbook, extra)
+    }
+
+    /// The same against another inventory.
+    fn playbook_with(&self, inventory: &Path, playbook: &str, extra: &[&str]) -> Run {
         let mut cmd = command(ansible_playbook(), self.public.path());
         cmd.arg("-i")
-            .arg(self.inventory())
+            .arg(inventory)
             .arg(
                 Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("contrib/ansible")
@@ -224,17 +229,7 @@ fn a_host_that_cannot_be_reached_fails_by_name_and_the_others_are_set_up() {
     );
     let inventory = fleet.public.path().join("with-unreachable.ini");
     std::fs::write(&inventory, text).unwrap();
-    let mut cmd = command(ansible_playbook(), fleet.public.path());
-    cmd.arg("-i")
-        .arg(&inventory)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/ansible/site.yml"))
-        .env("ANSIBLE_NOCOLOR", "1")
-        .env(
-            "ANSIBLE_LOCAL_TEMP",
-            fleet.public.path().join("ansible-tmp"),
-        )
-        .env("ANSIBLE_HOME", fleet.public.path().join("ansible-home"));
-    let out = run(&mut cmd, "ansible-playbook site.yml");
+    let out = fleet.playbook_with(&inventory, "site.yml", &[]);
     out.failure();
     let stdout = out.stdout();
     assert!(
