@@ -267,7 +267,7 @@ fn app_vars(fleet: &Fleet, push_key: &Path) -> String {
     format!(
         "ats_hook_config: |\n  [[step]]\n  name = \"migrate\"\n  run = 'echo \"$ATS_DEPLOY_ROOT $ATS_COMMIT\" >> {ran}'\n  skippable = true\n  \
          [[step]]\n  name = \"build\"\n  run = 'test ! -e \"$ATS_DEPLOY_ROOT/fail-here\" && printf \"%s\\\\n\" \"$ATS_COMMIT\" > version.txt'\n\
-         ats_hook_keys:\n  - name: ci\n    public_key: \"{}\"\n",
+         ats_hook_keys:\n  - name: ci\n    public_key: \"{}\"\n    allow_rollback: true\n",
         public_key.trim(),
         ran = ran.display()
     )
@@ -414,7 +414,10 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
     assert_eq!(migrations().len(), 2);
 
     // status.yml shows the host left on another release.
-    let status = fleet.playbook("status.yml", &[]).success().stdout();
+    let status = fleet
+        .playbook("status.yml", &["-e", &ssh])
+        .success()
+        .stdout();
     let row = |name: &str| {
         status
             .lines()
@@ -442,6 +445,8 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
             &format!("ats_hook_commit={v1}"),
             "-e",
             &format!("ats_hook_source={}", source.dir.display()),
+            "-e",
+            &ssh,
         ],
     );
     let out = back.success().stdout();
@@ -458,7 +463,10 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
     for host in &fleet.hosts {
         assert_eq!(version(&fleet, host), v1, "{}", host.name);
     }
-    let status = fleet.playbook("status.yml", &[]).success().stdout();
+    let status = fleet
+        .playbook("status.yml", &["-e", &ssh])
+        .success()
+        .stdout();
     assert!(!status.contains("DIFFERS"), "{status}");
 
     // Fixed, the roll finishes. web1's branch is at v2 already (a rollback moves no branch), so
@@ -471,6 +479,19 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
     }
     let ran = migrations();
     assert_eq!(ran.len(), 3, "{ran:?}");
+    // That deploy came through the deploy key's forced command, and its record names the key.
+    let history = std::fs::read_to_string(
+        fleet
+            .home(&fleet.hosts[0])
+            .join("app/.ats-hook/deploys.jsonl"),
+    )
+    .unwrap();
+    let last: serde_json::Value = serde_json::from_str(history.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["action"].as_str(), last["pusher"].as_str()),
+        (Some("deploy"), Some("ci")),
+        "{last}"
+    );
     assert_eq!(
         ran[2],
         format!("{} {v2}", fleet.home(&fleet.hosts[0]).join("app").display())

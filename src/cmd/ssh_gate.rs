@@ -10,6 +10,10 @@
 //! The pusher may also read what the server did with the push: `ats-hook status`, `releases`
 //! and `log [ID]` (with `--json`), and, for a key added with `--allow-rollback`, `ats-hook
 //! rollback [RELEASE]`. `ats-hook status --remote NAME` on the pusher's machine sends these.
+//! A key that may push may also deploy again a commit the repository holds, `ats-hook deploy
+//! COMMIT` (a full or abbreviated hex id, with `--skip STEP` and `--no-restart`): a push can
+//! deploy any commit, and git runs no hook for a push that moves no branch, such as the
+//! branch's own tip after a rollback (the rolling deploy of contrib/ansible does this).
 //! They run against this repository whatever `--repo` the request names (which must resolve to
 //! it too); no other option passes. Everything else gets one line and a non-zero exit.
 
@@ -34,6 +38,8 @@ struct AtsRequest {
     repo: Option<String>,
     json: bool,
     id: Option<String>,
+    skip: Vec<String>,
+    no_restart: bool,
 }
 
 pub fn run(repo: &Path, key_name: Option<&str>, allow_rollback: bool) -> Result<ExitCode> {
@@ -108,15 +114,22 @@ fn run_ats(
     if let Some(id) = &parsed.id {
         cmd = cmd.arg(id);
     }
+    for step in &parsed.skip {
+        cmd = cmd.arg("--skip").arg(step);
+    }
+    if parsed.no_restart {
+        cmd = cmd.arg("--no-restart");
+    }
     if let Some(name) = key_name {
-        // A rollback's record names the key that asked for it.
+        // A rollback's or a deploy's record names the key that asked for it.
         cmd = cmd.env("ATS_PUSHER", name);
     }
     Err(cmd.exec())
 }
 
-/// `ats-hook status|releases|log|rollback` with `--repo PATH` (quoted as git quotes paths),
-/// `--json`, and an id for `log` and `rollback`; nothing else.
+/// `ats-hook status|releases|log|rollback|deploy` with `--repo PATH` (quoted as git quotes
+/// paths), `--json` for the reading ones, an id for `log` and `rollback`, and for `deploy` a
+/// commit (hex), `--skip STEP` and `--no-restart`; nothing else.
 fn parse_ats_request(request: &str) -> Result<AtsRequest> {
     if request.chars().any(|c| c.is_control()) {
         bail!("the command holds control characters");
@@ -128,34 +141,56 @@ fn parse_ats_request(request: &str) -> Result<AtsRequest> {
         Some("releases") => "releases",
         Some("log") => "log",
         Some("rollback") => "rollback",
-        _ => bail!("only git-receive-pack, git-upload-pack and `ats-hook status`, `releases`, `log` and `rollback` are allowed"),
+        Some("deploy") => "deploy",
+        _ => bail!("only git-receive-pack, git-upload-pack and `ats-hook status`, `releases`, `log`, `rollback` and `deploy` are allowed"),
     };
     let mut parsed = AtsRequest {
         command,
         repo: None,
         json: false,
         id: None,
+        skip: Vec::new(),
+        no_restart: false,
+    };
+    let name = |word: &str| {
+        !word.is_empty()
+            && !word.starts_with('-')
+            && word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     };
     while let Some(word) = words.next() {
         match word.as_str() {
             "--repo" if parsed.repo.is_none() => {
                 parsed.repo = Some(words.next().context("`--repo` needs a path")?);
             }
-            "--json" if command != "rollback" && !parsed.json => parsed.json = true,
-            id if matches!(command, "log" | "rollback")
-                && parsed.id.is_none()
-                && !id.starts_with('-')
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) =>
-            {
+            "--json" if !matches!(command, "rollback" | "deploy") && !parsed.json => {
+                parsed.json = true
+            }
+            "--skip" if command == "deploy" => match words.next() {
+                Some(step) if name(&step) => parsed.skip.push(step),
+                _ => bail!("`--skip` needs a step's name"),
+            },
+            "--no-restart" if command == "deploy" && !parsed.no_restart => parsed.no_restart = true,
+            id if matches!(command, "log" | "rollback") && parsed.id.is_none() && name(id) => {
                 parsed.id = Some(id.to_string());
+            }
+            commit
+                if command == "deploy"
+                    && parsed.id.is_none()
+                    && (7..=64).contains(&commit.len())
+                    && commit.chars().all(|c| c.is_ascii_hexdigit()) =>
+            {
+                parsed.id = Some(commit.to_string());
             }
             other => bail!(
                 "`{}` is not allowed for `ats-hook {command}`",
                 other.escape_debug()
             ),
         }
+    }
+    if command == "deploy" && parsed.id.is_none() {
+        bail!("`ats-hook deploy` needs the commit, as a hex id");
     }
     Ok(parsed)
 }
@@ -350,7 +385,9 @@ mod tests {
                 command: "status",
                 repo: Some("/srv/app.git".into()),
                 json: true,
-                id: None
+                id: None,
+                skip: Vec::new(),
+                no_restart: false,
             }
         );
         assert_eq!(
@@ -359,7 +396,9 @@ mod tests {
                 command: "log",
                 repo: Some("app.git".into()),
                 json: false,
-                id: Some("6aeda4b".into())
+                id: Some("6aeda4b".into()),
+                skip: Vec::new(),
+                no_restart: false,
             }
         );
         assert_eq!(
@@ -368,6 +407,20 @@ mod tests {
                 .id
                 .as_deref(),
             Some("20261122T045500Z-723cd4e")
+        );
+        assert_eq!(
+            parse_ats_request(
+                "ats-hook deploy 3f2a9c81d0e4b5a6978877665544332211009988 --skip migrate --skip db-seed --no-restart"
+            )
+            .unwrap(),
+            AtsRequest {
+                command: "deploy",
+                repo: None,
+                json: false,
+                id: Some("3f2a9c81d0e4b5a6978877665544332211009988".into()),
+                skip: vec!["migrate".into(), "db-seed".into()],
+                no_restart: true,
+            }
         );
         assert_eq!(
             parse_ats_request("ats-hook releases --repo '/a/it'\\''s.git'")
@@ -383,6 +436,17 @@ mod tests {
         for request in [
             "ats-hook",
             "ats-hook deploy",
+            "ats-hook deploy main",
+            "ats-hook deploy 3f2a9c8 --json",
+            "ats-hook deploy 3f2a9c8 abcdef0",
+            "ats-hook deploy 3f2a9c",
+            "ats-hook deploy 3f2a9c8 --skip",
+            "ats-hook deploy 3f2a9c8 --skip --no-restart",
+            "ats-hook deploy 3f2a9c8 --skip 'a;b'",
+            "ats-hook deploy 3f2a9c8 --note hi",
+            "ats-hook deploy 3f2a9c8 --dry-run",
+            "ats-hook deploy 3f2a9c8 --ref refs/heads/x",
+            "ats-hook deploy --skip migrate",
             "ats-hook install --repo /tmp/x",
             "ats-hook status --config /tmp/evil.toml",
             "ats-hook status --repo",
