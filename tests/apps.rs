@@ -7,9 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pretty_assertions::assert_eq;
 
@@ -373,37 +371,17 @@ fn a_graceful_reload_deploy_under_load_fails_no_request() {
     // The worker has no graceful reload: this deploy reloads the web app only.
     app.use_config(&app.reload_config());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let stop = Arc::clone(&stop);
-        let url = app.url();
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let (mut requests, mut failures, mut longest) = (0u32, Vec::new(), Duration::ZERO);
-            // Bounded in count and time, whatever happens to the deploy.
-            while !stop.load(Ordering::SeqCst)
-                && requests < 100_000
-                && started.elapsed() < Duration::from_secs(180)
-            {
-                let sent = Instant::now();
-                if let Err(err) = get(&url) {
-                    failures.push(err);
-                }
-                longest = longest.max(sent.elapsed());
-                requests += 1;
-            }
-            (requests, failures, longest)
-        })
-    };
+    let load = Load::start(vec![app.url()]);
     std::thread::sleep(Duration::from_millis(300));
     let v2 = app.clone.commit_file("VERSION", "2");
     let push = app.push();
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
-    let (requests, failures, longest) = client.join().unwrap();
+    let served = load.stop();
+    let (requests, failures) = (served.requests(), &served.failures);
     println!(
-        "zero downtime: {requests} requests during the deploy, {} failed, longest {longest:?}",
-        failures.len()
+        "zero downtime: {requests} requests during the deploy, {} failed, longest {:?}",
+        failures.len(),
+        served.longest
     );
     push.success()
         .stderr_has("restart: sudo systemctl reload app.service")

@@ -155,23 +155,59 @@ pub struct Systemd {
 
 impl Systemd {
     pub fn boot(units: &Path) -> Systemd {
+        Systemd::boot_with(units, &[])
+    }
+
+    /// A systemd that also reads units from /etc/systemd/system, as a host's does, and sees an
+    /// empty folder of its own there and at each of `private` (a tmpfs in its mount namespace):
+    /// what is written there in the namespace never reaches this machine's /etc.
+    pub fn boot_with_etc(units: &Path, private: &[&str]) -> Systemd {
+        let mut folders = vec!["/etc/systemd/system"];
+        folders.extend_from_slice(private);
+        Systemd::boot_with(units, &folders)
+    }
+
+    fn boot_with(units: &Path, private: &[&str]) -> Systemd {
         system::require_root();
-        std::fs::write(
-            units.join("minimal.target"),
-            "[Unit]\nDescription=ats-hook test target\n",
-        )
-        .unwrap();
+        // The boot target, and empty stand-ins for the targets units with default
+        // dependencies (the ones a host has, as the role writes them) need.
+        for target in [
+            "minimal",
+            "sysinit",
+            "basic",
+            "sockets",
+            "network",
+            "multi-user",
+            "shutdown",
+        ] {
+            std::fs::write(
+                units.join(format!("{target}.target")),
+                "[Unit]\nDescription=ats-hook test target\n",
+            )
+            .unwrap();
+        }
+        // systemd must be PID 1: the shell that mounts the folders execs it.
+        let mut script = String::new();
+        for folder in private {
+            script.push_str(&format!("mount -t tmpfs -o mode=0755 tmpfs {folder} && "));
+        }
+        script.push_str("exec /lib/systemd/systemd --system --unit=minimal.target");
+        let unit_path = if private.contains(&"/etc/systemd/system") {
+            format!("/etc/systemd/system:{}", units.display())
+        } else {
+            units.display().to_string()
+        };
         let unshare = Command::new("unshare")
             .args([
                 "--pid",
                 "--fork",
                 "--mount",
                 "--mount-proc",
-                "/lib/systemd/systemd",
-                "--system",
-                "--unit=minimal.target",
+                "/bin/sh",
+                "-c",
+                &script,
             ])
-            .env("SYSTEMD_UNIT_PATH", units)
+            .env("SYSTEMD_UNIT_PATH", unit_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -345,4 +381,63 @@ pub fn example_config(name: &str, replacements: &[(&str, &str)]) -> String {
         text = text.replace(from, to);
     }
     text
+}
+
+/// Requests without pause, round the URLs, on a thread of their own until stopped (bounded in
+/// time and count whatever happens to the deploy under way).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Served>,
+}
+
+/// What a load saw.
+pub struct Served {
+    /// Per URL, each body served, in order.
+    pub bodies: Vec<Vec<String>>,
+    /// Each failed request: the URL and what went wrong.
+    pub failures: Vec<String>,
+    /// The slowest answer.
+    pub longest: Duration,
+}
+
+impl Served {
+    pub fn requests(&self) -> usize {
+        self.bodies.iter().map(Vec::len).sum::<usize>() + self.failures.len()
+    }
+}
+
+impl Load {
+    pub fn start(urls: Vec<String>) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut served = Served {
+                bodies: vec![Vec::new(); urls.len()],
+                failures: Vec::new(),
+                longest: Duration::ZERO,
+            };
+            while !stopped.load(Ordering::SeqCst)
+                && served.requests() < 100_000
+                && started.elapsed() < Duration::from_secs(300)
+            {
+                for (n, url) in urls.iter().enumerate() {
+                    let sent = Instant::now();
+                    match get(url) {
+                        Ok(body) => served.bodies[n].push(body),
+                        Err(err) => served.failures.push(format!("{url}: {err}")),
+                    }
+                    served.longest = served.longest.max(sent.elapsed());
+                }
+            }
+            served
+        });
+        Load { stop, thread }
+    }
+
+    pub fn stop(self) -> Served {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
 }
