@@ -257,6 +257,11 @@ fn the_ansible_content_is_lint_clean() {
         .env(
             "ANSIBLE_HOME",
             std::env::temp_dir().join("ats-hook-ansible-lint"),
+        )
+        // Not `~tester/.ansible/tmp`, which the user of `command` (none here) makes literal.
+        .env(
+            "ANSIBLE_REMOTE_TEMP",
+            std::env::temp_dir().join("ats-hook-ansible-lint/tmp"),
         );
     run(&mut cmd, "ansible-lint contrib/ansible")
         .success()
@@ -530,7 +535,30 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
         recap.iter().all(|(host, n)| (host == "web4") == (*n > 0)),
         "{setup}"
     );
-    fleet_roll(&fleet, &source, &v2, &ssh).success();
+    // In batches of two hosts this time.
+    let out = fleet
+        .playbook(
+            "deploy.yml",
+            &[
+                "-e",
+                &format!("ats_hook_commit={v2}"),
+                "-e",
+                &format!("ats_hook_source={}", source.dir.display()),
+                "-e",
+                "ats_hook_migrate_step=migrate",
+                "-e",
+                "ats_hook_serial=2",
+                "-e",
+                &ssh,
+            ],
+        )
+        .success()
+        .stdout();
+    assert_eq!(
+        out.matches("PLAY [Roll a commit over the group]").count(),
+        2,
+        "{out}"
+    );
     assert_eq!(version(&fleet, &fleet.hosts[3]), v2);
     assert_eq!(migrations().len(), 3);
 }
@@ -672,6 +700,33 @@ ats_hook_keys:
     for url in &urls {
         assert_eq!(get(url).as_deref(), Ok(v2.as_str()), "{url}");
     }
+
+    // A changed unit: site.yml reloads it into systemd and restarts the app that runs.
+    let main_pid = |unit: &str| {
+        systemd
+            .systemctl(&["show", "--property", "MainPID", "--value", unit])
+            .success()
+            .stdout()
+            .trim()
+            .to_string()
+    };
+    let before = main_pid("web1.service");
+    let out = set_up(&fleet, &vars.replace("--workers 2", "--workers 3"))
+        .success()
+        .stdout();
+    assert!(
+        out.contains("RUNNING HANDLER [ats_hook : Restart the app's running units]"),
+        "{out}"
+    );
+    assert_ne!(main_pid("web1.service"), before);
+    let unit = systemd
+        .systemctl(&["cat", "web1.service"])
+        .success()
+        .stdout();
+    assert!(unit.contains("--workers 3"), "{unit}");
+    for url in &urls {
+        assert_eq!(get(url).as_deref(), Ok(v2.as_str()), "{url}");
+    }
 }
 
 /// Directive lines only: no comments, no blank lines, continuations joined, spaces collapsed.
@@ -727,8 +782,10 @@ fn the_roles_units_and_sudoers_rule_are_contribs() {
                 "ansible_python_interpreter={}",
                 ansible.with_file_name("python3").display()
             ))
+            .current_dir(dir.path())
             .env("ANSIBLE_HOME", dir.path().join("ansible-home"))
-            .env("ANSIBLE_LOCAL_TEMP", dir.path().join("ansible-tmp"));
+            .env("ANSIBLE_LOCAL_TEMP", dir.path().join("ansible-tmp"))
+            .env("ANSIBLE_REMOTE_TEMP", dir.path().join("ansible-remote-tmp"));
         run(&mut cmd, format!("ansible -m template {template}")).success();
         let rendered = std::fs::read_to_string(&dest).unwrap();
         let mut ours = directives(&rendered);
@@ -749,4 +806,81 @@ fn the_roles_units_and_sudoers_rule_are_contribs() {
             "{template} against contrib/{expected}:\n{rendered}"
         );
     }
+}
+
+/// The GitHub Actions variant that rolls over a group: its deploy job's script, run as the
+/// runner would run it, from the app's checkout holding the playbooks and the inventory, with
+/// only the deploy key and the hosts' keys: no login on the hosts, no key of the control node.
+#[test]
+fn the_fleet_workflow_rolls_with_the_deploy_key_alone_and_fails_naming_the_host() {
+    let (fleet, source, _) = fleet_with_app(2);
+    let script = workflow_deploy_script(
+        "deploy-fleet.yml",
+        r#"
+assert deploy["concurrency"] == {"group": "deploy-production", "cancel-in-progress": False}
+assert env == {name: "${{ secrets.%s }}" % name for name in ["SSH_DEPLOYMENT_KEY", "KNOWN_DEPLOYMENT_HOSTS"]}, env
+assert any("ansible-core" in s.get("run", "") for s in deploy["steps"])
+"#,
+    );
+    // The app's repository: its code, the playbooks, and an inventory that names the hosts and
+    // nothing that logs in.
+    let playbooks = source.dir.join("deploy/ansible");
+    crate::support::files::copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/ansible"),
+        &playbooks,
+    );
+    let mut inventory = String::from("[app]\n");
+    for host in &fleet.hosts {
+        inventory.push_str(&format!(
+            "{} ansible_host={} ansible_port={} ats_hook_user={}\n",
+            host.name, host.address, host.sshd.port, host.user
+        ));
+    }
+    inventory.push_str("\n[app:vars]\nats_hook_migrate_step=migrate\n");
+    std::fs::write(playbooks.join("inventory.ini"), inventory).unwrap();
+    source.write("app.py", "1\n");
+    let v1 = source.commit("first version, with its deploy playbooks");
+
+    let runner = tempfile::tempdir().unwrap();
+    let job = |sha: &str| {
+        let mut path = ansible_playbook().parent().unwrap().as_os_str().to_owned();
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        let mut cmd = command("bash", runner.path());
+        cmd.arg("-c")
+            .arg(&script)
+            .current_dir(&source.dir)
+            .env("PATH", path)
+            .env("GITHUB_SHA", sha)
+            .env(
+                "SSH_DEPLOYMENT_KEY",
+                std::fs::read_to_string(fleet.public.path().join("push_key")).unwrap(),
+            )
+            .env(
+                "KNOWN_DEPLOYMENT_HOSTS",
+                std::fs::read_to_string(&fleet.known_hosts).unwrap(),
+            )
+            .env("ANSIBLE_LOCAL_TEMP", runner.path().join("ansible-tmp"))
+            .env("ANSIBLE_HOME", runner.path().join("ansible-home"));
+        run(&mut cmd, "the fleet workflow's deploy job")
+    };
+    let out = job(&v1).success().stdout();
+    for host in &fleet.hosts {
+        assert_eq!(version(&fleet, host), v1, "{}", host.name);
+    }
+    assert!(!out.contains("DIFFERS"), "{out}");
+    let ran = std::fs::read_to_string(fleet.public.path().join("migrations-ran")).unwrap();
+    assert_eq!(ran.lines().count(), 1, "{ran}");
+
+    // The second host's build fails: the job fails naming it, and shows the group split.
+    std::fs::write(fleet.home(&fleet.hosts[1]).join("app/fail-here"), "").unwrap();
+    let v2 = source.commit_file("app.py", "2\n");
+    let failed = job(&v2);
+    failed.failure();
+    let out = failed.stdout();
+    assert!(out.contains("fatal: [web2 -> localhost]: FAILED!"), "{out}");
+    assert!(out.contains("::error::the roll stopped"), "{out}");
+    assert!(out.contains("DIFFERS"), "{out}");
+    assert_eq!(version(&fleet, &fleet.hosts[0]), v2);
+    assert_eq!(version(&fleet, &fleet.hosts[1]), v1);
 }

@@ -230,34 +230,14 @@ fn the_deploy_key_can_do_nothing_else() {
 
 /// The `run:` script of the deploy job in the shipped workflow, and the job's settings.
 fn deploy_job_script() -> String {
-    let workflow = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/github-actions/deploy.yml");
-    let check = r#"
-import json, sys, yaml
-doc = yaml.safe_load(open(sys.argv[1]))
-jobs = doc["jobs"]
-assert set(jobs) == {"lint-and-test", "deploy"}, jobs.keys()
-deploy = jobs["deploy"]
-assert deploy["needs"] == "lint-and-test"
-assert "refs/heads/main" in deploy["if"]
+    workflow_deploy_script(
+        "deploy.yml",
+        r#"
 assert deploy["concurrency"]["group"] and deploy["concurrency"]["cancel-in-progress"] is False
-step = deploy["steps"][-1]
-env = step["env"]
 for name in ["SSH_DEPLOYMENT_KEY", "KNOWN_DEPLOYMENT_HOSTS", "STAGING_REMOTE_REPO"]:
     assert env[name] == "${{ secrets.%s }}" % name, env
-print(step["run"], end="")
-"#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(check)
-        .arg(&workflow)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "the workflow does not parse as expected: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+"#,
+    )
 }
 
 fn run_deploy_job(setup: &SshSetup, clone: &Clone, script: &str) -> Run {

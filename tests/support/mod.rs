@@ -689,3 +689,39 @@ pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
+
+/// The `run:` script of the last step of the `deploy` job in contrib/github-actions/`file`,
+/// after the checks every shipped workflow passes and `checks` (Python, with `doc`, `deploy`,
+/// the job, and `env`, the step's environment, at hand).
+pub fn workflow_deploy_script(file: &str, checks: &str) -> String {
+    let workflow = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib/github-actions")
+        .join(file);
+    let script = format!(
+        r#"
+import json, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+jobs = doc["jobs"]
+assert set(jobs) == {{"lint-and-test", "deploy"}}, jobs.keys()
+deploy = jobs["deploy"]
+assert deploy["needs"] == "lint-and-test"
+assert "refs/heads/main" in deploy["if"]
+step = deploy["steps"][-1]
+env = step["env"]
+{checks}
+print(step["run"], end="")
+"#
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&workflow)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{file} does not parse as expected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
