@@ -373,6 +373,19 @@ fn a_wrong_key_or_a_host_never_set_up_stops_the_roll_by_name_before_any_change()
         .arg(&stranger);
     run(&mut keygen, "ssh-keygen").success();
     let v2 = source.commit_file("app.py", "2\n");
+    // A commit the control node's clone does not have: nothing is pushed anywhere.
+    let unknown = fleet_roll(&fleet, &source, "v9.9.9", &ssh);
+    unknown.failure();
+    let out = unknown.stdout();
+    assert!(
+        out.contains("TASK [Resolve the commit on the control node]")
+            && out.contains("fatal: [web1 -> localhost]: FAILED!")
+            && !out.contains("TASK [Push the commit"),
+        "{out}"
+    );
+    for host in &fleet.hosts {
+        assert_eq!(version(&fleet, host), v1, "{}", host.name);
+    }
     let refused = fleet_roll(&fleet, &source, &v2, &ssh_with(&fleet, &stranger));
     refused.failure();
     let out = refused.stdout();
@@ -813,7 +826,7 @@ fn the_roles_units_and_sudoers_rule_are_contribs() {
 /// only the deploy key and the hosts' keys: no login on the hosts, no key of the control node.
 #[test]
 fn the_fleet_workflow_rolls_with_the_deploy_key_alone_and_fails_naming_the_host() {
-    let (fleet, source, _) = fleet_with_app(2);
+    let (fleet, source, ssh) = fleet_with_app(2);
     let script = workflow_deploy_script(
         "deploy-fleet.yml",
         r#"
@@ -881,6 +894,32 @@ assert any("ansible-core" in s.get("run", "") for s in deploy["steps"])
     assert!(out.contains("fatal: [web2 -> localhost]: FAILED!"), "{out}");
     assert!(out.contains("::error::the roll stopped"), "{out}");
     assert!(out.contains("DIFFERS"), "{out}");
+    assert_eq!(version(&fleet, &fleet.hosts[0]), v2);
+    assert_eq!(version(&fleet, &fleet.hosts[1]), v1);
+
+    // rollback.yml to a commit no host ever had live refuses the first host by name, and
+    // changes nothing.
+    let never = source.commit_file("app.py", "3\n");
+    let refused = fleet.playbook(
+        "rollback.yml",
+        &[
+            "-e",
+            &format!("ats_hook_commit={never}"),
+            "-e",
+            &format!("ats_hook_source={}", source.dir.display()),
+            "-e",
+            &ssh,
+        ],
+    );
+    refused.failure();
+    let out = refused.stdout();
+    assert!(
+        out.contains(&format!(
+            "web1 has no release of {} that went live: deploy it with deploy.yml instead",
+            &never[..7]
+        )),
+        "{out}"
+    );
     assert_eq!(version(&fleet, &fleet.hosts[0]), v2);
     assert_eq!(version(&fleet, &fleet.hosts[1]), v1);
 }
