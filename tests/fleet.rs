@@ -316,6 +316,21 @@ fn roll_with(fleet: &Fleet, source: &Clone, commit: &str, ssh: &str, migrate: &s
     )
 }
 
+/// `rollback.yml` to the release of `commit` from `source`, through the `-e` JSON `ssh`.
+fn fleet_rollback(fleet: &Fleet, source: &Clone, commit: &str, ssh: &str) -> Run {
+    fleet.playbook(
+        "rollback.yml",
+        &[
+            "-e",
+            &format!("ats_hook_commit={commit}"),
+            "-e",
+            &format!("ats_hook_source={}", source.dir.display()),
+            "-e",
+            ssh,
+        ],
+    )
+}
+
 /// `count` hosts set up by site.yml for the app of `app_vars`, a clone on the control node,
 /// and the `-e` JSON that makes deploy.yml push with the CI key.
 fn fleet_with_app(count: usize) -> (Fleet, Clone, String) {
@@ -480,17 +495,7 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
     assert!(row("web2").contains("failed"), "{status}");
 
     // rollback.yml brings the group back to v1: web1 rolls back, the others are there already.
-    let back = fleet.playbook(
-        "rollback.yml",
-        &[
-            "-e",
-            &format!("ats_hook_commit={v1}"),
-            "-e",
-            &format!("ats_hook_source={}", source.dir.display()),
-            "-e",
-            &ssh,
-        ],
-    );
+    let back = fleet_rollback(&fleet, &source, &v1, &ssh);
     let out = back.success().stdout();
     let recap = changed(&out);
     assert_eq!(
@@ -900,17 +905,7 @@ assert any("ansible-core" in s.get("run", "") for s in deploy["steps"])
     // rollback.yml to a commit no host ever had live refuses the first host by name, and
     // changes nothing.
     let never = source.commit_file("app.py", "3\n");
-    let refused = fleet.playbook(
-        "rollback.yml",
-        &[
-            "-e",
-            &format!("ats_hook_commit={never}"),
-            "-e",
-            &format!("ats_hook_source={}", source.dir.display()),
-            "-e",
-            &ssh,
-        ],
-    );
+    let refused = fleet_rollback(&fleet, &source, &never, &ssh);
     refused.failure();
     let out = refused.stdout();
     assert!(
