@@ -142,7 +142,10 @@ impl Fleet {
             .env("ANSIBLE_NOCOLOR", "1")
             .env("ANSIBLE_FORCE_COLOR", "0")
             .env("ANSIBLE_LOCAL_TEMP", self.public.path().join("ansible-tmp"))
-            .env("ANSIBLE_HOME", self.public.path().join("ansible-home"));
+            .env("ANSIBLE_HOME", self.public.path().join("ansible-home"))
+            // The control node's user, as it is: the tasks it runs itself keep their files in
+            // its home (with `command`'s `tester`, Ansible made `~tester/` beside the playbooks).
+            .env("USER", "root");
         run(&mut cmd, format!("ansible-playbook {playbook}"))
     }
 
@@ -879,6 +882,10 @@ assert any("ansible-core" in s.get("run", "") for s in deploy["steps"])
                 std::fs::read_to_string(&fleet.known_hosts).unwrap(),
             )
             .env("ANSIBLE_LOCAL_TEMP", runner.path().join("ansible-tmp"))
+            .env(
+                "ANSIBLE_REMOTE_TEMP",
+                runner.path().join("ansible-remote-tmp"),
+            )
             .env("ANSIBLE_HOME", runner.path().join("ansible-home"));
         run(&mut cmd, "the fleet workflow's deploy job")
     };
