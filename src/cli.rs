@@ -245,7 +245,8 @@ pub enum KeysAction {
         #[arg(long, value_name = "FILE")]
         private_key_file: Option<PathBuf>,
         /// The key may also roll the site back (`ats-hook rollback --remote`); without it,
-        /// it may push, fetch and read `status`, `releases` and `log`
+        /// it may push, fetch, deploy again a commit the repository holds (`ats-hook deploy
+        /// COMMIT`) and read `status`, `releases` and `log`
         #[arg(long)]
         allow_rollback: bool,
     },

@@ -201,7 +201,7 @@ pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
     write_lines(&target, &lines)?;
     writeln!(
         out,
-        "added deploy key {} ({name}) for `{}`: it can push to and fetch from `{}` and read its status, releases and log{}, nothing else",
+        "added deploy key {} ({name}) for `{}`: it can push to and fetch from `{}`, deploy again a commit it holds, and read its status, releases and log{}, nothing else",
         key.fingerprint(),
         target.user.name,
         target.repo.display(),
