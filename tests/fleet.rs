@@ -722,7 +722,8 @@ ats_hook_keys:
         assert_eq!(get(url).as_deref(), Ok(v2.as_str()), "{url}");
     }
 
-    // A changed unit: site.yml reloads it into systemd and restarts the app that runs.
+    // A changed unit: site.yml reloads it into systemd and restarts the app that runs, its
+    // socket keeping the requests meanwhile.
     let main_pid = |unit: &str| {
         systemd
             .systemctl(&["show", "--property", "MainPID", "--value", unit])
@@ -732,13 +733,18 @@ ats_hook_keys:
             .to_string()
     };
     let before = main_pid("web1.service");
-    let out = set_up(&fleet, &vars.replace("--workers 2", "--workers 3"))
-        .success()
-        .stdout();
+    let load = Load::start(urls.clone());
+    let out = set_up(&fleet, &vars.replace("--workers 2", "--workers 3"));
+    let served = load.stop();
+    let out = out.success().stdout();
     assert!(
-        out.contains("RUNNING HANDLER [ats_hook : Restart the app's running units]"),
+        out.contains("changed: [web1] => (item=web1.service)")
+            && out.contains("ok: [web1] => (item=web1.socket)")
+            && out.contains("TASK [ats_hook : Restart the app's changed units that run]"),
         "{out}"
     );
+    assert_eq!(served.failures, Vec::<String>::new());
+    assert!(served.bodies.iter().all(|bodies| !bodies.is_empty()));
     assert_ne!(main_pid("web1.service"), before);
     let unit = systemd
         .systemctl(&["cat", "web1.service"])
