@@ -67,21 +67,8 @@ impl Scan {
         };
         let me = std::process::id() as i32;
         let mut users = BTreeSet::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Scan::default();
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            scan_process(pid, &entry.path(), &root, &mut users);
+        for pid in listed().filter(|pid| *pid != me) {
+            scan_process(pid, &proc_dir(pid), &root, &mut users);
         }
         Scan {
             users: users.into_iter().collect(),
@@ -169,9 +156,7 @@ fn scan_process(pid: i32, dir: &Path, root: &Path, users: &mut BTreeSet<User>) {
         return;
     }
     // The name only for the processes that matter.
-    let name = std::fs::read_to_string(dir.join("comm"))
-        .map(|n| n.trim_end().to_string())
-        .unwrap_or_else(|_| "?".to_string());
+    let name = comm(dir);
     for (how, path) in found {
         users.insert(User {
             pid,
@@ -209,12 +194,10 @@ impl fmt::Display for Running {
 }
 
 fn running(pid: i32) -> Running {
-    let dir = Path::new("/proc").join(pid.to_string());
+    let dir = proc_dir(pid);
     Running {
         pid,
-        name: std::fs::read_to_string(dir.join("comm"))
-            .map(|n| n.trim_end().to_string())
-            .unwrap_or_else(|_| "?".to_string()),
+        name: comm(&dir),
         cwd: std::fs::read_link(dir.join("cwd")).ok().map(strip_deleted),
         exe: std::fs::read_link(dir.join("exe")).ok().map(strip_deleted),
         paths: std::fs::read(dir.join("cmdline"))
@@ -228,15 +211,38 @@ fn running(pid: i32) -> Running {
     }
 }
 
-/// The processes of this machine (as this user sees them), zombies left out: an exited
-/// process runs nothing.
-fn pids() -> impl Iterator<Item = i32> {
+fn proc_dir(pid: i32) -> PathBuf {
+    Path::new("/proc").join(pid.to_string())
+}
+
+/// A process's name (`comm`), for messages.
+fn comm(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("comm"))
+        .map(|n| n.trim_end().to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+/// Every pid `/proc` lists (as this user sees them), zombies included.
+fn listed() -> impl Iterator<Item = i32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .filter(|pid| alive(*pid))
+}
+
+/// The processes of this machine (as this user sees them), zombies left out: an exited
+/// process runs nothing.
+fn pids() -> impl Iterator<Item = i32> {
+    listed().filter(|pid| alive(*pid))
+}
+
+/// The fields of `/proc/<pid>/stat` after the name: state, ppid, …. The name comes in
+/// parentheses and may hold any character, so the fields start after the last `)`.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(proc_dir(pid).join("stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(String::from).collect())
 }
 
 /// Whether process `pid` runs: it exists (as any user) and is no zombie.
@@ -250,10 +256,10 @@ pub fn alive(pid: i32) -> bool {
 
 /// Whether `/proc` shows process `pid` as exited but not reaped.
 pub fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // "pid (comm) S ...": the state follows the last parenthesis, as comm may hold any.
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X', 'x']))
+    stat_fields(pid).is_some_and(|fields| {
+        fields
+            .first()
+            .is_some_and(|state| state.starts_with(['Z', 'X', 'x']))
     })
 }
 
@@ -277,13 +283,7 @@ pub fn of_unit(unit: &str) -> Vec<Running> {
 /// Process `pid` and its descendants.
 pub fn with_children(pid: i32) -> Vec<Running> {
     let parents: Vec<(i32, i32)> = pids()
-        .filter_map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            // `pid (comm) state ppid …`: the name may hold spaces and parentheses.
-            let after = &stat[stat.rfind(')')? + 1..];
-            let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
-            Some((p, ppid))
-        })
+        .filter_map(|p| Some((p, stat_fields(p)?.get(1)?.parse().ok()?)))
         .collect();
     let mut family = vec![pid];
     let mut n = 0;
@@ -297,11 +297,11 @@ pub fn with_children(pid: i32) -> Vec<Running> {
         );
         n += 1;
     }
-    family
-        .into_iter()
-        .filter(|p| alive(*p))
-        .map(running)
-        .collect()
+    // The children came from `pids()`, alive; the parent may be gone.
+    if !alive(pid) {
+        family.remove(0);
+    }
+    family.into_iter().map(running).collect()
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ impl PushOptions {
         self.skip.iter().any(|s| s == step)
     }
 
-    /// What the pusher asked for, as the output names it: `ats.skip=migrate, ats.no-restart`.
+    /// What the pusher asked for, as the output names it: `skip migrate, no restart`.
     pub fn describe(&self) -> Option<String> {
         let mut parts: Vec<String> = self.skip.iter().map(|s| format!("skip {s}")).collect();
         if self.no_restart {

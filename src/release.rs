@@ -587,16 +587,31 @@ impl Trees<'_> {
     /// commit no cache holds any more goes as a whole folder.
     fn removed_files(&self, id: Oid, rel: &str, changes: &mut Changes) -> Result<()> {
         for entry in self.subtree(id, rel)?.iter() {
-            let Ok(name) = std::str::from_utf8(entry.name_bytes()) else {
-                continue;
-            };
-            let path = format!("{rel}/{name}");
-            match self.resolve(&entry, &path) {
-                Ok((TREE, id)) => self.removed_files(id, &path, changes)?,
-                _ => changes.removed.push(path.into_bytes()),
-            }
+            self.removed_entry(&entry, &format!("{rel}/"), changes)?;
         }
         Ok(())
+    }
+
+    /// An old tree's `entry` at `prefix` that the new tree lacks: its files, or the whole path
+    /// for a file, or a submodule whose commit is gone.
+    fn removed_entry(
+        &self,
+        entry: &git2::TreeEntry<'_>,
+        prefix: &str,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        // The old tree was checked out, so its names were all safe.
+        let Ok(name) = std::str::from_utf8(entry.name_bytes()) else {
+            return Ok(());
+        };
+        let rel = format!("{prefix}{name}");
+        match self.resolve(entry, &rel) {
+            Ok((TREE, id)) => self.removed_files(id, &rel, changes),
+            _ => {
+                changes.removed.push(rel.into_bytes());
+                Ok(())
+            }
+        }
     }
 
     /// Compares tree `old` with tree `new` (both at `prefix`), skipping every subtree they
@@ -647,19 +662,8 @@ impl Trees<'_> {
             }
         }
         for entry in old.iter() {
-            // The old tree was checked out, so its names were all safe.
-            let Ok(name) = std::str::from_utf8(entry.name_bytes()) else {
-                continue;
-            };
-            if new.get_name(name).is_some() {
-                continue;
-            }
-            let rel = format!("{prefix}{name}");
-            match self.resolve(&entry, &rel) {
-                Ok((TREE, id)) => self.removed_files(id, &rel, changes)?,
-                // A file, or a submodule whose commit is gone: its path goes, with what is
-                // under it.
-                _ => changes.removed.push(rel.into_bytes()),
+            if new.get_name_bytes(entry.name_bytes()).is_none() {
+                self.removed_entry(&entry, prefix, changes)?;
             }
         }
         Ok(())

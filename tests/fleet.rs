@@ -99,8 +99,8 @@ impl Fleet {
         });
     }
 
-    /// The inventory: the hosts in group `app`, each with its own deploy user.
-    fn inventory(&self) -> PathBuf {
+    /// The group `app`: each host's address, port and deploy user, and nothing that logs in.
+    fn group(&self) -> String {
         let mut text = String::from("[app]\n");
         for host in &self.hosts {
             text.push_str(&format!(
@@ -108,6 +108,12 @@ impl Fleet {
                 host.name, host.address, host.sshd.port, host.user
             ));
         }
+        text
+    }
+
+    /// The inventory: the group, and root's login on every host with the control node's key.
+    fn inventory(&self) -> PathBuf {
+        let mut text = self.group();
         text.push_str(&format!(
             "\n[all:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n\
              ansible_ssh_common_args='-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes'\n\
@@ -298,25 +304,25 @@ fn version(fleet: &Fleet, host: &Host) -> String {
 
 /// `deploy.yml` of `commit` from `source`, migrating with the step `migrate`.
 fn fleet_roll(fleet: &Fleet, source: &Clone, commit: &str, ssh: &str) -> Run {
-    roll_with(fleet, source, commit, ssh, "migrate")
+    roll_with(fleet, source, commit, ssh, "migrate", &[])
 }
 
 /// `deploy.yml` of `commit` from `source`, migrating with `migrate` (every step everywhere when
-/// empty), pushing with the `-e` JSON `ssh`.
-fn roll_with(fleet: &Fleet, source: &Clone, commit: &str, ssh: &str, migrate: &str) -> Run {
-    fleet.playbook(
-        "deploy.yml",
-        &[
-            "-e",
-            &format!("ats_hook_commit={commit}"),
-            "-e",
-            &format!("ats_hook_source={}", source.dir.display()),
-            "-e",
-            &format!("ats_hook_migrate_step={migrate}"),
-            "-e",
-            ssh,
-        ],
-    )
+/// empty), pushing with the `-e` JSON `ssh`, with `extra` arguments.
+fn roll_with(
+    fleet: &Fleet,
+    source: &Clone,
+    commit: &str,
+    ssh: &str,
+    migrate: &str,
+    extra: &[&str],
+) -> Run {
+    let commit = format!("ats_hook_commit={commit}");
+    let source = format!("ats_hook_source={}", source.dir.display());
+    let migrate = format!("ats_hook_migrate_step={migrate}");
+    let mut args = vec!["-e", &commit, "-e", &source, "-e", &migrate, "-e", ssh];
+    args.extend_from_slice(extra);
+    fleet.playbook("deploy.yml", &args)
 }
 
 /// `rollback.yml` to the release of `commit` from `source`, through the `-e` JSON `ssh`.
@@ -557,24 +563,16 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
         "{setup}"
     );
     // In batches of two hosts this time.
-    let out = fleet
-        .playbook(
-            "deploy.yml",
-            &[
-                "-e",
-                &format!("ats_hook_commit={v2}"),
-                "-e",
-                &format!("ats_hook_source={}", source.dir.display()),
-                "-e",
-                "ats_hook_migrate_step=migrate",
-                "-e",
-                "ats_hook_serial=2",
-                "-e",
-                &ssh,
-            ],
-        )
-        .success()
-        .stdout();
+    let out = roll_with(
+        &fleet,
+        &source,
+        &v2,
+        &ssh,
+        "migrate",
+        &["-e", "ats_hook_serial=2"],
+    )
+    .success()
+    .stdout();
     assert_eq!(
         out.matches("PLAY [Roll a commit over the group]").count(),
         2,
@@ -671,7 +669,7 @@ ats_hook_keys:
     source.write("wsgi.py", WSGI_APP);
     let v1 = source.commit("serve the version");
     let ssh = ssh_with(&fleet, &push_key);
-    let roll = |commit: &str| roll_with(&fleet, &source, commit, &ssh, "");
+    let roll = |commit: &str| roll_with(&fleet, &source, commit, &ssh, "", &[]);
     roll(&v1).success();
     let urls: Vec<String> = fleet
         .hosts
@@ -856,13 +854,7 @@ assert any("ansible-core" in s.get("run", "") for s in deploy["steps"])
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/ansible"),
         &playbooks,
     );
-    let mut inventory = String::from("[app]\n");
-    for host in &fleet.hosts {
-        inventory.push_str(&format!(
-            "{} ansible_host={} ansible_port={} ats_hook_user={}\n",
-            host.name, host.address, host.sshd.port, host.user
-        ));
-    }
+    let mut inventory = fleet.group();
     inventory.push_str("\n[app:vars]\nats_hook_migrate_step=migrate\n");
     std::fs::write(playbooks.join("inventory.ini"), inventory).unwrap();
     source.write("app.py", "1\n");
