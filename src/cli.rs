@@ -138,9 +138,17 @@ pub enum Command {
         /// Copy the binary into the hook instead of linking it
         #[arg(long)]
         copy: bool,
+        /// Put this config in place (replacing the repository's when it differs) instead of
+        /// writing the template when there is none; `-` reads it from stdin
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Print what would change, and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Set by root for the deploy user's part: root made (or, in a dry run, would make)
+        /// the folders of the repository and the deploy root
+        #[arg(long, hide = true)]
+        prepared: bool,
     },
 
     /// Deploy keys: restricted to pushing and fetching one repository

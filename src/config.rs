@@ -100,8 +100,8 @@ pub struct SharedSection {
 /// `[env]`: variables for steps and restart commands, and an optional env file.
 #[derive(Debug, Default)]
 pub struct EnvSection {
-    /// KEY=VALUE lines, relative to the deploy root when not absolute.
-    pub file: Option<PathBuf>,
+    /// KEY=VALUE lines, a path inside the deploy root (so that it is the deploy user's).
+    pub file: Option<RelPath>,
     pub vars: BTreeMap<String, String>,
 }
 
@@ -609,7 +609,7 @@ impl Config {
         self.env
             .file
             .as_ref()
-            .map(|file| self.deploy.root.join(file))
+            .map(|file| self.deploy.root.join(file.as_path()))
     }
 
     /// Whether a ref (full name) is one this config deploys.
@@ -652,7 +652,13 @@ impl<'de> Deserialize<'de> for EnvSection {
         for (key, value) in table {
             if key == "file" {
                 match value {
-                    toml::Value::String(path) => section.file = Some(PathBuf::from(path)),
+                    toml::Value::String(path) => {
+                        section.file = Some(RelPath::new(&path).map_err(|_| {
+                            D::Error::custom(format!(
+                                "`env.file = {path:?}` must be a relative path inside the deploy root, without `..` (such as `shared/.env`): the env file is the deploy user's"
+                            ))
+                        })?)
+                    }
                     _ => return Err(D::Error::custom("`env.file` must be a path (a string)")),
                 }
                 continue;
@@ -999,6 +1005,20 @@ mod tests {
             parse("[deploy]\nroot = \"/a\"\n[env]\nPORT = 8000\nfile = \"shared/.env\"\n").unwrap();
         assert_eq!(config.env.vars["PORT"], "8000");
         assert_eq!(config.env_file().unwrap(), Path::new("/a/shared/.env"));
+    }
+
+    #[test]
+    fn the_env_file_stays_inside_the_deploy_root() {
+        for file in ["/etc/nologin", "../other/.env", "shared/../../x", ""] {
+            let err = parse(&format!(
+                "[deploy]\nroot = \"/a\"\n[env]\nfile = {file:?}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("must be a relative path inside the deploy root"),
+                "{file}: {err:#}"
+            );
+        }
     }
 
     #[test]

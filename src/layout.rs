@@ -49,21 +49,9 @@ impl Layout {
             .flatten()
             .map(|user| user.name)
             .unwrap_or_else(|| uid.to_string());
-        let args: Vec<String> = std::env::args().collect();
-        let hook = args.iter().take(2).any(|arg| arg.ends_with("-receive"));
-        let fix = if hook {
-            format!("push as `{owner}` (over SSH, with a deploy key), not as root")
-        } else {
-            format!(
-                "run it as the owner: `sudo -u {owner} ats-hook {}`",
-                args[1..].join(" ")
-            )
-        };
-        bail!(
-            "refusing to run as root on `{}`, which belongs to `{owner}`: what root makes there would be root's, and an app server it starts would run as root; {fix}",
-            self.root.display(),
-        )
+        Err(refusal(&self.root, &owner))
     }
+
     pub fn releases(&self) -> PathBuf {
         self.root.join("releases")
     }
@@ -161,4 +149,22 @@ impl Layout {
         ids.sort();
         Ok(ids)
     }
+}
+
+/// Why root does not deploy on `path`, a deploy user's, and the command that works.
+pub fn refusal(path: &Path, owner: &str) -> anyhow::Error {
+    let args: Vec<String> = std::env::args().collect();
+    let hook = args.iter().take(2).any(|arg| arg.ends_with("-receive"));
+    let fix = if hook {
+        format!("push as `{owner}` (over SSH, with a deploy key), not as root")
+    } else {
+        format!(
+            "run it as the owner: `sudo -u {owner} ats-hook {}`",
+            args[1..].join(" ")
+        )
+    };
+    anyhow::anyhow!(
+        "refusing to run as root on `{}`, which belongs to `{owner}`: what root makes there would be root's, and an app server it starts would run as root; {fix}",
+        path.display(),
+    )
 }

@@ -18,6 +18,7 @@ pub mod lock;
 pub mod notify;
 pub mod output;
 pub mod outputs;
+pub mod owner;
 pub mod process;
 pub mod procs;
 pub mod prune;

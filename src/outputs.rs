@@ -153,8 +153,16 @@ pub fn describe_key(step: &Step) -> String {
 /// The most a `key` command may print.
 const MAX_KEY_OUTPUT: usize = 64 << 10;
 
+/// Whether a variable of the deploy's environment stays away from `key` commands: what picks
+/// the program that runs (`PATH`) or the code it loads (`LD_PRELOAD`, `LD_LIBRARY_PATH`). A
+/// key command names a tool of the server's (`python3 --version`), and `check` runs it too.
+fn kept_from_key_commands(name: &str) -> bool {
+    name == "PATH" || name.starts_with("LD_")
+}
+
 /// Runs a step's `key` command in `dir`: its output, trimmed, or how it failed with its last
-/// lines.
+/// lines. It gets the deploy's environment except for `PATH` and `LD_*`, which stay the
+/// server's own.
 pub fn run_key_command(
     command: &str,
     dir: &Path,
@@ -164,7 +172,7 @@ pub fn run_key_command(
     let mut text = String::new();
     let finished = Cmd::shell(command)
         .dir(dir)
-        .envs(env)
+        .envs(env.iter().filter(|(name, _)| !kept_from_key_commands(name)))
         .timeout(timeout)
         .stream(&mut |line| {
             if text.len() <= MAX_KEY_OUTPUT {

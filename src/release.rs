@@ -100,18 +100,16 @@ pub fn materialize(
     );
     let mut stats = Checkout::default();
     let mut entries = Vec::with_capacity(wanted.len());
-    // The release is new: every folder in it is one this loop made, so no symlink can be among
-    // the parents of what it writes.
+    // The release is new, and every folder in it is one this loop made with `mkdir(2)`, which
+    // fails on anything already there: a symlink the tree wrote can never become a parent.
     let mut folders = std::collections::HashSet::new();
     for (rel, mode, id) in &wanted {
         if let Some(parent) = Path::new(rel)
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
         {
-            if folders.insert(parent.to_path_buf()) {
-                let parent = dir.join(parent);
-                fs::create_dir_all(&parent)
-                    .with_context(|| format!("failed to create `{}`", parent.display()))?;
+            if !folders.contains(parent) {
+                make_new_folders(dir, parent, &mut folders)?;
             }
         }
         let path = dir.join(rel);
@@ -126,6 +124,26 @@ pub fn materialize(
     ReleaseIndex::new(commit.id(), trees.submodules, entries).save(index_path)?;
     tracing::debug!("wrote the index in {:?}", started.elapsed());
     Ok(stats)
+}
+
+/// Creates `parent` and each of its folders not made yet inside the new release `dir`, one
+/// `mkdir(2)` each, outermost first.
+fn make_new_folders(
+    dir: &Path,
+    parent: &Path,
+    folders: &mut std::collections::HashSet<PathBuf>,
+) -> Result<()> {
+    let mut missing: Vec<&Path> = parent
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !folders.contains(*p))
+        .collect();
+    missing.reverse();
+    for folder in missing {
+        let path = dir.join(folder);
+        fs::create_dir(&path).with_context(|| format!("failed to create `{}`", path.display()))?;
+        folders.insert(folder.to_path_buf());
+    }
+    Ok(())
 }
 
 /// Writes one file or symlink of the tree at `path`, which must not exist. Returns how it is
@@ -170,6 +188,44 @@ fn safe_name<'a>(entry: &'a git2::TreeEntry<'_>, prefix: &str) -> Result<&'a str
             String::from_utf8_lossy(entry.name_bytes())
         ),
     }
+}
+
+/// A tree's entries, refused unless git itself could have written them: each name safe, in
+/// git's order, none twice. A tree written by hand (`git hash-object -t tree --literally`) may
+/// hold a symlink `a` and a folder `a`, so that a checkout writes `a/x` wherever `a` points.
+fn checked_entries<'t>(tree: &'t Tree<'_>, prefix: &str) -> Result<Vec<git2::TreeEntry<'t>>> {
+    let entries: Vec<git2::TreeEntry<'t>> = tree.iter().collect();
+    let mut names = std::collections::HashSet::with_capacity(entries.len());
+    let mut previous: Option<&git2::TreeEntry<'t>> = None;
+    for entry in &entries {
+        let name = safe_name(entry, prefix)?;
+        if !names.insert(entry.name_bytes()) {
+            bail!(
+                "the commit's tree holds `{prefix}{name}` twice; refusing to check it out (git itself never writes such a tree)"
+            );
+        }
+        if previous.is_some_and(|p| git_order(p).cmp(git_order(entry)).is_ge()) {
+            bail!(
+                "the commit's tree lists `{prefix}{name}` out of git's order; refusing to check it out (git itself never writes such a tree)"
+            );
+        }
+        previous = Some(entry);
+    }
+    Ok(entries)
+}
+
+/// How git sorts a tree's entries: by name, a folder's name as if it ended in `/`.
+fn git_order<'e>(entry: &'e git2::TreeEntry<'_>) -> impl Iterator<Item = u8> + 'e {
+    let end = if entry.filemode() as u32 == TREE {
+        b'/'
+    } else {
+        0
+    };
+    entry
+        .name_bytes()
+        .iter()
+        .copied()
+        .chain(std::iter::once(end))
 }
 
 fn is_safe_name(name: &str) -> bool {
@@ -572,7 +628,7 @@ impl Trees<'_> {
         prefix: &str,
         out: &mut Vec<(String, u32, Oid)>,
     ) -> Result<()> {
-        for entry in tree.iter() {
+        for entry in checked_entries(tree, prefix)? {
             let name = safe_name(&entry, prefix)?;
             let rel = format!("{prefix}{name}");
             match self.resolve(&entry, &rel)? {
@@ -623,7 +679,7 @@ impl Trees<'_> {
         prefix: &str,
         changes: &mut Changes,
     ) -> Result<()> {
-        for entry in new.iter() {
+        for entry in checked_entries(new, prefix)? {
             let name = safe_name(&entry, prefix)?;
             let rel = format!("{prefix}{name}");
             let (mode, id) = self.resolve(&entry, &rel)?;

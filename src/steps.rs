@@ -39,8 +39,7 @@ pub fn environment(config: &Config, vars: &DeployVars<'_>) -> Result<BTreeMap<St
         let entries = dotenvy::from_path_iter(&file)
             .with_context(|| format!("failed to read env file `{}`", file.display()))?;
         for entry in entries {
-            let (key, value) =
-                entry.with_context(|| format!("malformed env file `{}`", file.display()))?;
+            let (key, value) = entry.map_err(|err| malformed_env_file(&file, err))?;
             env.insert(key, value);
         }
     }
@@ -65,6 +64,31 @@ pub fn environment(config: &Config, vars: &DeployVars<'_>) -> Result<BTreeMap<St
         env.insert(key.to_string(), value);
     }
     Ok(env)
+}
+
+/// What a malformed env file gets said: its path and the line, never its text (dotenvy's
+/// message carries the line, and with an open quote the rest of the file: secrets).
+fn malformed_env_file(file: &Path, err: dotenvy::Error) -> anyhow::Error {
+    match err {
+        dotenvy::Error::LineParse(text, _) => {
+            let first = text.lines().next().unwrap_or_default();
+            let line = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|content| {
+                    content
+                        .lines()
+                        .position(|line| line.trim_end_matches('\r') == first)
+                })
+                .map_or_else(String::new, |n| format!(" at line {}", n + 1));
+            anyhow::anyhow!(
+                "malformed env file `{}`{line}: not a KEY=VALUE line, or a quote left open (its text is not shown: it may hold a secret)",
+                file.display()
+            )
+        }
+        err => {
+            anyhow::Error::new(err).context(format!("failed to read env file `{}`", file.display()))
+        }
+    }
 }
 
 /// The width step names are padded to, so output lines align.

@@ -24,6 +24,7 @@ mod push;
 mod releases;
 mod rollback;
 mod schema;
+mod security;
 mod spare;
 mod ssh;
 mod stdin;

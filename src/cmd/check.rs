@@ -17,7 +17,7 @@ pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
     write_plan(&config, out)?;
     if let Ok(repo) = super::repo_dir(location) {
         let is_repo = repo.join("objects").is_dir() && repo.join("config").is_file();
-        if is_repo && !super::install::advertises_push_options(&repo) {
+        if is_repo && !super::install::has_setting(&repo, super::install::PUSH_OPTIONS) {
             writeln!(
                 out,
                 "push options: not advertised, so `git push -o ats.…` fails (\"the receiving end does not support push options\"); fix: `git -C {} config {} true` (`ats-hook install` sets it)",

@@ -4,16 +4,21 @@
 //! pty) and a forced command, `ats-hook ssh-gate --repo PATH`, that lets through only git's
 //! transport for that repository. The file and its folder keep modes 600/700 and the user's
 //! ownership, and are rewritten whole (write, then rename) so a failure leaves the old file.
+//!
+//! Root runs these on a deploy user's home: every file there is opened through `owner::UserDir`
+//! (held folders, no symlink followed, created exclusively), and only lines that are keys or
+//! comments are ever copied from the old file to the new one.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use nix::unistd::User;
 
+use crate::owner::UserDir;
 use crate::process::Cmd;
 use crate::sshkey::{AuthorizedKey, PublicKey};
 
@@ -66,45 +71,54 @@ fn gate_marker(repo: &Path) -> String {
     format!(" ssh-gate --repo {}", repo.display())
 }
 
-fn read_lines(file: &Path) -> Result<Vec<String>> {
-    match fs::read_to_string(file) {
-        Ok(text) => Ok(text.lines().map(str::to_string).collect()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(err) => Err(err).with_context(|| format!("failed to read `{}`", file.display())),
+/// The user's `~/.ssh`, held open; created (0700) when `create`, else `None` when missing.
+fn ssh_dir(target: &Target, create: bool) -> Result<Option<UserDir>> {
+    let home = UserDir::home(&target.user)?;
+    if !create && !home.has(".ssh") {
+        return Ok(None);
     }
+    home.private_folder(".ssh", &target.user).map(Some)
 }
 
-/// Writes `authorized_keys` whole, 600 in a 700 folder, owned by the user.
-fn write_lines(target: &Target, lines: &[String]) -> Result<()> {
-    let dir = target.file.parent().expect("authorized_keys has a folder");
-    if !dir.is_dir() {
-        fs::create_dir_all(dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+/// The lines of `authorized_keys` in `dir`: refused, naming the line numbers and nothing of
+/// their text, unless each is blank, a comment or a key line.
+fn read_lines(target: &Target, dir: Option<&UserDir>) -> Result<Vec<String>> {
+    let Some(bytes) = dir
+        .map(|dir| dir.read(AUTHORIZED_KEYS, &target.user))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(Vec::new());
+    };
+    let file = target.file.display();
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("`{file}` is not text; refusing to rewrite it"))?;
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let bad: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| {
+            let line = line.trim();
+            !line.is_empty() && !line.starts_with('#') && AuthorizedKey::parse(line).is_none()
+        })
+        .map(|(n, _)| (n + 1).to_string())
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "`{file}` has lines that are not keys (line {}): ats-hook copies only key lines and comments into the file it writes; fix or remove them and run again",
+            bad.join(", ")
+        );
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    let (uid, gid) = (target.user.uid.as_raw(), target.user.gid.as_raw());
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).with_context(|| {
-        format!(
-            "failed to give `{}` to `{}`",
-            dir.display(),
-            target.user.name
-        )
-    })?;
-    let tmp = dir.join(".authorized_keys.ats-hook");
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("failed to create `{}`", tmp.display()))?;
+    Ok(lines)
+}
+
+const AUTHORIZED_KEYS: &str = "authorized_keys";
+
+/// Writes `authorized_keys` whole, 600 in a 700 folder, owned by the user.
+fn write_lines(target: &Target, dir: &UserDir, lines: &[String]) -> Result<()> {
     let mut text = lines.join("\n");
     text.push('\n');
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("failed to write `{}`", tmp.display()))?;
-    file.sync_all()?;
-    std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid))?;
-    fs::rename(&tmp, &target.file)
-        .with_context(|| format!("failed to replace `{}`", target.file.display()))
+    dir.replace(AUTHORIZED_KEYS, text.as_bytes(), 0o600, &target.user)
 }
 
 pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
@@ -158,7 +172,8 @@ pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
         })
         .collect();
 
-    let mut lines = read_lines(&target.file)?;
+    let dir = ssh_dir(&target, true)?.expect("created");
+    let mut lines = read_lines(&target, Some(&dir))?;
     if let Some(existing) = lines
         .iter()
         .filter_map(|l| AuthorizedKey::parse(l))
@@ -198,7 +213,7 @@ pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
             })?;
         handle.write_all(private.as_bytes())?;
     }
-    write_lines(&target, &lines)?;
+    write_lines(&target, &dir, &lines)?;
     writeln!(
         out,
         "added deploy key {} ({name}) for `{}`: it can push to and fetch from `{}`, deploy again a commit it holds, and read its status, releases and log{}, nothing else",
@@ -210,6 +225,11 @@ pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
         } else {
             ""
         }
+    )?;
+    writeln!(
+        out,
+        "note: the deploy's steps run the pushed code (`pip install`, migrations) as `{}`, so this key is code execution as `{}`: give each app its own deploy user, owning nothing else",
+        target.user.name, target.user.name
     )?;
 
     if let Some(private) = private {
@@ -311,7 +331,7 @@ fn key_name(entry: &AuthorizedKey) -> String {
 
 pub fn list(repo: &Path, user: &str, out: &mut dyn Write) -> Result<ExitCode> {
     let target = target(repo, user)?;
-    let lines = read_lines(&target.file)?;
+    let lines = read_lines(&target, ssh_dir(&target, false)?.as_ref())?;
     let keys = ours(&lines, &target.repo);
     if keys.is_empty() {
         writeln!(
@@ -336,7 +356,8 @@ pub fn list(repo: &Path, user: &str, out: &mut dyn Write) -> Result<ExitCode> {
 /// Removes the deploy keys of this repository matching a fingerprint or a name.
 pub fn remove(repo: &Path, user: &str, which: &str, out: &mut dyn Write) -> Result<ExitCode> {
     let target = target(repo, user)?;
-    let lines = read_lines(&target.file)?;
+    let dir = ssh_dir(&target, false)?;
+    let lines = read_lines(&target, dir.as_ref())?;
     let matching: Vec<(usize, AuthorizedKey)> = ours(&lines, &target.repo)
         .into_iter()
         .filter(|(_, entry)| entry.key.fingerprint() == which || key_name(entry) == which)
@@ -354,7 +375,8 @@ pub fn remove(repo: &Path, user: &str, which: &str, out: &mut dyn Write) -> Resu
         .filter(|(n, _)| !matching.iter().any(|(m, _)| m == n))
         .map(|(_, line)| line.clone())
         .collect();
-    write_lines(&target, &kept)?;
+    let dir = dir.expect("a key was found in it");
+    write_lines(&target, &dir, &kept)?;
     for (_, entry) in matching {
         writeln!(
             out,

@@ -25,6 +25,7 @@ use git2::Repository;
 use crate::cli::{Command, KeysAction, Location, RemoteAction};
 use crate::config::Config;
 use crate::deploy::Trigger;
+use crate::owner;
 use crate::push_options::PushOptions;
 
 pub fn run(command: Command) -> Result<ExitCode> {
@@ -73,6 +74,13 @@ pub fn run(command: Command) -> Result<ExitCode> {
             location,
             ..
         } => {
+            // Rollback changes the deploy user's files and restarts its app: as root, refused
+            // before anything is read (`Layout::refuse_root_on_a_users_root` says how).
+            if owner::is_root() {
+                if let Some(user) = owner::other_owner(&repo_dir(&location)?)? {
+                    return Err(crate::layout::refusal(&repo_dir(&location)?, &user.name));
+                }
+            }
             let config = load(&location)?;
             crate::deploy::rollback(&config, release.as_deref(), force)
         }
@@ -104,7 +112,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
             user,
             hook,
             copy,
+            config,
             dry_run,
+            prepared,
         } => install::run(
             &install::Options {
                 repo: &repo,
@@ -112,7 +122,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 user: user.as_deref(),
                 hook,
                 copy,
+                config: config.as_deref(),
                 dry_run,
+                prepared,
             },
             &mut stdout,
         ),
@@ -206,11 +218,28 @@ fn repo_dir(location: &Location) -> Result<PathBuf> {
 
 /// Loads the config, without opening the repository: reading the history or the plan needs
 /// no git, and works for an admin who does not own the repository.
+///
+/// Run by root on a deploy user's repository or root, it becomes that user (for good) before
+/// it opens anything there: a symlink the user planted leads nowhere root could read, and a
+/// command of the config (a step's `key`) never runs as root. A `--config` file of root's own
+/// (the Ansible role validating its template) is read first, as root.
 fn load(location: &Location) -> Result<Config> {
     let dir = repo_dir(location)?;
     let path = Config::locate(location.config.as_deref(), &dir);
+    if location.config.is_some() && owner::is_root() && owner::other_owner(&path)?.is_none() {
+        let config = Config::load(&path)?;
+        owner::act_as_owner_of(&[&dir, &config.deploy.root])?;
+        return Ok(config);
+    }
+    owner::act_as_owner_of(&[&dir, &path])?;
+    let config = locate_and_load(location, &dir, &path)?;
+    owner::act_as_owner_of(&[&config.deploy.root])?;
+    Ok(config)
+}
+
+fn locate_and_load(location: &Location, dir: &Path, path: &Path) -> Result<Config> {
     if location.config.is_none() && !path.exists() {
-        if let Some(clone) = clone_around(&dir) {
+        if let Some(clone) = clone_around(dir) {
             let remotes = remote::names(&clone);
             let name = remotes
                 .as_deref()
@@ -223,7 +252,7 @@ fn load(location: &Location) -> Result<Config> {
             );
         }
     }
-    Config::load(&path)
+    Config::load(path)
 }
 
 /// The working copy `dir` is in, if it is in one.

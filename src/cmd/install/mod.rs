@@ -4,11 +4,18 @@
 //! the owners), says it, and makes each change in a way that a second run finds done: so a run
 //! that stops half way is completed by running it again, and `--dry-run` shows the same list
 //! without changing anything. Nothing that exists is overwritten: a hook that is not ats-hook
-//! or an existing config is left as it is.
+//! or an existing config is left as it is (unless `--config` names the one to put in place).
+//!
+//! Run by root for a deploy user, it is two parts: `as_root` does only what root must (a new
+//! folder in `/srv`, giving a tree to the user), through `owner`; everything else is this
+//! module, run again as the deploy user in a child process, so that nothing the user could
+//! have planted in its own files (a symlink at the config's temporary name) reaches root.
+
+mod as_root;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -17,6 +24,8 @@ use git2::{Repository, RepositoryInitOptions};
 
 use super::RepoKind;
 use nix::unistd::{AccessFlags, User};
+
+use crate::owner;
 
 use crate::cli::HookKind;
 use crate::config::{self, Config};
@@ -28,7 +37,11 @@ pub struct Options<'a> {
     pub user: Option<&'a str>,
     pub hook: HookKind,
     pub copy: bool,
+    /// The config to put in place, `-` for stdin.
+    pub config: Option<&'a Path>,
     pub dry_run: bool,
+    /// Root made the repository's and the deploy root's folders (or would, in a dry run).
+    pub prepared: bool,
 }
 
 /// One change install makes.
@@ -43,19 +56,39 @@ enum Change {
     WriteConfig {
         path: PathBuf,
         text: String,
+        /// From `--config`, not the template.
+        given: bool,
     },
     CreateDir(PathBuf),
     /// An empty env file, mode 0600, for the secrets the config reads from it.
     CreateEnvFile(PathBuf),
-    /// `receive.advertisePushOptions`, without which `git push -o` fails.
-    AdvertisePushOptions(PathBuf),
-    Chown {
-        path: PathBuf,
-        uid: u32,
-        gid: u32,
-        user: String,
+    /// A setting of the bare repository's, to `true`.
+    Setting {
+        repo: PathBuf,
+        setting: &'static Setting,
     },
 }
+
+/// A setting install turns on in the bare repository, and why.
+pub struct Setting {
+    pub key: &'static str,
+    pub why: &'static str,
+}
+
+/// What install sets in every bare repository.
+pub const SETTINGS: [Setting; 2] = [
+    Setting {
+        key: PUSH_OPTIONS,
+        why: "so pushes can pass `-o ats.…`",
+    },
+    Setting {
+        key: FSCK_OBJECTS,
+        why: "so git refuses malformed objects (a tree naming a path twice) before they are stored",
+    },
+];
+
+/// Has `git receive-pack` check every object pushed.
+pub const FSCK_OBJECTS: &str = "receive.fsckObjects";
 
 impl Change {
     fn describe(&self) -> String {
@@ -81,19 +114,25 @@ impl Change {
                     path.display()
                 )
             }
-            Change::WriteConfig { path, .. } => {
+            Change::WriteConfig {
+                path, given: false, ..
+            } => {
                 format!("write the config `{}` from the template", path.display())
             }
+            Change::WriteConfig {
+                path, given: true, ..
+            } => format!("write the config `{}` as given", path.display()),
             Change::CreateDir(path) => format!("create `{}`", path.display()),
             Change::CreateEnvFile(path) => format!(
                 "create the empty env file `{}` (mode 0600) for the app's settings and secrets",
                 path.display()
             ),
-            Change::AdvertisePushOptions(repo) => format!(
-                "set `receive.advertisePushOptions` in `{}`, so pushes can pass `-o ats.…`",
-                repo.display()
+            Change::Setting { repo, setting } => format!(
+                "set `{}` in `{}`, {}",
+                setting.key,
+                repo.display(),
+                setting.why
             ),
-            Change::Chown { path, user, .. } => format!("give `{}` to `{user}`", path.display()),
         }
     }
 
@@ -127,9 +166,19 @@ impl Change {
             }
             Change::RemoveHook(path) => fs::remove_file(path)
                 .with_context(|| format!("failed to remove `{}`", path.display()))?,
-            Change::WriteConfig { path, text } => {
+            Change::WriteConfig { path, text, .. } => {
+                // Created anew (a name left there, a symlink too, is removed, never followed),
+                // readable by the deploy user's group only: it may hold a webhook's token.
                 let tmp = path.with_extension("toml.new");
-                fs::write(&tmp, text)
+                let _ = fs::remove_file(&tmp);
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o640)
+                    .open(&tmp)
+                    .with_context(|| format!("failed to create `{}`", tmp.display()))?;
+                file.write_all(text.as_bytes())
+                    .and_then(|()| file.sync_all())
                     .with_context(|| format!("failed to write `{}`", tmp.display()))?;
                 fs::rename(&tmp, path)
                     .with_context(|| format!("failed to write `{}`", path.display()))?;
@@ -148,13 +197,12 @@ impl Change {
                     .open(path)
                     .with_context(|| format!("failed to create `{}`", path.display()))?;
             }
-            Change::AdvertisePushOptions(repo) => Repository::open_bare(repo)
+            Change::Setting { repo, setting } => Repository::open_bare(repo)
                 .and_then(|repo| repo.config())
-                .and_then(|mut config| config.set_bool(PUSH_OPTIONS, true))
+                .and_then(|mut config| config.set_bool(setting.key, true))
                 .with_context(|| {
-                    format!("failed to set `{PUSH_OPTIONS}` in `{}`", repo.display())
+                    format!("failed to set `{}` in `{}`", setting.key, repo.display())
                 })?,
-            Change::Chown { path, uid, gid, .. } => chown_tree(path, *uid, *gid)?,
         }
         Ok(())
     }
@@ -163,14 +211,24 @@ impl Change {
 /// The setting that lets pushes pass options (`git push -o`) to the hooks.
 pub const PUSH_OPTIONS: &str = "receive.advertisePushOptions";
 
-/// Whether the bare repository `repo` lets pushes pass options; false when it does not exist.
-pub fn advertises_push_options(repo: &Path) -> bool {
+/// Whether the bare repository `repo` has `key` set to true; false when it does not exist.
+pub fn has_setting(repo: &Path, key: &str) -> bool {
     git2::Config::open(&repo.join("config"))
-        .and_then(|config| config.get_bool(PUSH_OPTIONS))
+        .and_then(|config| config.get_bool(key))
         .unwrap_or(false)
 }
 
 pub fn run(options: &Options<'_>, out: &mut dyn Write) -> Result<ExitCode> {
+    if owner::is_root() {
+        if let Some(user) = deploy_user(options)? {
+            return as_root::run(options, &user, out);
+        }
+    } else if let Some(name) = options.user {
+        let me = User::from_uid(nix::unistd::getuid()).ok().flatten();
+        if !me.is_some_and(|me| me.name == name) {
+            bail!("only root can set up a repository for `{name}`: run install as root, or as `{name}` without `--user`");
+        }
+    }
     let changes = plan(options)?;
     if changes.is_empty() {
         writeln!(
@@ -200,24 +258,51 @@ pub fn run(options: &Options<'_>, out: &mut dyn Write) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Who root sets up for: `--user`, or else the user who owns the repository or the deploy
+/// root already. `None`: root sets up for itself.
+fn deploy_user(options: &Options<'_>) -> Result<Option<User>> {
+    if let Some(name) = options.user {
+        let user = User::from_name(name)
+            .with_context(|| format!("failed to look up user `{name}`"))?
+            .with_context(|| {
+                format!("no user `{name}` on this machine: create it first (`useradd -m {name}`)")
+            })?;
+        return Ok(Some(user));
+    }
+    let repo = absolute(options.repo)?;
+    // A repository without a root to tell is refused later, by the part that reads it.
+    let root = match options.root {
+        Some(root) => Some(absolute(root)?),
+        None => default_root(&repo).ok(),
+    };
+    Ok(match owner::other_owner(&repo)? {
+        Some(user) => Some(user),
+        None => root
+            .map(|root| owner::other_owner(&root))
+            .transpose()?
+            .flatten(),
+    })
+}
+
+/// The config `--config` names (`-`: stdin), checked.
+fn given_config(path: &Path) -> Result<String> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("failed to read the config from stdin")?
+    } else {
+        fs::read_to_string(path).with_context(|| format!("failed to read `{}`", path.display()))?
+    };
+    Config::parse(&text, path)?;
+    Ok(text)
+}
+
 /// Everything install would change, after checking that it can: nothing is changed here.
 fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
     let repo = absolute(options.repo)?;
-    let user = match options.user {
-        Some(name) => Some(
-            User::from_name(name)
-                .with_context(|| format!("failed to look up user `{name}`"))?
-                .with_context(|| {
-                    format!(
-                        "no user `{name}` on this machine: create it first (`useradd -m {name}`)"
-                    )
-                })?,
-        ),
-        None => None,
-    };
+    let given = options.config.map(given_config).transpose()?;
     let mut changes = Vec::new();
 
     match super::inspect_repo(&repo)? {
+        RepoKind::Missing if options.prepared => changes.push(Change::InitBare(repo.clone())),
         RepoKind::Missing => {
             writable_ancestor(&repo)?;
             changes.push(Change::InitBare(repo.clone()));
@@ -236,15 +321,22 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
         }
     }
 
-    if !advertises_push_options(&repo) {
-        changes.push(Change::AdvertisePushOptions(repo.clone()));
+    for setting in &SETTINGS {
+        if !has_setting(&repo, setting.key) {
+            changes.push(Change::Setting {
+                repo: repo.clone(),
+                setting,
+            });
+        }
     }
 
     let root = match options.root {
         Some(root) => absolute(root)?,
         None => default_root(&repo)?,
     };
-    writable_ancestor(&root)?;
+    if !(options.prepared && fs::symlink_metadata(&root).is_err()) {
+        writable_ancestor(&root)?;
+    }
 
     let exe = std::env::current_exe()
         .and_then(|exe| exe.canonicalize())
@@ -278,7 +370,16 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
 
     let config_path = repo.join(config::FILE_NAME);
     let mut env_file = None;
-    if !config_path.exists() {
+    if let Some(text) = given {
+        env_file = Config::parse(&text, &config_path)?.env_file();
+        if fs::read_to_string(&config_path).ok().as_ref() != Some(&text) {
+            changes.push(Change::WriteConfig {
+                path: config_path,
+                text,
+                given: true,
+            });
+        }
+    } else if !config_path.exists() {
         let text = config_template(&root);
         env_file = config::Config::parse(&text, &config_path)
             .ok()
@@ -286,6 +387,7 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
         changes.push(Change::WriteConfig {
             path: config_path,
             text,
+            given: false,
         });
     } else if let Ok(existing) = Config::load(&config_path) {
         env_file = existing.env_file();
@@ -313,19 +415,6 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
         changes.push(Change::CreateEnvFile(env_file));
     }
 
-    if let Some(user) = user {
-        let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
-        for path in [&repo, &root] {
-            if needs_chown(path, uid, gid)? {
-                changes.push(Change::Chown {
-                    path: path.clone(),
-                    uid,
-                    gid,
-                    user: user.name.clone(),
-                });
-            }
-        }
-    }
     Ok(changes)
 }
 
@@ -410,43 +499,6 @@ fn writable_ancestor(path: &Path) -> Result<()> {
                 )
             },
         )?;
-    }
-    Ok(())
-}
-
-fn needs_chown(path: &Path, uid: u32, gid: u32) -> Result<bool> {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return Ok(true);
-    };
-    if meta.uid() != uid || meta.gid() != gid {
-        return Ok(true);
-    }
-    if meta.is_dir() {
-        for entry in
-            fs::read_dir(path).with_context(|| format!("failed to list `{}`", path.display()))?
-        {
-            if needs_chown(&entry?.path(), uid, gid)? {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
-}
-
-/// Changes the owner of everything under `path`, never following symlinks.
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    let meta = fs::symlink_metadata(path)
-        .with_context(|| format!("failed to stat `{}`", path.display()))?;
-    if meta.uid() != uid || meta.gid() != gid {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-            .with_context(|| format!("failed to change the owner of `{}`", path.display()))?;
-    }
-    if meta.is_dir() {
-        for entry in
-            fs::read_dir(path).with_context(|| format!("failed to list `{}`", path.display()))?
-        {
-            chown_tree(&entry?.path(), uid, gid)?;
-        }
     }
     Ok(())
 }

@@ -1,0 +1,197 @@
+//! `install` run by root for a deploy user: root makes only what the user cannot (the
+//! repository's or the deploy root's folder in a folder of root's, such as `/srv`) and gives
+//! root's leftovers in them to the user, through `owner` alone; then it runs install again as
+//! the user, which does all the rest. Nothing here opens a file in the user's tree.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use nix::unistd::User;
+
+use super::{absolute, default_root, Options};
+use crate::owner;
+
+/// What root does for one of the two folders.
+enum Prep {
+    /// Nothing: it is the user's, or the user may create it.
+    Nothing,
+    /// Create it (a missing folder in a folder of root's) and give it to the user.
+    Create { path: PathBuf, real: PathBuf },
+    /// Give what root owns in it to the user.
+    Give {
+        path: PathBuf,
+        real: PathBuf,
+        entries: usize,
+    },
+}
+
+pub(super) fn run(options: &Options<'_>, user: &User, out: &mut dyn Write) -> Result<ExitCode> {
+    let repo = absolute(options.repo)?;
+    let root = match options.root {
+        Some(root) => absolute(root)?,
+        None => default_root(&repo)?,
+    };
+    // Root's own file, read as root (the user may not be able to read it), checked by the
+    // user's part before it is put in place.
+    let config = match options.config {
+        Some(path) if path != Path::new("-") => {
+            if let Some(other) = owner::other_owner(path)? {
+                bail!(
+                    "`{}` is in a folder that `{}` can change: give install a config of root's (say, in `/etc/ats-hook/`)",
+                    path.display(),
+                    other.name
+                );
+            }
+            Some(
+                std::fs::read(path)
+                    .with_context(|| format!("failed to read `{}`", path.display()))?,
+            )
+        }
+        Some(_) => Some(
+            std::io::read_to_string(std::io::stdin())
+                .context("failed to read the config from stdin")?
+                .into_bytes(),
+        ),
+        None => None,
+    };
+    // Both are worked out before either is touched.
+    let give = options.user.is_some();
+    let preps = [plan(&repo, user, give)?, plan(&root, user, give)?];
+    let mut prepared = false;
+    for prep in &preps {
+        let verb = if options.dry_run { "would" } else { "did" };
+        match prep {
+            Prep::Nothing => {}
+            Prep::Create { path, real } => {
+                if options.dry_run {
+                    prepared = true;
+                } else {
+                    owner::create_folder_for(real, user)?;
+                }
+                writeln!(
+                    out,
+                    "{verb} create `{}` for `{}`",
+                    path.display(),
+                    user.name
+                )?;
+            }
+            Prep::Give {
+                path,
+                real,
+                entries,
+            } => {
+                if !options.dry_run {
+                    let done =
+                        owner::chown_tree(real, user.uid.as_raw(), user.gid.as_raw(), false)?;
+                    for link in &done.skipped_links {
+                        tracing::warn!(
+                            "`{}` has other names (a hard link): its owner is left as it is",
+                            link.display()
+                        );
+                    }
+                }
+                writeln!(
+                    out,
+                    "{verb} give `{}` to `{}` ({entries} entries)",
+                    path.display(),
+                    user.name
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+
+    let hook = options
+        .hook
+        .to_possible_value()
+        .expect("hook kinds have names");
+    let mut args: Vec<OsString> = vec![
+        "install".into(),
+        "--repo".into(),
+        repo.into(),
+        "--root".into(),
+        root.into(),
+        "--hook".into(),
+        hook.get_name().into(),
+    ];
+    for (set, flag) in [
+        (options.copy, "--copy"),
+        (options.dry_run, "--dry-run"),
+        (prepared, "--prepared"),
+        (config.is_some(), "--config=-"),
+    ] {
+        if set {
+            args.push(flag.into());
+        }
+    }
+    let status = owner::run_as(user, &args, config.as_deref())?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What root must do for `path` so that `user` can set the rest up. `give`: the admin named
+/// the user, so what root owns there becomes the user's.
+fn plan(path: &Path, user: &User, give: bool) -> Result<Prep> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        let real = owner::trusted_path(path)?;
+        let meta = std::fs::metadata(&real)
+            .with_context(|| format!("failed to read `{}`", real.display()))?;
+        if !meta.is_dir() {
+            // Not a folder: the user's part says what it is.
+            return Ok(Prep::Nothing);
+        }
+        if meta.uid() != 0 && meta.uid() != user.uid.as_raw() {
+            let other = nix::unistd::User::from_uid(meta.uid().into())
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {}", meta.uid()), |u| u.name);
+            bail!(
+                "`{}` belongs to `{other}`, not to `{}`: one deploy user per app, owning nothing else",
+                path.display(),
+                user.name
+            );
+        }
+        if !give {
+            return Ok(Prep::Nothing);
+        }
+        let entries = owner::chown_tree(&real, user.uid.as_raw(), user.gid.as_raw(), true)?.changed;
+        return Ok(if entries == 0 {
+            Prep::Nothing
+        } else {
+            Prep::Give {
+                path: path.to_path_buf(),
+                real,
+                entries,
+            }
+        });
+    }
+    // Missing: the user fills its own folders; root makes it only in a folder of root's.
+    let mut nearest = path;
+    while std::fs::symlink_metadata(nearest).is_err() {
+        nearest = nearest.parent().unwrap_or(Path::new("/"));
+    }
+    let meta = std::fs::metadata(nearest)
+        .with_context(|| format!("failed to read `{}`", nearest.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "cannot create `{}`: `{}` is not a folder",
+            path.display(),
+            nearest.display()
+        );
+    }
+    if meta.uid() == user.uid.as_raw() {
+        return Ok(Prep::Nothing);
+    }
+    Ok(Prep::Create {
+        path: path.to_path_buf(),
+        real: owner::trusted_path(path)?,
+    })
+}
