@@ -8,6 +8,7 @@
 //! (lock, log, record, prune).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -214,7 +215,12 @@ impl Session {
         self.holder.since = rfc3339(self.started);
         self.lock.update(&self.holder)?;
         let log_path = self.layout.log_file(&id);
-        let log = std::fs::File::create(&log_path)
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&log_path)
             .with_context(|| format!("failed to create deploy log `{}`", log_path.display()))?;
         self._output = Some(output::begin_deploy(
             &id,

@@ -68,7 +68,7 @@ impl Layout {
         self.root.join("outputs")
     }
     pub fn state(&self) -> PathBuf {
-        self.root.join(".ats-hook")
+        self.root.join(STATE_DIR)
     }
     pub fn lock_file(&self) -> PathBuf {
         self.state().join("lock")
@@ -105,6 +105,16 @@ impl Layout {
         ] {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("failed to create `{}`", dir.display()))?;
+        }
+        // The history, the logs and the locks are the deploy user's alone (a log holds what
+        // steps printed); older roots made it 0755.
+        let state = self.state();
+        let private = std::os::unix::fs::PermissionsExt::from_mode(0o700);
+        if std::fs::metadata(&state).is_ok_and(|m| {
+            std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777 != 0o700
+        }) {
+            std::fs::set_permissions(&state, private)
+                .with_context(|| format!("failed to make `{}` private", state.display()))?;
         }
         Ok(())
     }
@@ -150,6 +160,9 @@ impl Layout {
         Ok(ids)
     }
 }
+
+/// The deploy root's folder of ats-hook's own state.
+pub const STATE_DIR: &str = ".ats-hook";
 
 /// Why root does not deploy on `path`, a deploy user's, and the command that works.
 pub fn refusal(path: &Path, owner: &str) -> anyhow::Error {

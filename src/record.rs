@@ -6,6 +6,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -175,6 +176,7 @@ pub fn append(path: &Path, record: &DeployRecord) -> Result<()> {
         .create(true)
         .read(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .with_context(|| format!("failed to open history `{}`", path.display()))?;
     if ends_torn(&mut file)? {

@@ -25,6 +25,25 @@ pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
                 super::install::PUSH_OPTIONS
             )?;
         }
+        if is_repo && !super::install::has_setting(&repo, super::install::FSCK_OBJECTS) {
+            writeln!(
+                out,
+                "objects:   git stores pushed objects unchecked (ats-hook still refuses trees git never writes); fix: `git -C {} config {} true` (`ats-hook install` sets it)",
+                repo.display(),
+                super::install::FSCK_OBJECTS
+            )?;
+        }
+    }
+    if config.notify.as_ref().is_some_and(|n| n.webhook.is_some()) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(&config.path).is_ok_and(|m| m.mode() & 0o004 != 0) {
+            writeln!(
+                out,
+                "warning:   `{}` holds a webhook URL (a token) and every local user can read it; fix: `chmod 640 {}`",
+                config.path.display(),
+                config.path.display()
+            )?;
+        }
     }
     if config.steps.iter().any(|step| step.has_outputs()) {
         // The repository is only read for this part: `check` also serves an admin who cannot

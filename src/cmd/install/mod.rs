@@ -15,7 +15,7 @@ mod as_root;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -183,8 +183,17 @@ impl Change {
                 fs::rename(&tmp, path)
                     .with_context(|| format!("failed to write `{}`", path.display()))?;
             }
-            Change::CreateDir(path) => fs::create_dir_all(path)
-                .with_context(|| format!("failed to create `{}`", path.display()))?,
+            Change::CreateDir(path) => {
+                // The state (history, logs, locks) is the deploy user's alone.
+                let state = path
+                    .ancestors()
+                    .any(|p| p.ends_with(crate::layout::STATE_DIR));
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(if state { 0o700 } else { 0o755 })
+                    .create(path)
+                    .with_context(|| format!("failed to create `{}`", path.display()))?
+            }
             Change::CreateEnvFile(path) => {
                 if let Some(parent) = path.parent() {
                     fs::create_dir_all(parent)
@@ -389,14 +398,20 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
             text,
             given: false,
         });
-    } else if let Ok(existing) = Config::load(&config_path) {
-        env_file = existing.env_file();
-        if existing.deploy.root != root {
-            tracing::warn!(
-                "the existing config deploys to `{}`, not `{}`; it is left as it is",
-                existing.deploy.root.display(),
-                root.display()
-            );
+    } else {
+        match Config::load(&config_path) {
+            Ok(existing) => {
+                env_file = existing.env_file();
+                if existing.deploy.root != root {
+                    tracing::warn!(
+                        "the existing config deploys to `{}`, not `{}`; it is left as it is",
+                        existing.deploy.root.display(),
+                        root.display()
+                    );
+                }
+            }
+            // Left as it is; every push and `check` say the same until it is fixed.
+            Err(err) => tracing::warn!("{err:#}; it is left as it is"),
         }
     }
 
