@@ -56,7 +56,8 @@ pub fn send(notify: &Notify, root: &Path, record: &DeployRecord, summary: &str) 
     if let Some(url) = &notify.webhook {
         let body = if notify.slack {
             let text = format!("{host} ({}): {summary}{}", root.display(), record.about());
-            serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap_or_default()
+            serde_json::to_vec(&serde_json::json!({ "text": slack_escaped(&text) }))
+                .unwrap_or_default()
         } else {
             json
         };
@@ -137,4 +138,25 @@ fn post(url: &str, notify: &Notify, root: &Path, body: &[u8]) -> Result<u16> {
         );
     }
     Ok(status)
+}
+
+/// Slack's escaping of message text: `&`, `<` and `>` as entities, so a note `<!channel>` is
+/// shown, not a ping of the whole channel, and `<url|text>` cannot fake a link.
+fn slack_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_text_escapes_what_slack_reads_as_markup() {
+        assert_eq!(
+            slack_escaped("a <!channel> & <https://x|y>"),
+            "a &lt;!channel&gt; &amp; &lt;https://x|y&gt;"
+        );
+    }
 }

@@ -495,9 +495,36 @@ pub fn prefix(text: &str, n: usize) -> &str {
     }
 }
 
+/// `text` safe to print on a terminal: each control character (an escape sequence's `ESC`, a
+/// carriage return that hides what came before, a newline that fakes a line) written as `\u{1b}`.
+/// For text from a commit or a pusher: subjects, notes, push options, names.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("Fix the login — ok"), "Fix the login — ok");
+        assert_eq!(
+            printable("a\x1b]0;pwned\x07\rb\n\u{9b}c"),
+            "a\\u{1b}]0;pwned\\u{7}\\u{d}b\\u{a}\\u{9b}c"
+        );
+    }
 
     fn line(level: Level, message: &str, color: bool) -> String {
         let fields = Fields {

@@ -59,6 +59,8 @@ impl PushOptions {
                 Some((name, value)) => (name, Some(value)),
                 None => (rest, None),
             };
+            // Quoted in messages with its control characters escaped.
+            let option = crate::output::printable(option);
             match (name, value) {
                 ("skip", Some(step)) if !step.trim().is_empty() => {
                     let step = step.trim().to_string();
@@ -108,7 +110,8 @@ impl PushOptions {
                 None => {
                     let names: Vec<&str> = config.steps.iter().map(|s| s.name.as_str()).collect();
                     bail!(
-                        "cannot skip step `{name}`: the config has no such step (it has: {})",
+                        "cannot skip step `{}`: the config has no such step (it has: {})",
+                        crate::output::printable(name),
                         if names.is_empty() {
                             "none".to_string()
                         } else {

@@ -156,10 +156,12 @@ impl DeployRecord {
     }
 }
 
-/// `text`, cut to `max` characters with `…` when longer.
+/// `text`, cut to `max` characters with `…` when longer, its control characters escaped (a
+/// commit's subject is the pusher's to write).
 fn clip(text: &str, max: usize) -> String {
+    let text = crate::output::printable(text);
     if text.chars().count() <= max {
-        text.to_string()
+        text.into_owned()
     } else {
         let cut: String = text.chars().take(max - 1).collect();
         format!("{cut}…")

@@ -51,7 +51,7 @@ pub fn run(
                 short(&r.commit),
                 short_ref(&r.git_ref),
                 seconds(std::time::Duration::from_millis(r.duration_ms)),
-                r.pusher,
+                crate::output::printable(&r.pusher),
                 r.about()
             )?;
         }

@@ -135,7 +135,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             release.git_ref.as_deref().map(short_ref).unwrap_or("-"),
             release.state,
             release.created.as_deref().unwrap_or("-"),
-            release.pusher.as_deref().unwrap_or("-"),
+            crate::output::printable(release.pusher.as_deref().unwrap_or("-")),
             record::deploy_of(&records, &release.id)
                 .map(DeployRecord::about)
                 .unwrap_or_default(),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::cli::Location;
 use crate::layout::Layout;
 use crate::lock::{self, Holder};
-use crate::output::{self, short};
+use crate::output::{self, printable, short};
 use crate::outputs::Store;
 use crate::record::{self, DeployRecord};
 use crate::refs::short_ref;
@@ -114,13 +114,13 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
                 )?;
             }
             if let Some(subject) = &live.subject {
-                writeln!(out, "commit:      {subject}")?;
+                writeln!(out, "commit:      {}", printable(subject))?;
             }
             if let (Some(since), Some(pusher)) = (&live.since, &live.pusher) {
-                writeln!(out, "since:       {since}, pushed by {pusher}")?;
+                writeln!(out, "since:       {since}, pushed by {}", printable(pusher))?;
             }
             if let Some(note) = &live.note {
-                writeln!(out, "note:        {note}")?;
+                writeln!(out, "note:        {}", printable(note))?;
             }
         }
     }
@@ -137,7 +137,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             short(&last.commit),
             short_ref(&last.git_ref),
             last.finished_at,
-            last.pusher,
+            printable(&last.pusher),
             last.about()
         )?;
     }

@@ -3,6 +3,7 @@
 //! tree, no secret printed.
 
 mod root;
+mod screens;
 mod secrets;
 mod sources;
 mod trees;
