@@ -69,6 +69,10 @@ pub struct DeploySection {
     /// fetched from the URLs in `.gitmodules` into caches under `.ats-hook/submodules/`.
     #[serde(default)]
     pub submodules: bool,
+    /// The URL prefixes submodules may be fetched from (`git@github.com:acme/`, `/srv/git/`):
+    /// `.gitmodules` is the pusher's to write, so no other URL is ever fetched. None by default.
+    #[serde(default)]
+    pub submodule_urls: Vec<String>,
     /// Gone: a reused release once could keep its untracked files so that steps could skip
     /// themselves, which let a release run with what another commit built. Steps now declare
     /// their `outputs`; the key explains the way.

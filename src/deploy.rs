@@ -638,7 +638,7 @@ fn make_release(
     };
     let submodules = config.deploy.submodules;
     if submodules {
-        crate::submodules::attach(repo, &layout, target.commit)?;
+        crate::submodules::attach(repo, &layout, &config.deploy.submodule_urls, target.commit)?;
     }
     let trees = release::Trees { repo, submodules };
     // Its index says what it holds; without a readable one, it is not built from.

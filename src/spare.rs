@@ -291,7 +291,7 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
     }
     let submodules = config.deploy.submodules;
     if submodules {
-        crate::submodules::attach(&repo, layout, id)?;
+        crate::submodules::attach(&repo, layout, &config.deploy.submodule_urls, id)?;
     }
     let trees = release::Trees {
         repo: &repo,

@@ -39,7 +39,7 @@ pub struct Submodule {
 
 /// Makes every submodule commit of `commit` (recursively) readable through `repo`: fetches
 /// what the caches lack, then adds the caches as alternates of `repo`'s object database.
-pub fn attach(repo: &Repository, layout: &Layout, commit: Oid) -> Result<()> {
+pub fn attach(repo: &Repository, layout: &Layout, allowed: &[String], commit: Oid) -> Result<()> {
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
@@ -50,12 +50,19 @@ pub fn attach(repo: &Repository, layout: &Layout, commit: Oid) -> Result<()> {
         .trim_end_matches('/')
         .to_string();
     let mut attached = BTreeMap::new();
-    attach_tree(repo, layout, &tree, "", &base, 0, &mut attached)
+    let places = Places { layout, allowed };
+    attach_tree(repo, &places, &tree, "", &base, 0, &mut attached)
+}
+
+/// Where caches go, and which URLs may fill them.
+struct Places<'a> {
+    layout: &'a Layout,
+    allowed: &'a [String],
 }
 
 fn attach_tree(
     repo: &Repository,
-    layout: &Layout,
+    places: &Places<'_>,
     tree: &Tree<'_>,
     prefix: &str,
     base_url: &str,
@@ -77,7 +84,8 @@ fn attach_tree(
             bail!("submodule `{prefix}{path}` is nested more than {DEPTH} deep");
         }
         let url = resolve_url(base_url, &module.url);
-        let cache = layout.submodule_cache(&cache_name(&url));
+        check_allowed(places.allowed, &url, &format!("{prefix}{path}"))?;
+        let cache = places.layout.submodule_cache(&cache_name(&url));
         ensure(&cache, &url, id, &format!("{prefix}{path}"))?;
         if attached.insert(cache.clone(), ()).is_none() {
             repo.odb()
@@ -90,7 +98,7 @@ fn attach_tree(
             .with_context(|| format!("failed to read submodule `{prefix}{path}` at `{id}`"))?;
         attach_tree(
             repo,
-            layout,
+            places,
             &sub,
             &format!("{prefix}{path}/"),
             &url,
@@ -179,6 +187,42 @@ pub fn resolve_url(base: &str, url: &str) -> String {
     format!("{base}{separator}{rest}")
 }
 
+/// Refuses `url` unless one of the configured prefixes covers it, whole path segments only,
+/// with no `.` or `..` segment that could climb out of it.
+fn check_allowed(allowed: &[String], url: &str, path: &str) -> Result<()> {
+    let climbs = url
+        .split(['/', ':'])
+        .any(|segment| segment == ".." || segment == ".");
+    let covered = |prefix: &String| {
+        !prefix.is_empty()
+            && url.starts_with(prefix.as_str())
+            && (prefix.ends_with(['/', ':'])
+                || url.len() == prefix.len()
+                || url[prefix.len()..].starts_with('/'))
+    };
+    if climbs || !allowed.iter().any(covered) {
+        let url = output::printable(url);
+        bail!(
+            "submodule `{path}`: `{url}` is not a URL submodules may be fetched from; if it is yours, allow it in the config: `[deploy] submodule_urls = [\"{url}\"]` (or a prefix of it ending in `/`)"
+        );
+    }
+    Ok(())
+}
+
+/// The transports a submodule fetch may use: none but a path, SSH and HTTPS (no `ext::`
+/// command, no plain `git://` or `http://`), whatever the deploy user's git config says (a
+/// `protocol.<name>.allow` there would win over `protocol.allow`, so the rest are named too).
+const PROTOCOLS: [&str; 8] = [
+    "protocol.allow=never",
+    "protocol.file.allow=always",
+    "protocol.ssh.allow=always",
+    "protocol.https.allow=always",
+    "protocol.ext.allow=never",
+    "protocol.fd.allow=never",
+    "protocol.git.allow=never",
+    "protocol.http.allow=never",
+];
+
 /// A cache's folder name: readable, and unique per URL.
 fn cache_name(url: &str) -> String {
     let hex = crate::output::short_hash(url.as_bytes());
@@ -232,7 +276,11 @@ fn ensure(cache: &Path, url: &str, commit: Oid, path: &str) -> Result<()> {
 /// `git fetch URL REFSPECS` into `cache`; returns the lines git printed when it failed.
 fn fetch(cache: &Path, url: &str, refspecs: &[&str]) -> Result<Vec<String>> {
     let mut lines = Vec::new();
-    let finished = Cmd::new("git")
+    let mut git = Cmd::new("git");
+    for setting in PROTOCOLS {
+        git = git.arg("-c").arg(setting);
+    }
+    let finished = git
         .arg("--git-dir")
         .arg(cache)
         .args(["fetch", "--quiet", "--no-write-fetch-head", "--", url])
@@ -276,6 +324,32 @@ mod tests {
             resolve_url("/srv/app.git", "https://example.com/lib.git"),
             "https://example.com/lib.git"
         );
+    }
+
+    #[test]
+    fn only_urls_under_an_allowed_prefix_are_fetched() {
+        let allowed = ["/srv/git/".to_string(), "git@github.com:acme".to_string()];
+        for url in [
+            "/srv/git/theme.git",
+            "/srv/git/sub/lib.git",
+            "git@github.com:acme/lib.git",
+        ] {
+            check_allowed(&allowed, url, "x").unwrap();
+        }
+        for url in [
+            "/srv/other.git",
+            "/srv/git/../other.git",
+            "/srv/gitx/lib.git",
+            "git@github.com:acmecorp/lib.git",
+            "https://evil.example/lib.git",
+        ] {
+            let err = check_allowed(&allowed, url, "vendor/lib").unwrap_err();
+            assert!(
+                format!("{err}").contains("is not a URL submodules may be fetched from"),
+                "{url}"
+            );
+        }
+        assert!(check_allowed(&[], "/srv/git/theme.git", "x").is_err());
     }
 
     #[test]

@@ -486,7 +486,7 @@ fn push_options_pass_through_the_ssh_gate_unchanged() {
 #[test]
 fn a_submodule_is_fetched_over_ssh_with_the_deploy_users_own_key() {
     use std::os::unix::fs::PermissionsExt;
-    let config = "[deploy]\nroot = \"ROOT\"\nsubmodules = true\n";
+    let config = "[deploy]\nroot = \"ROOT\"\nsubmodules = true\nsubmodule_urls = [\"ssh://\"]\n";
     let setup = SshSetup::new("post-receive", config);
     let host = crate::support::system::User::create();
     let chown = |path: &Path, user: &crate::support::system::User| {

@@ -14,6 +14,19 @@ const INNER: &str = "[submodule \"deps/inner\"]\n\tpath = deps/inner\n\turl = ..
 
 const CONFIG: &str = "[deploy]\nroot = \"ROOT\"\nsubmodules = true\nkeep_releases = 3\n";
 
+/// `config` letting submodules come from the repositories beside the server's (and only
+/// those: `.gitmodules` is the pusher's to write).
+fn allowing(server: &Server, config: &str) -> String {
+    config.replacen(
+        "[deploy]\n",
+        &format!(
+            "[deploy]\nsubmodule_urls = [\"{}/\"]\n",
+            server.path().display()
+        ),
+        1,
+    )
+}
+
 /// A repository `<name>.git` beside the server's, and the clone that pushes to it.
 fn library(server: &Server, name: &str) -> (PathBuf, Clone) {
     let bare = server.path().join(format!("{name}.git"));
@@ -78,7 +91,7 @@ fn files(dir: &Path) -> Vec<(String, String)> {
 #[test]
 fn submodules_are_checked_out_recursively_and_follow_their_commits() {
     let server = Server::new();
-    server.config(CONFIG);
+    server.config(&allowing(&server, CONFIG));
     // inner.git, nested in lib.git by a URL relative to lib.git's own.
     let (_, inner) = library(&server, "inner");
     inner.commit_file("inner.txt", "inner 1\n");
@@ -208,7 +221,7 @@ fn submodules_are_checked_out_recursively_and_follow_their_commits() {
 #[test]
 fn a_submodule_that_cannot_be_fetched_fails_before_the_switch() {
     let server = Server::new();
-    server.config(CONFIG);
+    server.config(&allowing(&server, CONFIG));
     let (lib_bare, lib) = library(&server, "lib");
     lib.commit_file("lib.py", "1\n");
     let lib_1 = publish(&lib);
@@ -289,7 +302,10 @@ fn turning_submodules_on_checks_out_whole_once() {
         clone.push().success();
     }
     assert!(server.root.join("current/vendor/lib").is_dir());
-    server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\nsubmodules = true\n");
+    server.config(&allowing(
+        &server,
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\nsubmodules = true\n",
+    ));
     clone.commit_file("app.py", "on\n");
     clone
         .push()

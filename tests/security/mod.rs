@@ -6,4 +6,5 @@ mod root;
 mod screens;
 mod secrets;
 mod sources;
+mod submodules;
 mod trees;
