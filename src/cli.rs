@@ -176,6 +176,22 @@ pub enum Command {
         action: RemoteAction,
     },
 
+    /// Run COMMAND with the env file's variables added: for a systemd unit's `ExecStart`, so
+    /// the file is read as the unit's `User=`, never by PID 1 as root
+    Exec {
+        /// KEY=VALUE lines, the deploy root's `shared/.env`; a missing file adds nothing
+        #[arg(long, value_name = "FILE")]
+        env_file: PathBuf,
+        /// The program and its arguments
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<std::ffi::OsString>,
+    },
+
     /// Try it: a sample app, a bare repo with the hook, a push, a live release, in one folder
     Quickstart {
         /// Where to build the demo (default: a new temporary folder, kept afterwards)

@@ -492,6 +492,20 @@ fn signal_group(pgid: Option<Pid>, signal: Signal) {
     }
 }
 
+/// Replaces this process with `program` (the app server a unit starts through `ats-hook
+/// exec`), with `vars` added to the environment. Returns only how it failed.
+pub fn exec(
+    program: &std::ffi::OsStr,
+    args: &[OsString],
+    vars: Vec<(String, String)>,
+) -> anyhow::Error {
+    let err = std::process::Command::new(program)
+        .args(args)
+        .envs(vars)
+        .exec();
+    anyhow::Error::new(err).context(format!("failed to run `{}`", program.to_string_lossy()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

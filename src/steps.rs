@@ -68,7 +68,7 @@ pub fn environment(config: &Config, vars: &DeployVars<'_>) -> Result<BTreeMap<St
 
 /// What a malformed env file gets said: its path and the line, never its text (dotenvy's
 /// message carries the line, and with an open quote the rest of the file: secrets).
-fn malformed_env_file(file: &Path, err: dotenvy::Error) -> anyhow::Error {
+pub fn malformed_env_file(file: &Path, err: dotenvy::Error) -> anyhow::Error {
     match err {
         dotenvy::Error::LineParse(text, _) => {
             let first = text.lines().next().unwrap_or_default();

@@ -773,6 +773,7 @@ fn the_roles_units_and_sudoers_rule_are_contribs() {
     let vars = serde_json::json!({
         "ats_hook_user": "deployer",
         "ats_hook_root": "/srv/app",
+        "ats_hook_binary": "/usr/bin/ats-hook",
         "ats_hook_service": "app",
         "ats_hook_worker_command": "/srv/app/current/.venv/bin/celery --app app worker --loglevel INFO",
     });

@@ -4,6 +4,7 @@
 mod check;
 mod deploy;
 mod docs;
+mod exec;
 mod hook;
 mod install;
 mod keys;
@@ -184,6 +185,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             },
             &mut stdout,
         ),
+        Command::Exec { env_file, command } => exec::run(&env_file, &command),
         Command::Quickstart { dir } => quickstart::run(dir.as_deref(), &mut stdout),
         Command::PrepareSpare {
             repo,

@@ -8,3 +8,4 @@ mod secrets;
 mod sources;
 mod submodules;
 mod trees;
+mod units;

@@ -1,0 +1,42 @@
+//! `ats-hook exec --env-file FILE -- COMMAND…`: the app server's start, for a systemd unit.
+//!
+//! `EnvironmentFile=` is read by PID 1, as root, before the unit's `User=` applies: pointed at
+//! the deploy user's `shared/.env`, the user could link it to any root-only file. Started
+//! through this instead, the file is read by the unit's own user, and the server is then
+//! executed in place (same process: `Type=notify`, socket activation and `$MAINPID` hold).
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use crate::owner;
+
+pub fn run(env_file: &Path, command: &[OsString]) -> Result<ExitCode> {
+    if owner::is_root() {
+        if let Some(user) = owner::other_owner(env_file)? {
+            bail!(
+                "`{}` is `{}`'s: run this as `{}` (the unit's `User=`), never as root",
+                env_file.display(),
+                user.name,
+                user.name
+            );
+        }
+    }
+    let mut vars = Vec::new();
+    match dotenvy::from_path_iter(env_file) {
+        Ok(entries) => {
+            for entry in entries {
+                vars.push(entry.map_err(|err| crate::steps::malformed_env_file(env_file, err))?);
+            }
+        }
+        Err(dotenvy::Error::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("failed to read env file `{}`", env_file.display()))
+        }
+    }
+    let (program, args) = command.split_first().context("no command to run")?;
+    Err(crate::process::exec(program, args, vars))
+}
