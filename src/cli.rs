@@ -199,6 +199,10 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
 
+    /// Stop the process groups a killed ats-hook left (started by ats-hook itself)
+    #[command(hide = true)]
+    WatchGroups,
+
     /// Prepare the spare release the next push builds from (started by a deploy, detached)
     #[command(hide = true)]
     PrepareSpare {

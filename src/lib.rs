@@ -44,5 +44,6 @@ use std::process::ExitCode;
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = cli::parse();
     output::init(cli.verbose);
+    process::tie_children_to_this_process();
     cmd::run(cli.command).map_err(output::with_disk_full_hint)
 }

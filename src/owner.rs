@@ -230,12 +230,38 @@ pub struct Chowned {
     pub skipped_links: Vec<PathBuf>,
 }
 
-/// Gives everything under the folder `path` (from `trusted_path`) to `uid`/`gid`, walking
-/// with each folder held open and never following a symlink (a symlink itself changes
-/// owner; its target never does). With `dry_run`, only counts what would change.
+/// The folder `path` held open, reached from `/` one folder at a time without following a
+/// symlink (its real path is taken first): whoever may change the folders on the way can make
+/// it fail, never lead it elsewhere.
+pub fn open_folder(path: &Path) -> Result<OwnedFd> {
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("failed to resolve `{}`", path.display()))?;
+    let mut dir = open_dir(None, Path::new("/")).context("failed to open `/`")?;
+    for part in real.components().skip(1) {
+        dir = open_dir(Some(&dir), Path::new(part.as_os_str())).map_err(|err| match err {
+            Errno::ELOOP | Errno::ENOTDIR => anyhow::anyhow!(
+                "`{}` changed while ats-hook opened it (a symlink or a file where a folder was); refusing to follow it",
+                path.display()
+            ),
+            err => anyhow::Error::new(err).context(format!("failed to open `{}`", path.display())),
+        })?;
+    }
+    Ok(dir)
+}
+
+/// The owner of an open folder.
+pub fn owner_of(dir: &OwnedFd) -> Result<u32> {
+    Ok(nix::sys::stat::fstat(dir)
+        .context("failed to stat a folder")?
+        .st_uid)
+}
+
+/// Gives everything under the folder `path` to `uid`/`gid`, walking with each folder held
+/// open (from `open_folder`) and never following a symlink (a symlink itself changes owner;
+/// its target never does). With `dry_run`, only counts what would change.
 pub fn chown_tree(path: &Path, uid: u32, gid: u32, dry_run: bool) -> Result<Chowned> {
-    let top =
-        open_dir(None, path).with_context(|| format!("failed to open `{}`", path.display()))?;
+    let top = open_folder(path)?;
     let mut found = Chowned::default();
     give(
         &top,

@@ -6,6 +6,13 @@
 //! SIGINT, SIGHUP), the whole group is sent SIGTERM and, after a grace period, SIGKILL, so a
 //! step that started background children leaves nothing running.
 //!
+//! Children die with ats-hook: a hook that is SIGKILLed (out of memory, a pusher's `kill -9`, a
+//! power cut of its session) cannot stop them itself, so the binary ties each child's group to
+//! its own life through a watcher, a second ats-hook process started once (`watch-groups`): the
+//! hook tells it each group as it starts and ends, over a pipe only the hook holds. When that
+//! pipe closes with a group still running, the hook is gone, and the watcher stops the group
+//! as a timeout would. Servers meant to outlive the hook are started detached and never told.
+//!
 //! Output costs bounded memory whatever a child prints: lines travel from the reading thread
 //! through a bounded queue, so a child that prints faster than the pusher's connection takes
 //! it is slowed down by its full pipe instead of filling our memory, and a line longer than
@@ -45,6 +52,103 @@ const IN_FLIGHT: usize = 256;
 const TAIL: usize = 20;
 
 static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Whether children are tied to this process's life: set by the binary (`run`), never in unit
+/// tests, whose binary is not ats-hook.
+static TIED: AtomicBool = AtomicBool::new(false);
+/// The write end of the watcher's pipe, once it runs (close-on-exec: no child holds it).
+static WATCHER: std::sync::Mutex<Option<std::process::ChildStdin>> = std::sync::Mutex::new(None);
+
+/// Ties every child started from now on to this process's life (see the module's doc).
+pub fn tie_children_to_this_process() {
+    TIED.store(true, Ordering::SeqCst);
+}
+
+/// Tells the watcher that `pgid` runs (`true`) or ended; starts the watcher first when none
+/// runs. A watcher that cannot start leaves children untied, as before, and says why.
+fn tell_watcher(pgid: Pid, running: bool) {
+    if !TIED.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut watcher = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
+    if watcher.is_none() {
+        match start_watcher() {
+            Ok(stdin) => *watcher = Some(stdin),
+            Err(err) => {
+                tracing::warn!("steps are not tied to this deploy's life: {err:#}");
+                TIED.store(false, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+    if let Some(stdin) = watcher.as_mut() {
+        let line = format!("{}{}\n", if running { '+' } else { '-' }, pgid.as_raw());
+        let _ = std::io::Write::write_all(stdin, line.as_bytes());
+    }
+}
+
+fn start_watcher() -> Result<std::process::ChildStdin> {
+    let exe = std::env::current_exe().context("failed to find the ats-hook binary")?;
+    let mut child = std::process::Command::new(&exe)
+        // A hook copied in place is named `post-receive`: it must not read as one.
+        .arg0("ats-hook")
+        .arg("watch-groups")
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        // Never the pusher's pipe: git waits for every holder of it to close.
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("failed to start `{} watch-groups`", exe.display()))?;
+    child.stdin.take().context("the watcher has no input")
+}
+
+/// The watcher (`ats-hook watch-groups`): reads `+PGID` and `-PGID` lines until its input
+/// closes, then stops the groups still running: SIGTERM, and SIGKILL after `GRACE`.
+pub fn watch_groups(input: impl BufRead) -> Result<()> {
+    // Its own session: a hang-up of the hook's terminal or group is not its own.
+    let _ = nix::unistd::setsid();
+    let mut running = std::collections::BTreeSet::new();
+    for line in input.lines() {
+        let Ok(line) = line else { break };
+        let (sign, pgid) = line.split_at(line.len().min(1));
+        let Ok(pgid) = pgid.parse::<i32>() else {
+            continue;
+        };
+        // Never a group of one's own, nor every process (`0`, `-1`).
+        if pgid <= 1 {
+            continue;
+        }
+        match sign {
+            "+" => running.insert(pgid),
+            "-" => running.remove(&pgid),
+            _ => false,
+        };
+    }
+    let groups: Vec<Pid> = running.into_iter().map(Pid::from_raw).collect();
+    for &pgid in &groups {
+        signal_group(Some(pgid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + GRACE;
+    while Instant::now() < deadline && groups.iter().any(|&g| killpg(g, None).is_ok()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &pgid in &groups {
+        signal_group(Some(pgid), Signal::SIGKILL);
+    }
+    Ok(())
+}
+
+/// Tells the watcher a group ended when dropped, on every way out of `stream`.
+struct Watched(Option<Pid>);
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            tell_watcher(pgid, false);
+        }
+    }
+}
 
 /// Where the process group of the running child is written while it runs, if anywhere: should
 /// ats-hook die, the next run finds the group there and stops what is left of it.
@@ -152,6 +256,8 @@ pub struct Cmd {
     uninterruptible: bool,
     /// What the child reads on stdin; nothing when unset.
     stdin: Option<Vec<u8>>,
+    /// The name the child is told it runs as (`argv[0]`), when not the program's path.
+    arg0: Option<OsString>,
 }
 
 impl Cmd {
@@ -167,7 +273,17 @@ impl Cmd {
             timeout: None,
             uninterruptible: false,
             stdin: None,
+            arg0: None,
         }
+    }
+
+    /// This binary itself, told it runs as `ats-hook`: a hook copied in place is named
+    /// `post-receive`, and would read the command as a hook's.
+    pub fn ats_hook() -> Result<Cmd> {
+        let exe = std::env::current_exe().context("failed to find the ats-hook binary")?;
+        let mut cmd = Cmd::new(exe);
+        cmd.arg0 = Some("ats-hook".into());
+        Ok(cmd)
     }
 
     /// `sh -c <script>`: for commands the config names, never for values that came with a push.
@@ -241,12 +357,16 @@ impl Cmd {
     }
 
     fn expression(&self) -> duct::Expression {
+        let arg0 = self.arg0.clone();
         let mut expr = duct::cmd(&self.program, &self.args)
             .full_env(&self.env)
             .stderr_to_stdout()
             .unchecked()
-            .before_spawn(|command| {
+            .before_spawn(move |command| {
                 command.process_group(0);
+                if let Some(arg0) = &arg0 {
+                    command.arg0(arg0);
+                }
                 Ok(())
             });
         if let Some(dir) = &self.dir {
@@ -273,6 +393,9 @@ impl Cmd {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .process_group(0);
+        if let Some(arg0) = &self.arg0 {
+            command.arg0(arg0);
+        }
         if let Some(dir) = &self.dir {
             command.current_dir(dir);
         }
@@ -293,6 +416,10 @@ impl Cmd {
         );
         let pgid = handle.pids().first().map(|&pid| Pid::from_raw(pid as i32));
         note_group(pgid);
+        if let Some(pgid) = pgid {
+            tell_watcher(pgid, true);
+        }
+        let _watched = Watched(pgid);
 
         let (lines, incoming) = mpsc::sync_channel::<Piece>(IN_FLIGHT);
         let read = Arc::new(AtomicU64::new(0));

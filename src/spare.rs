@@ -153,8 +153,7 @@ pub fn after_deploy(config: &Config, layout: &Layout, repo: &Path, commit: &str)
         if state(layout).commit.as_deref() == Some(commit) && layout.release(SPARE).is_dir() {
             return Ok(());
         }
-        let exe = std::env::current_exe().context("failed to find the ats-hook binary")?;
-        let pid = Cmd::new(exe)
+        let pid = Cmd::ats_hook()?
             .arg("prepare-spare")
             .arg("--repo")
             .arg(repo)

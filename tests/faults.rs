@@ -981,3 +981,34 @@ fn an_error_before_anything_ran_leaves_no_phantom_interrupted_deploy() {
     );
     assert_eq!(server.last_record()["commit"], v4.as_str());
 }
+
+/// A step of a hook that is SIGKILLed stops with it, its background children too: nothing of
+/// the dead deploy runs on to its end.
+#[test]
+fn a_killed_hooks_step_and_its_children_die_with_it() {
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\n[[step]]\nname = \"slow\"\ntimeout = \"10m\"\n\
+         run = \"sleep 300 & echo $! > \\\"$ATS_DEPLOY_ROOT/child.pid\\\"; echo $$ > \\\"$ATS_DEPLOY_ROOT/step.pid\\\"; echo $PPID > \\\"$ATS_DEPLOY_ROOT/hook.pid\\\"; wait; touch \\\"$ATS_DEPLOY_ROOT/finished\\\"\"\n",
+    );
+    let clone = server.clone("work");
+    clone.commit_file("app.py", "1\n");
+    let (push, hook) = clone.spawn_push_until_pid(&server.root.join("hook.pid"));
+    let step = pid_in(&server.root.join("step.pid"));
+    let child = pid_in(&server.root.join("child.pid"));
+    assert!(alive(step) && alive(child));
+    send_signal(hook, nix::sys::signal::Signal::SIGKILL);
+    let _ = push.wait_with_output().unwrap();
+    wait_for(
+        "the step and its child to stop",
+        std::time::Duration::from_secs(10),
+        || !alive(step) && !alive(child),
+    );
+    assert!(!server.root.join("finished").exists());
+
+    // The next push deploys as usual.
+    clone.commit_file("app.py", "2\n");
+    server.config("[deploy]\nroot = \"ROOT\"\n");
+    clone.push().success().stderr_has("ats-hook: deployed");
+    assert_eq!(server.live_file("app.py"), "2\n");
+}

@@ -210,3 +210,23 @@ fn a_full_disk_while_preparing_leaves_the_live_release_and_shows_in_status() {
         .success()
         .stdout_has(&format!("spare:       ready, holding {}", &v2[..7]));
 }
+
+/// A hook installed as a copy of the binary (`install --copy`) is named `post-receive`: the
+/// preparer it starts is still told it runs as ats-hook, and the spare gets made.
+#[test]
+fn a_copied_hook_prepares_its_spare_too() {
+    let server = Server::new();
+    server.config("[deploy]\nroot = \"ROOT\"\n");
+    let hook = server.bare.join("hooks/post-receive");
+    std::fs::remove_file(&hook).unwrap();
+    std::fs::copy(BIN, &hook).unwrap();
+    let clone = server.clone("work");
+    clone.commit_file("app.py", "1\n");
+    clone.push().success();
+    let head = clone.head();
+    wait_for(
+        "the spare of the first push",
+        Duration::from_secs(20),
+        || spare_ready(&server, &head),
+    );
+}

@@ -119,10 +119,15 @@ fn a_hook_killed_mid_step_leaves_no_stale_lock_nor_a_half_release_live() {
     let slow = clone.commit("slow");
     let (push, hook) = clone.spawn_push_until_pid(&server.root.join("hook.pid"));
     let step = pid_in(&server.root.join("step.pid"));
+    // The hook and its watcher killed at once (the whole session SIGKILLed): nothing is left
+    // to stop the step but the next run.
+    for watcher in children_of(hook) {
+        send_signal(watcher, nix::sys::signal::Signal::SIGKILL);
+    }
     send_signal(hook, nix::sys::signal::Signal::SIGKILL);
     let output = push.wait_with_output().unwrap();
     assert!(output.status.success(), "post-receive cannot fail a push");
-    // The step outlives the hook (its own process group), until the next run stops it.
+    // The step outlives them (its own process group), until the next run stops it.
     assert!(alive(step), "the step died with the hook");
     assert_eq!(
         server.live(),

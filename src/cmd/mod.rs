@@ -186,6 +186,10 @@ pub fn run(command: Command) -> Result<ExitCode> {
             &mut stdout,
         ),
         Command::Exec { env_file, command } => exec::run(&env_file, &command),
+        Command::WatchGroups => {
+            crate::process::watch_groups(std::io::stdin().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Quickstart { dir } => quickstart::run(dir.as_deref(), &mut stdout),
         Command::PrepareSpare {
             repo,

@@ -444,6 +444,32 @@ impl Clone {
     }
 }
 
+/// The watchers (`ats-hook watch-groups`) whose parent is the hook `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let ppid: i32 = after
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        if ppid == pid && String::from_utf8_lossy(&cmdline).contains("watch-groups") {
+            found.push(child);
+        }
+    }
+    found
+}
+
 /// Sends `signal` to process `pid`, which must exist.
 #[track_caller]
 pub fn send_signal(pid: i32, signal: nix::sys::signal::Signal) {

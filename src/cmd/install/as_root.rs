@@ -23,11 +23,7 @@ enum Prep {
     /// Create it (a missing folder in a folder of root's) and give it to the user.
     Create { path: PathBuf, real: PathBuf },
     /// Give what root owns in it to the user.
-    Give {
-        path: PathBuf,
-        real: PathBuf,
-        entries: usize,
-    },
+    Give { path: PathBuf, entries: usize },
 }
 
 pub(super) fn run(options: &Options<'_>, user: &User, out: &mut dyn Write) -> Result<ExitCode> {
@@ -80,14 +76,10 @@ pub(super) fn run(options: &Options<'_>, user: &User, out: &mut dyn Write) -> Re
                     user.name
                 )?;
             }
-            Prep::Give {
-                path,
-                real,
-                entries,
-            } => {
+            Prep::Give { path, entries } => {
                 if !options.dry_run {
                     let done =
-                        owner::chown_tree(real, user.uid.as_raw(), user.gid.as_raw(), false)?;
+                        owner::chown_tree(path, user.uid.as_raw(), user.gid.as_raw(), false)?;
                     for link in &done.skipped_links {
                         tracing::warn!(
                             "`{}` has other names (a hard link): its owner is left as it is",
@@ -141,18 +133,16 @@ pub(super) fn run(options: &Options<'_>, user: &User, out: &mut dyn Write) -> Re
 /// the user, so what root owns there becomes the user's.
 fn plan(path: &Path, user: &User, give: bool) -> Result<Prep> {
     if std::fs::symlink_metadata(path).is_ok() {
-        let real = owner::trusted_path(path)?;
-        let meta = std::fs::metadata(&real)
-            .with_context(|| format!("failed to read `{}`", real.display()))?;
-        if !meta.is_dir() {
+        if !std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
             // Not a folder: the user's part says what it is.
             return Ok(Prep::Nothing);
         }
-        if meta.uid() != 0 && meta.uid() != user.uid.as_raw() {
-            let other = nix::unistd::User::from_uid(meta.uid().into())
+        let owner = owner::owner_of(&owner::open_folder(path)?)?;
+        if owner != 0 && owner != user.uid.as_raw() {
+            let other = nix::unistd::User::from_uid(owner.into())
                 .ok()
                 .flatten()
-                .map_or_else(|| format!("uid {}", meta.uid()), |u| u.name);
+                .map_or_else(|| format!("uid {owner}"), |u| u.name);
             bail!(
                 "`{}` belongs to `{other}`, not to `{}`: one deploy user per app, owning nothing else",
                 path.display(),
@@ -162,13 +152,12 @@ fn plan(path: &Path, user: &User, give: bool) -> Result<Prep> {
         if !give {
             return Ok(Prep::Nothing);
         }
-        let entries = owner::chown_tree(&real, user.uid.as_raw(), user.gid.as_raw(), true)?.changed;
+        let entries = owner::chown_tree(path, user.uid.as_raw(), user.gid.as_raw(), true)?.changed;
         return Ok(if entries == 0 {
             Prep::Nothing
         } else {
             Prep::Give {
                 path: path.to_path_buf(),
-                real,
                 entries,
             }
         });
