@@ -73,6 +73,14 @@ pub struct DeploySection {
     /// `.gitmodules` is the pusher's to write, so no other URL is ever fetched. None by default.
     #[serde(default)]
     pub submodule_urls: Vec<String>,
+    /// Run each step in a bubblewrap sandbox that can write only its release, its build and
+    /// the shared paths, and sees no home folder, repository or other release (see `confine`).
+    #[serde(default)]
+    pub confine_steps: bool,
+    /// Folders confined steps may still read, though hidden otherwise (a toolchain in the
+    /// deploy user's home: `/home/deployer/.pyenv`).
+    #[serde(default)]
+    pub confine_read: Vec<PathBuf>,
     /// Gone: a reused release once could keep its untracked files so that steps could skip
     /// themselves, which let a release run with what another commit built. Steps now declare
     /// their `outputs`; the key explains the way.

@@ -549,6 +549,7 @@ fn pipeline(
         tree: &tree,
         env: &env,
         options: &session.options,
+        sandbox: crate::confine::Sandbox::for_release(config, &dir)?,
         records: Vec::new(),
         timings: Vec::new(),
     };
@@ -591,7 +592,8 @@ fn pipeline(
             steps.push(steps::skipped(step));
             continue;
         }
-        let (record, exit) = steps::run(step, &layout.current(), &env, width)?;
+        let sandbox = crate::confine::Sandbox::for_release(config, &layout.current())?;
+        let (record, exit) = steps::run(step, &layout.current(), &env, width, sandbox.as_ref())?;
         session.timings.push((
             step.name.to_string(),
             Duration::from_millis(record.duration_ms),
@@ -919,8 +921,11 @@ fn reverse_schema(
             "{}: reversing its migrations{lacking} with `down`",
             step.name
         ));
-        let (mut record, exit) = steps::run(&down, &layout.release(from), &env, width)
+        let sandbox = crate::confine::Sandbox::for_release(config, &layout.release(from))
             .map_err(|err| format!("`down` of step `{}` could not run: {err:#}", step.name))?;
+        let (mut record, exit) =
+            steps::run(&down, &layout.release(from), &env, width, sandbox.as_ref())
+                .map_err(|err| format!("`down` of step `{}` could not run: {err:#}", step.name))?;
         record.name = format!("{} (down)", step.name);
         records.push(record);
         if !exit.success() {

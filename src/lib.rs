@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod confine;
 pub mod deploy;
 #[cfg(test)]
 mod fuzz;

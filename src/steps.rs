@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 
 use crate::config::{Config, Step};
+use crate::confine::Sandbox;
 use crate::output::{self, seconds};
 use crate::outputs::{self, Build, Key, Store};
 use crate::process::{self, Cmd, Exit};
@@ -108,11 +109,15 @@ pub fn run(
     dir: &Path,
     env: &BTreeMap<String, String>,
     width: usize,
+    sandbox: Option<&Sandbox>,
 ) -> Result<(StepRecord, Exit)> {
     let name = step.name.as_str();
+    let command = match sandbox {
+        Some(sandbox) => sandbox.shell(&step.run, dir)?,
+        None => Cmd::shell(&step.run).dir(dir),
+    };
     let mut lines = output::StepLines::new(name, width);
-    let finished = Cmd::shell(&step.run)
-        .dir(dir)
+    let finished = command
         .envs(env)
         .timeout(step.timeout.0)
         .stream(&mut |line| lines.line(line));
@@ -177,6 +182,8 @@ pub struct BeforeSwitch<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// What the push asked for: steps to skip.
     pub options: &'a PushOptions,
+    /// Where the steps run, when the config confines them.
+    pub sandbox: Option<Sandbox>,
     /// Each step's record, in order.
     pub records: Vec<StepRecord>,
     /// Each step's time, for the summary line.
@@ -200,7 +207,13 @@ impl BeforeSwitch<'_> {
             let (record, exit) = if step.has_outputs() {
                 self.build_or_reuse(step, width)?
             } else {
-                run(step, self.release_dir, self.env, width)?
+                run(
+                    step,
+                    self.release_dir,
+                    self.env,
+                    width,
+                    self.sandbox.as_ref(),
+                )?
             };
             self.timings.push((
                 step.name.to_string(),
@@ -276,7 +289,7 @@ impl BeforeSwitch<'_> {
         let workspace = self
             .store
             .prepare(step, self.release_id, self.release_dir)?;
-        let (mut record, exit) = run(step, &workspace.dir, self.env, width)?;
+        let (mut record, exit) = run(step, &workspace.dir, self.env, width, self.sandbox.as_ref())?;
         record.inputs = key.inputs.clone();
         if !exit.success() {
             self.store.discard(workspace);

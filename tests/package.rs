@@ -234,6 +234,7 @@ fn the_debian_package_installs_runs_completes_and_removes_cleanly() {
     for doc in [
         "config.example.toml",
         "README.md",
+        "SECURITY.md",
         "contrib/examples/django-gunicorn.toml",
         "contrib/sudoers/ats-hook-app",
     ] {

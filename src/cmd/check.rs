@@ -180,6 +180,12 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
     } else {
         writeln!(out, "building:  a full checkout for every release")?;
     }
+    if config.deploy.confine_steps {
+        writeln!(
+            out,
+            "confined:  steps run in bubblewrap: they write only their release, its builds and the shared paths, and see no home, repository or other release"
+        )?;
+    }
     if config.steps_before_switch().next().is_none() {
         writeln!(out, "steps:     none")?;
     }

@@ -2,6 +2,7 @@
 //! hold after it: refused with a clear message, nothing written outside the deploy user's own
 //! tree, no secret printed.
 
+mod confine;
 mod root;
 mod screens;
 mod secrets;
