@@ -203,15 +203,7 @@ fn keys_add_refuses_malformed_and_duplicate_keys() {
     let public = Public::new();
     let user = User::create();
     let repo = user.home.join("app.git");
-    public
-        .ats(&[
-            "install",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--user",
-            &user.name,
-        ])
-        .success();
+    public.install_for(&repo, &user);
     let repo_arg = repo.to_str().unwrap();
     let key_file = public.path().join("key.pub");
     let add = [
@@ -401,15 +393,7 @@ fn root_is_refused_on_a_deploy_users_root_and_sudo_names_who_asked() {
     let user = User::create();
     let repo = public.path().join("srv/app.git");
     let root = public.path().join("srv/app");
-    public
-        .ats(&[
-            "install",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--user",
-            &user.name,
-        ])
-        .success();
+    public.install_for(&repo, &user);
     std::fs::write(
         repo.join("ats-hook.toml"),
         format!(

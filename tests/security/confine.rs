@@ -29,15 +29,7 @@ fn a_confined_step_writes_its_release_and_shared_paths_only() {
     let user = User::create();
     let repo = user.home.join("app.git");
     let root = user.home.join("app");
-    public
-        .ats(&[
-            "install",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--user",
-            &user.name,
-        ])
-        .success();
+    public.install_for(&repo, &user);
     std::fs::write(user.home.join("probe.sh"), PROBE).unwrap();
     // The probe lives in the deploy user's home, which confined steps do not see: it is let
     // in through `confine_read`.

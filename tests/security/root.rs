@@ -38,15 +38,7 @@ impl Hostile {
         let user = User::create();
         let repo = public.path().join("srv/app.git");
         let root = public.path().join("srv/app");
-        public
-            .ats(&[
-                "install",
-                "--repo",
-                repo.to_str().unwrap(),
-                "--user",
-                &user.name,
-            ])
-            .success();
+        public.install_for(&repo, &user);
         let secret = public.path().join("secret");
         std::fs::write(&secret, "root-secret-line\n").unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -126,6 +126,18 @@ impl Public {
         self.dir.path()
     }
 
+    /// `ats-hook install --repo REPO --user USER` as root, which must succeed.
+    pub fn install_for(&self, repo: &Path, user: &User) {
+        self.ats(&[
+            "install",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--user",
+            &user.name,
+        ])
+        .success();
+    }
+
     /// The copied binary with ARGS, run as root in the hermetic environment.
     pub fn ats(&self, args: &[&str]) -> Run {
         let mut cmd = command(&self.bin, self.path());
