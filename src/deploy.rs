@@ -18,14 +18,14 @@ use git2::{Oid, Repository};
 use crate::config::Config;
 use crate::layout::Layout;
 use crate::lock::{self, DeployLock, Holder};
-use crate::output::{self, seconds, short};
+use crate::output::{self, rfc3339, seconds, short};
 use crate::outputs::Store;
 use crate::process;
 use crate::push_options::PushOptions;
 use crate::record::{self, Action, DeployRecord, State, StepRecord};
 use crate::refs::short_ref;
 use crate::select::Target;
-use crate::steps::{self, DeployVars};
+use crate::steps;
 use crate::stop::Stop;
 use crate::{health, prune, recover, release, restart, spare};
 
@@ -63,10 +63,6 @@ pub fn pusher() -> String {
         .flatten()
         .map(|user| user.name)
         .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
-}
-
-pub(crate) fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// One run under the deploy lock: its id, log, history and timings.
@@ -353,28 +349,6 @@ impl Session {
     }
 }
 
-/// The environment of steps and restart commands for one release.
-pub(crate) fn environment(
-    config: &Config,
-    layout: &Layout,
-    release: &str,
-    commit: &str,
-    previous_commit: Option<&str>,
-    git_ref: &str,
-) -> Result<BTreeMap<String, String>> {
-    steps::environment(
-        config,
-        &DeployVars {
-            release_dir: &layout.release(release),
-            release_id: release,
-            commit,
-            previous_commit,
-            git_ref,
-            deploy_root: layout.root(),
-        },
-    )
-}
-
 /// Runs one deploy of `target`. Returns the exit code for the hook: failure when the deploy
 /// failed, after saying so.
 pub fn deploy(
@@ -525,7 +499,7 @@ fn pipeline(
     }
 
     let previous_commit = session.previous_commit.clone();
-    let mut env = environment(
+    let mut env = steps::release_environment(
         config,
         &layout,
         &id,
@@ -949,7 +923,7 @@ fn switch_back(config: &Config, session: &mut Session) -> Result<()> {
     // Old code never goes back onto the schema this deploy's migrations made.
     if let (Some(to), Some(from), true) = (previous, leaving.as_deref(), session.migrated) {
         let to_schema = record::live_record(&session.records, to).and_then(|r| r.schema.clone());
-        let env = environment(
+        let env = steps::release_environment(
             config,
             layout,
             from,
@@ -1020,7 +994,7 @@ pub fn rollback(config: &Config, named: Option<&str>, force: bool) -> Result<Exi
         short_ref(&git_ref)
     ));
 
-    let env = match environment(
+    let env = match steps::release_environment(
         config,
         &session.layout,
         &target,
@@ -1046,7 +1020,9 @@ pub fn rollback(config: &Config, named: Option<&str>, force: bool) -> Result<Exi
         } else if differs {
             let live_env = live_record
                 .map(|r| (r.commit.clone(), r.git_ref.clone()))
-                .map(|(c, r)| environment(config, &session.layout, &live, &c, None, &r));
+                .map(|(c, r)| {
+                    steps::release_environment(config, &session.layout, &live, &c, None, &r)
+                });
             let reversed = match live_env {
                 Some(Ok(live_env)) => reverse_schema(
                     config,
@@ -1156,8 +1132,8 @@ pub fn plan(
     if let Some(lock) = lock::current_holder(&layout.lock_file())? {
         writeln!(out, "lock:      held by {lock}; the deploy would wait")?;
     }
-    crate::cmd::write_plan(config, out)?;
-    crate::cmd::write_outputs_plan(config, repo, target.commit, &target.git_ref, out)?;
+    crate::plan::write_plan(config, out)?;
+    crate::plan::write_outputs_plan(config, repo, target.commit, &target.git_ref, out)?;
     for step in &options.skip {
         writeln!(out, "skipped:   step {step}, as asked")?;
     }

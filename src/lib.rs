@@ -20,6 +20,7 @@ pub mod notify;
 pub mod output;
 pub mod outputs;
 pub mod owner;
+pub mod plan;
 pub mod process;
 pub mod procs;
 pub mod prune;

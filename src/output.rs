@@ -495,6 +495,11 @@ pub fn prefix(text: &str, n: usize) -> &str {
     }
 }
 
+/// A time as the history writes it: `2026-11-22T04:55:00Z`.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 /// `text` safe to print on a terminal: each control character (an escape sequence's `ESC`, a
 /// carriage return that hides what came before, a newline that fakes a line) written as `\u{1b}`.
 /// For text from a commit or a pusher: subjects, notes, push options, names.

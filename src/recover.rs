@@ -15,11 +15,12 @@ use std::time::SystemTime;
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::deploy::{environment, rfc3339};
 use crate::layout::Layout;
 use crate::lock::Holder;
 use crate::output;
+use crate::output::rfc3339;
 use crate::record::{self, Action, DeployRecord, State};
+use crate::steps::release_environment;
 use crate::{release, restart, steps};
 
 /// Stops what is left of the child the dead deploy was running (a step that went on writing into
@@ -159,7 +160,7 @@ pub fn restart_put_back(
     let made = record::live_record(records, back);
     let commit = made.map(|r| r.commit.clone()).unwrap_or_default();
     let git_ref = made.map(|r| r.git_ref.clone()).unwrap_or_default();
-    let env = environment(config, layout, back, &commit, None, &git_ref)?;
+    let env = release_environment(config, layout, back, &commit, None, &git_ref)?;
     restart::run(
         &config.restart,
         layout,

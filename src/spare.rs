@@ -225,7 +225,7 @@ pub fn prepare(repo_dir: &Path, config: &Config, commit: &str) -> Result<()> {
         let _ = remove(&layout, PREPARING);
         let mut state = state(&layout);
         state.failed = Some(format!("{err:#}"));
-        state.failed_at = Some(crate::deploy::rfc3339(std::time::SystemTime::now()));
+        state.failed_at = Some(crate::output::rfc3339(std::time::SystemTime::now()));
         let _ = write_state(&layout, &state);
         err
     });

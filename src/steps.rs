@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 
 use crate::config::{Config, Step};
 use crate::confine::Sandbox;
+use crate::layout::Layout;
 use crate::output::{self, seconds};
 use crate::outputs::{self, Build, Key, Store};
 use crate::process::{self, Cmd, Exit};
@@ -65,6 +66,28 @@ pub fn environment(config: &Config, vars: &DeployVars<'_>) -> Result<BTreeMap<St
         env.insert(key.to_string(), value);
     }
     Ok(env)
+}
+
+/// The environment of steps and restart commands for one release.
+pub fn release_environment(
+    config: &Config,
+    layout: &Layout,
+    release: &str,
+    commit: &str,
+    previous_commit: Option<&str>,
+    git_ref: &str,
+) -> Result<BTreeMap<String, String>> {
+    environment(
+        config,
+        &DeployVars {
+            release_dir: &layout.release(release),
+            release_id: release,
+            commit,
+            previous_commit,
+            git_ref,
+            deploy_root: layout.root(),
+        },
+    )
 }
 
 /// What a malformed env file gets said: its path and the line, never its text (dotenvy's
@@ -303,7 +326,7 @@ impl BeforeSwitch<'_> {
             inputs: key.inputs,
             key_output: key.key_output,
             run: step.run.clone(),
-            built_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            built_at: output::rfc3339(SystemTime::now()),
             duration_ms: record.duration_ms,
         };
         let strays = self

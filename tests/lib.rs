@@ -16,6 +16,7 @@ mod gate;
 mod health;
 mod install;
 mod journald;
+mod layers;
 mod notify;
 mod options;
 mod outputs;

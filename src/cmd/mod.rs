@@ -15,8 +15,6 @@ mod remote;
 mod ssh_gate;
 mod status;
 
-pub(crate) use check::{write_outputs_plan, write_plan};
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

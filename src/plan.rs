@@ -1,0 +1,257 @@
+//! The plan a push would run, as `check` and a dry-run deploy print it: the config read back
+//! in words, and for each step with outputs the key a deploy would have and whether its build
+//! is stored.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::config::{Config, RestartEnv};
+use crate::layout::Layout;
+use crate::output::short;
+use crate::outputs::{self, Key, Store};
+use crate::refs::short_ref;
+
+/// For each step with outputs: the key a deploy of `commit` would have, and whether it would
+/// reuse a stored build or build one.
+pub fn write_outputs_plan(
+    config: &Config,
+    repo: &git2::Repository,
+    commit: git2::Oid,
+    git_ref: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let layout = Layout::new(&config.deploy.root);
+    let store = Store::new(&layout);
+    let tree = repo.find_commit(commit).and_then(|c| c.tree())?;
+    let dir = if layout.current().is_dir() {
+        layout.current()
+    } else {
+        layout.root().to_path_buf()
+    };
+    let env = crate::steps::environment(
+        config,
+        &crate::steps::DeployVars {
+            release_dir: &dir,
+            release_id: "",
+            commit: &commit.to_string(),
+            previous_commit: None,
+            git_ref,
+            deploy_root: layout.root(),
+        },
+    )
+    .unwrap_or_default();
+    let at = format!("{} ({})", short(&commit.to_string()), short_ref(git_ref));
+    for step in config.steps.iter().filter(|step| step.has_outputs()) {
+        let key_output = match &step.key {
+            None => None,
+            Some(command) => match outputs::run_key_command(command, &dir, &env, step.timeout.0)? {
+                Ok(text) => Some(text),
+                Err((exit, _)) => {
+                    writeln!(
+                            out,
+                            "outputs:   {}: its key command `{command}` fails ({exit}): deploys would fail",
+                            step.name
+                        )?;
+                    continue;
+                }
+            },
+        };
+        let key = Key::of(step, &tree, key_output);
+        let missing: Vec<String> = outputs::missing_inputs(step, &tree)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if !missing.is_empty() {
+            writeln!(
+                out,
+                "outputs:   {}: not in {at}, so keyed as absent: {}",
+                step.name,
+                missing.join(", ")
+            )?;
+        }
+        match store.find(step, &key)? {
+            Some(build) => writeln!(
+                out,
+                "outputs:   {}: at {at}, key {}: reused from build {}",
+                step.name,
+                key.short(),
+                build.build
+            )?,
+            None => writeln!(
+                out,
+                "outputs:   {}: at {at}, key {}: not stored, the next deploy builds it",
+                step.name,
+                key.short()
+            )?,
+        }
+    }
+    Ok(())
+}
+
+pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
+    let deploy = &config.deploy;
+    writeln!(out, "config {} is valid", config.path.display())?;
+    writeln!(out, "deploys:   {}", config.describe_selection())?;
+    writeln!(out, "root:      {}", deploy.root.display())?;
+    writeln!(
+        out,
+        "releases:  keep {}; a push waits up to {} for another deploy",
+        deploy.keep_releases, deploy.lock_timeout
+    )?;
+    if !config.shared.paths.is_empty() {
+        let paths: Vec<String> = config.shared.paths.iter().map(|p| p.to_string()).collect();
+        writeln!(out, "shared:    {}", paths.join(", "))?;
+    }
+    let keys: Vec<&str> = config.env.vars.keys().map(String::as_str).collect();
+    if !keys.is_empty() {
+        writeln!(out, "env:       {}", keys.join(", "))?;
+    }
+    if let Some(file) = config.env_file() {
+        let state = if file.is_file() {
+            "present"
+        } else {
+            "MISSING: deploys will fail until it exists"
+        };
+        writeln!(out, "env file:  {} ({state})", file.display())?;
+    }
+    if deploy.recycle_releases {
+        writeln!(
+            out,
+            "building:  from the release pruning would remove next, else a full checkout"
+        )?;
+    } else {
+        writeln!(out, "building:  a full checkout for every release")?;
+    }
+    if config.deploy.confine_steps {
+        writeln!(
+            out,
+            "confined:  steps run in bubblewrap: they write only their release, its builds and the shared paths, and see no home, repository or other release"
+        )?;
+    }
+    if config.steps_before_switch().next().is_none() {
+        writeln!(out, "steps:     none")?;
+    }
+    for (n, step) in config.steps_before_switch().enumerate() {
+        writeln!(
+            out,
+            "step {}:    {} (timeout {}): {}",
+            n + 1,
+            step.name,
+            step.timeout,
+            step.run
+        )?;
+        if step.skippable {
+            writeln!(
+                out,
+                "           a push may skip it: `git push -o ats.skip={}`",
+                step.name
+            )?;
+        }
+        if !step.migrations.is_empty() {
+            let paths: Vec<String> = step.migrations.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "           its migrations ({}) are each release's schema; {}",
+                paths.join(", "),
+                if step.down.is_some() {
+                    "`down` reverses them before old code goes back"
+                } else {
+                    "no `down`: old code never goes back onto a newer schema without `rollback --force`"
+                }
+            )?;
+        }
+        if step.has_outputs() {
+            let paths: Vec<String> = step.outputs.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "           builds {}, stored under a key of its command and {}; reused while it holds",
+                paths.join(", "),
+                outputs::describe_key(step)
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "switch:    {}/current -> releases/<id>",
+        deploy.root.display()
+    )?;
+    let restart = &config.restart;
+    if restart.is_empty() {
+        writeln!(out, "restart:   nothing")?;
+    }
+    if let Some(touch) = &restart.touch {
+        writeln!(out, "restart:   touch {touch}")?;
+    }
+    for unit in &restart.systemctl {
+        let sudo = if restart.sudo { "sudo -n " } else { "" };
+        writeln!(
+            out,
+            "restart:   {sudo}systemctl {} {unit}",
+            restart.systemctl_action.as_str()
+        )?;
+    }
+    if let Some(signal) = &restart.signal {
+        writeln!(
+            out,
+            "restart:   send {} to the pid in {}",
+            signal.signal,
+            signal.pidfile.display()
+        )?;
+        if let Some(start) = &restart.start {
+            writeln!(out, "           when none runs there, start: {start}")?;
+        }
+    }
+    if let Some(command) = &restart.command {
+        writeln!(out, "restart:   {command}")?;
+    }
+    if restart.start.is_some() || restart.command.is_some() {
+        let env = match restart.env {
+            RestartEnv::Deploy => "the deploy's environment ([env], env file, ATS_*)",
+            RestartEnv::Clean => "a clean environment (PATH, HOME, USER, LANG…)",
+        };
+        writeln!(
+            out,
+            "           commands run in {} with {env}",
+            deploy.root.display()
+        )?;
+    }
+    if deploy.revision_file {
+        writeln!(out, "revision:  each release holds its commit in REVISION")?;
+    }
+    if let Some(health) = &config.health {
+        let probe = match (&health.url, &health.command) {
+            (Some(url), _) => format!("GET {url}, expect {}", health.expect_status),
+            (_, Some(command)) => command.clone(),
+            (None, None) => String::new(),
+        };
+        let body = health
+            .expect_body
+            .as_ref()
+            .map(|b| format!(" with `{b}` in the body"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "health:    {probe}{body}, {} in a row, every {} for up to {}; on failure switch back",
+            health.passes, health.interval, health.timeout
+        )?;
+        writeln!(
+            out,
+            "           first waits up to {} for the previous release's processes to go",
+            health.settle
+        )?;
+    }
+    for step in config.steps_after_switch() {
+        let on_failure = if step.rollback_on_failure {
+            "switch back"
+        } else {
+            "keep the release"
+        };
+        writeln!(
+            out,
+            "after:     {} (timeout {}; on failure {on_failure}): {}",
+            step.name, step.timeout, step.run
+        )?;
+    }
+    Ok(())
+}
