@@ -561,12 +561,15 @@ fn pipeline(
     go_live(config, session, &intent, &env)?;
 
     let width = steps::prefix_width(config);
+    let sandbox = match config.steps_after_switch().next() {
+        Some(_) => crate::confine::Sandbox::for_release(config, &layout.current())?,
+        None => None,
+    };
     for step in config.steps_after_switch() {
         if session.options.skips(step.name.as_str()) {
             steps.push(steps::skipped(step));
             continue;
         }
-        let sandbox = crate::confine::Sandbox::for_release(config, &layout.current())?;
         let (record, exit) = steps::run(step, &layout.current(), &env, width, sandbox.as_ref())?;
         session.timings.push((
             step.name.to_string(),

@@ -38,12 +38,7 @@ pub struct DeployVars<'a> {
 pub fn environment(config: &Config, vars: &DeployVars<'_>) -> Result<BTreeMap<String, String>> {
     let mut env = config.env.vars.clone();
     if let Some(file) = config.env_file() {
-        let entries = dotenvy::from_path_iter(&file)
-            .with_context(|| format!("failed to read env file `{}`", file.display()))?;
-        for entry in entries {
-            let (key, value) = entry.map_err(|err| malformed_env_file(&file, err))?;
-            env.insert(key, value);
-        }
+        env.extend(read_env_file(&file)?);
     }
     let ats = [
         (
@@ -90,9 +85,18 @@ pub fn release_environment(
     )
 }
 
+/// The KEY=VALUE lines of an env file, in order; a malformed one is reported by its line only.
+pub fn read_env_file(file: &Path) -> Result<Vec<(String, String)>> {
+    let entries = dotenvy::from_path_iter(file)
+        .with_context(|| format!("failed to read env file `{}`", file.display()))?;
+    entries
+        .map(|entry| entry.map_err(|err| malformed_env_file(file, err)))
+        .collect()
+}
+
 /// What a malformed env file gets said: its path and the line, never its text (dotenvy's
 /// message carries the line, and with an open quote the rest of the file: secrets).
-pub fn malformed_env_file(file: &Path, err: dotenvy::Error) -> anyhow::Error {
+fn malformed_env_file(file: &Path, err: dotenvy::Error) -> anyhow::Error {
     match err {
         dotenvy::Error::LineParse(text, _) => {
             let first = text.lines().next().unwrap_or_default();

@@ -46,25 +46,6 @@ fn publish(clone: &Clone) -> String {
     clone.head()
 }
 
-/// Records `commit` as the submodule at `path` (an uninitialized one: its folder is empty) and
-/// lists it in `.gitmodules` with `url`.
-fn set_submodule(clone: &Clone, path: &str, url: &str, commit: &str) {
-    std::fs::create_dir_all(clone.dir.join(path)).unwrap();
-    let gitmodules = format!("[submodule \"{path}\"]\n\tpath = {path}\n\turl = {url}\n");
-    let existing = std::fs::read_to_string(clone.dir.join(".gitmodules")).unwrap_or_default();
-    if !existing.contains(&format!("path = {path}\n")) {
-        clone.write(".gitmodules", &format!("{existing}{gitmodules}"));
-    }
-    clone
-        .git(&[
-            "update-index",
-            "--add",
-            "--cacheinfo",
-            &format!("160000,{commit},{path}"),
-        ])
-        .success();
-}
-
 /// Every file under `dir`, relative, with its content.
 fn files(dir: &Path) -> Vec<(String, String)> {
     let mut found = Vec::new();
@@ -99,14 +80,14 @@ fn submodules_are_checked_out_recursively_and_follow_their_commits() {
     let (lib_bare, lib) = library(&server, "lib");
     lib.write("lib.py", "version = 1\n");
     lib.write("old.py", "gone soon\n");
-    set_submodule(&lib, "deps/inner", "../inner.git", &inner_1);
+    lib.set_submodule("deps/inner", "../inner.git", &inner_1);
     lib.commit("lib 1");
     let lib_1 = publish(&lib);
 
     // The app names lib.git relative to the server's repository.
     let clone = server.clone("work");
     clone.write("app.py", "app\n");
-    set_submodule(&clone, "vendor/lib", "../lib.git", &lib_1);
+    clone.set_submodule("vendor/lib", "../lib.git", &lib_1);
     clone.commit("app with lib");
     clone
         .push()
@@ -148,10 +129,10 @@ fn submodules_are_checked_out_recursively_and_follow_their_commits() {
     lib.write("lib.py", "version = 2\n");
     lib.git(&["rm", "-q", "old.py"]).success();
     lib.write("new.py", "new\n");
-    set_submodule(&lib, "deps/inner", "../inner.git", &inner_2);
+    lib.set_submodule("deps/inner", "../inner.git", &inner_2);
     lib.commit("lib 2");
     let lib_2 = publish(&lib);
-    set_submodule(&clone, "vendor/lib", "../lib.git", &lib_2);
+    clone.set_submodule("vendor/lib", "../lib.git", &lib_2);
     clone.commit("lib 2");
     for _ in 0..4 {
         // Enough pushes that releases are built from old ones, each crossing the change.
@@ -183,7 +164,7 @@ fn submodules_are_checked_out_recursively_and_follow_their_commits() {
 
     // Moved back to the old commit, and built from a release that holds the new one: only the
     // submodule's changed files are written.
-    set_submodule(&clone, "vendor/lib", "../lib.git", &lib_1);
+    clone.set_submodule("vendor/lib", "../lib.git", &lib_1);
     clone.commit("back to lib 1");
     clone
         .push()
@@ -212,7 +193,7 @@ fn submodules_are_checked_out_recursively_and_follow_their_commits() {
 
     // The cache is the only thing read: lib.git may go once its commits are cached.
     std::fs::rename(&lib_bare, server.path().join("lib-moved.git")).unwrap();
-    set_submodule(&clone, "vendor/lib", "../lib.git", &lib_2);
+    clone.set_submodule("vendor/lib", "../lib.git", &lib_2);
     clone.commit("lib is back");
     clone.push().success().stderr_lacks("fetching");
     assert_eq!(files(&live.join("vendor/lib")), expected);
@@ -226,14 +207,14 @@ fn a_submodule_that_cannot_be_fetched_fails_before_the_switch() {
     lib.commit_file("lib.py", "1\n");
     let lib_1 = publish(&lib);
     let clone = server.clone("work");
-    set_submodule(&clone, "vendor/lib", lib_bare.to_str().unwrap(), &lib_1);
+    clone.set_submodule("vendor/lib", lib_bare.to_str().unwrap(), &lib_1);
     clone.commit_file("app.py", "1\n");
     clone.push().success().stderr_has("deployed");
     let live = server.live().unwrap();
 
     // A commit lib.git never had.
     let missing = "0123456789abcdef0123456789abcdef01234567";
-    set_submodule(&clone, "vendor/lib", lib_bare.to_str().unwrap(), missing);
+    clone.set_submodule("vendor/lib", lib_bare.to_str().unwrap(), missing);
     clone.commit("a commit nobody pushed");
     clone
         .push()
@@ -292,7 +273,7 @@ fn turning_submodules_on_checks_out_whole_once() {
     lib.commit_file("lib.py", "1\n");
     let lib_1 = publish(&lib);
     let clone = server.clone("work");
-    set_submodule(&clone, "vendor/lib", lib_bare.to_str().unwrap(), &lib_1);
+    clone.set_submodule("vendor/lib", lib_bare.to_str().unwrap(), &lib_1);
     clone.commit_file("app.py", "0\n");
     clone.push().success().stderr_has(
         "submodule `vendor/lib` is left empty (`deploy.submodules = true` checks it out)",

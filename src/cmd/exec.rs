@@ -24,19 +24,12 @@ pub fn run(env_file: &Path, command: &[OsString]) -> Result<ExitCode> {
             );
         }
     }
-    let mut vars = Vec::new();
-    match dotenvy::from_path_iter(env_file) {
-        Ok(entries) => {
-            for entry in entries {
-                vars.push(entry.map_err(|err| crate::steps::malformed_env_file(env_file, err))?);
-            }
-        }
-        Err(dotenvy::Error::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => {
-            return Err(err)
-                .with_context(|| format!("failed to read env file `{}`", env_file.display()))
-        }
-    }
+    // Missing, it adds nothing (as `EnvironmentFile=-` did): the server starts all the same.
+    let vars = if std::fs::symlink_metadata(env_file).is_ok() {
+        crate::steps::read_env_file(env_file)?
+    } else {
+        Vec::new()
+    };
     let (program, args) = command.split_first().context("no command to run")?;
     Err(crate::process::exec(program, args, vars))
 }

@@ -3,21 +3,11 @@
 
 use crate::support::*;
 
-/// Records a gitlink at `path` to `commit` with `url` in `.gitmodules`, and commits.
+/// Points the submodule at `path` to `commit` at `url` (`.gitmodules` written anew), and
+/// commits.
 fn point_submodule(clone: &Clone, path: &str, url: &str, commit: &str) {
-    std::fs::create_dir_all(clone.dir.join(path)).unwrap();
-    clone.write(
-        ".gitmodules",
-        &format!("[submodule \"{path}\"]\n\tpath = {path}\n\turl = {url}\n"),
-    );
-    clone
-        .git(&[
-            "update-index",
-            "--add",
-            "--cacheinfo",
-            &format!("160000,{commit},{path}"),
-        ])
-        .success();
+    clone.write(".gitmodules", "");
+    clone.set_submodule(path, url, commit);
     clone.commit("point a submodule");
 }
 

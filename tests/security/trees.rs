@@ -6,6 +6,21 @@ use std::process::Stdio;
 
 use crate::support::*;
 
+/// `git ARGS` in the clone with `input` on stdin; what it printed, trimmed.
+fn git_with_input(clone: &Clone, args: &[&str], input: &[u8]) -> String {
+    let mut child = command("git", clone.dir.parent().unwrap())
+        .args(args)
+        .current_dir(&clone.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "git {}", args.join(" "));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Writes a tree object from raw entries `(mode, name, id)`, in the order given, with no check
 /// (as `git hash-object -t tree --literally` does); returns its id.
 fn raw_tree(clone: &Clone, entries: &[(&str, &str, &str)]) -> String {
@@ -18,35 +33,15 @@ fn raw_tree(clone: &Clone, entries: &[(&str, &str, &str)]) -> String {
             .collect();
         bytes.extend_from_slice(&raw);
     }
-    let mut child = command("git", clone.dir.parent().unwrap())
-        .args(["hash-object", "-t", "tree", "--literally", "-w", "--stdin"])
-        .current_dir(&clone.dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    git_with_input(
+        clone,
+        &["hash-object", "-t", "tree", "--literally", "-w", "--stdin"],
+        &bytes,
+    )
 }
 
 fn blob(clone: &Clone, content: &str) -> String {
-    let mut child = command("git", clone.dir.parent().unwrap())
-        .args(["hash-object", "-w", "--stdin"])
-        .current_dir(&clone.dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(content.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    git_with_input(clone, &["hash-object", "-w", "--stdin"], content.as_bytes())
 }
 
 /// Makes `tree` the clone's next commit on `main`.

@@ -396,6 +396,24 @@ impl Clone {
         self.head()
     }
 
+    /// Records `commit` as the submodule at `path` (an uninitialized one: its folder is empty)
+    /// and lists it in `.gitmodules` with `url`, unless a submodule there is listed already.
+    pub fn set_submodule(&self, path: &str, url: &str, commit: &str) {
+        std::fs::create_dir_all(self.dir.join(path)).unwrap();
+        let gitmodules = format!("[submodule \"{path}\"]\n\tpath = {path}\n\turl = {url}\n");
+        let existing = std::fs::read_to_string(self.dir.join(".gitmodules")).unwrap_or_default();
+        if !existing.contains(&format!("path = {path}\n")) {
+            self.write(".gitmodules", &format!("{existing}{gitmodules}"));
+        }
+        self.git(&[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{commit},{path}"),
+        ])
+        .success();
+    }
+
     /// Writes one file and commits it; returns the new sha.
     pub fn commit_file(&self, path: &str, content: &str) -> String {
         self.write(path, content);
