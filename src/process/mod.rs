@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fmt;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -35,6 +34,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+
+mod exit;
+mod watch;
+
+pub use exit::Exit;
+
+use watch::{tell_watcher, Watched};
+pub use watch::{tie_children_to_this_process, watch_groups};
 
 /// How long a group gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
@@ -52,103 +59,6 @@ const IN_FLIGHT: usize = 256;
 const TAIL: usize = 20;
 
 static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
-/// Whether children are tied to this process's life: set by the binary (`run`), never in unit
-/// tests, whose binary is not ats-hook.
-static TIED: AtomicBool = AtomicBool::new(false);
-/// The write end of the watcher's pipe, once it runs (close-on-exec: no child holds it).
-static WATCHER: std::sync::Mutex<Option<std::process::ChildStdin>> = std::sync::Mutex::new(None);
-
-/// Ties every child started from now on to this process's life (see the module's doc).
-pub fn tie_children_to_this_process() {
-    TIED.store(true, Ordering::SeqCst);
-}
-
-/// Tells the watcher that `pgid` runs (`true`) or ended; starts the watcher first when none
-/// runs. A watcher that cannot start leaves children untied, as before, and says why.
-fn tell_watcher(pgid: Pid, running: bool) {
-    if !TIED.load(Ordering::SeqCst) {
-        return;
-    }
-    let mut watcher = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
-    if watcher.is_none() {
-        match start_watcher() {
-            Ok(stdin) => *watcher = Some(stdin),
-            Err(err) => {
-                tracing::warn!("steps are not tied to this deploy's life: {err:#}");
-                TIED.store(false, Ordering::SeqCst);
-                return;
-            }
-        }
-    }
-    if let Some(stdin) = watcher.as_mut() {
-        let line = format!("{}{}\n", if running { '+' } else { '-' }, pgid.as_raw());
-        let _ = std::io::Write::write_all(stdin, line.as_bytes());
-    }
-}
-
-fn start_watcher() -> Result<std::process::ChildStdin> {
-    let exe = std::env::current_exe().context("failed to find the ats-hook binary")?;
-    let mut child = std::process::Command::new(&exe)
-        // A hook copied in place is named `post-receive`: it must not read as one.
-        .arg0("ats-hook")
-        .arg("watch-groups")
-        .env_clear()
-        .stdin(std::process::Stdio::piped())
-        // Never the pusher's pipe: git waits for every holder of it to close.
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| format!("failed to start `{} watch-groups`", exe.display()))?;
-    child.stdin.take().context("the watcher has no input")
-}
-
-/// The watcher (`ats-hook watch-groups`): reads `+PGID` and `-PGID` lines until its input
-/// closes, then stops the groups still running: SIGTERM, and SIGKILL after `GRACE`.
-pub fn watch_groups(input: impl BufRead) -> Result<()> {
-    // Its own session: a hang-up of the hook's terminal or group is not its own.
-    let _ = nix::unistd::setsid();
-    let mut running = std::collections::BTreeSet::new();
-    for line in input.lines() {
-        let Ok(line) = line else { break };
-        let (sign, pgid) = line.split_at(line.len().min(1));
-        let Ok(pgid) = pgid.parse::<i32>() else {
-            continue;
-        };
-        // Never a group of one's own, nor every process (`0`, `-1`).
-        if pgid <= 1 {
-            continue;
-        }
-        match sign {
-            "+" => running.insert(pgid),
-            "-" => running.remove(&pgid),
-            _ => false,
-        };
-    }
-    let groups: Vec<Pid> = running.into_iter().map(Pid::from_raw).collect();
-    for &pgid in &groups {
-        signal_group(Some(pgid), Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + GRACE;
-    while Instant::now() < deadline && groups.iter().any(|&g| killpg(g, None).is_ok()) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for &pgid in &groups {
-        signal_group(Some(pgid), Signal::SIGKILL);
-    }
-    Ok(())
-}
-
-/// Tells the watcher a group ended when dropped, on every way out of `stream`.
-struct Watched(Option<Pid>);
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            tell_watcher(pgid, false);
-        }
-    }
-}
 
 /// Where the process group of the running child is written while it runs, if anywhere: should
 /// ats-hook die, the next run finds the group there and stops what is left of it.
@@ -194,46 +104,6 @@ pub fn install_signal_handlers() -> Result<()> {
 /// Whether ats-hook was asked to stop.
 pub fn stop_requested() -> bool {
     STOP.get().is_some_and(|flag| flag.load(Ordering::SeqCst))
-}
-
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-    TimedOut(Duration),
-    Interrupted,
-}
-
-impl Exit {
-    pub fn success(self) -> bool {
-        self == Exit::Code(0)
-    }
-
-    /// The status a shell would report: the code, or 128+N for signal N.
-    pub fn shell_code(self) -> Option<i32> {
-        match self {
-            Exit::Code(code) => Some(code),
-            Exit::Signal(signal) => Some(128 + signal),
-            Exit::TimedOut(_) | Exit::Interrupted => None,
-        }
-    }
-}
-
-impl fmt::Display for Exit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Exit::Code(code) => write!(f, "exit {code}"),
-            Exit::Signal(signal) => {
-                let name = Signal::try_from(*signal).map(|s| s.as_str()).unwrap_or("?");
-                write!(f, "killed by {name}, exit {}", 128 + signal)
-            }
-            Exit::TimedOut(limit) => {
-                write!(f, "timed out after {}", humantime::format_duration(*limit))
-            }
-            Exit::Interrupted => f.write_str("interrupted"),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -612,7 +482,7 @@ fn read_pieces(from: &duct::ReaderHandle, read: &AtomicU64, to: &mpsc::SyncSende
     }
 }
 
-fn signal_group(pgid: Option<Pid>, signal: Signal) {
+pub(crate) fn signal_group(pgid: Option<Pid>, signal: Signal) {
     if let Some(pgid) = pgid {
         // ESRCH: the group is already gone, which is what we want.
         let _ = killpg(pgid, signal);
