@@ -4,48 +4,24 @@
 //! → `steps` → `restart` → `record`), orchestrated by `deploy`; `cmd` holds one module per
 //! command.
 
+pub mod access;
 pub mod cli;
 pub mod cmd;
 pub mod config;
-pub mod confine;
-pub mod deploy;
-#[cfg(test)]
-mod fuzz;
-pub mod health;
-pub mod http;
-pub mod index;
-pub mod layout;
-pub mod lock;
-pub mod notify;
-pub mod output;
+pub mod live;
 pub mod outputs;
-pub mod owner;
-pub mod plan;
-pub mod process;
-pub mod procs;
-pub mod prune;
-pub mod push_options;
-pub mod queue;
-pub mod record;
-pub mod recover;
-pub mod refs;
+pub mod pipeline;
 pub mod release;
-pub mod restart;
-pub mod schema;
-pub mod select;
-pub mod spare;
-pub mod sshkey;
-pub mod stamps;
+pub mod state;
 pub mod steps;
-pub mod stop;
-pub mod submodules;
+pub mod sys;
 
 use std::process::ExitCode;
 
 /// Parses the command line, sets up output, runs the command.
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = cli::parse();
-    output::init(cli.verbose);
-    process::tie_children_to_this_process();
-    cmd::run(cli.command).map_err(output::with_disk_full_hint)
+    sys::output::init(cli.verbose);
+    sys::process::tie_children_to_this_process();
+    cmd::run(cli.command).map_err(sys::output::with_disk_full_hint)
 }

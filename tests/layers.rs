@@ -34,7 +34,7 @@ fn no_module_imports_one_above_it() {
             above.push("crate::cmd");
         }
         if ["recover.rs", "spare.rs", "steps.rs", "plan.rs"].contains(&rel.as_str()) {
-            above.push("crate::deploy");
+            above.push("crate::pipeline::deploy");
         }
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or_default();

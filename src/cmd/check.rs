@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::Location;
-use crate::plan::{write_outputs_plan, write_plan};
+use crate::pipeline::plan::{write_outputs_plan, write_plan};
 
 pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
     let config = super::load(location)?;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::cli::Location;
-use crate::deploy::{self, Trigger};
-use crate::push_options::PushOptions;
-use crate::select::Target;
+use crate::pipeline::deploy::{self, Trigger};
+use crate::state::push_options::PushOptions;
+use crate::state::select::Target;
 
 pub fn run(
     location: &Location,

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::owner;
+use crate::sys::owner;
 
 pub fn run(env_file: &Path, command: &[OsString]) -> Result<ExitCode> {
     if owner::is_root() {
@@ -31,5 +31,5 @@ pub fn run(env_file: &Path, command: &[OsString]) -> Result<ExitCode> {
         Vec::new()
     };
     let (program, args) = command.split_first().context("no command to run")?;
-    Err(crate::process::exec(program, args, vars))
+    Err(crate::sys::process::exec(program, args, vars))
 }

@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::cli::Location;
-use crate::deploy::Trigger;
-use crate::push_options::PushOptions;
-use crate::{deploy, output, refs, select};
+use crate::pipeline::deploy;
+use crate::pipeline::deploy::Trigger;
+use crate::state::push_options::PushOptions;
+use crate::state::{refs, select};
+use crate::sys::output;
 
 pub fn run(location: &Location, trigger: Trigger, stdin: impl BufRead) -> Result<ExitCode> {
     let updates = refs::parse(stdin)?;

@@ -18,9 +18,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use nix::unistd::User;
 
-use crate::owner::UserDir;
-use crate::process::Cmd;
-use crate::sshkey::{AuthorizedKey, PublicKey};
+use crate::access::sshkey::{AuthorizedKey, PublicKey};
+use crate::sys::owner::UserDir;
+use crate::sys::process::Cmd;
 
 pub struct AddOptions<'a> {
     pub repo: &'a Path,

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::Location;
-use crate::layout::Layout;
-use crate::output::{seconds, short};
-use crate::record::{self, Action, DeployRecord};
-use crate::refs::short_ref;
+use crate::state::layout::Layout;
+use crate::state::record::{self, Action, DeployRecord};
+use crate::state::refs::short_ref;
+use crate::sys::output::{seconds, short};
 
 pub fn run(
     location: &Location,
@@ -51,7 +51,7 @@ pub fn run(
                 short(&r.commit),
                 short_ref(&r.git_ref),
                 seconds(std::time::Duration::from_millis(r.duration_ms)),
-                crate::output::printable(&r.pusher),
+                crate::sys::output::printable(&r.pusher),
                 r.about()
             )?;
         }

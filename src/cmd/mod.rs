@@ -23,9 +23,9 @@ use git2::Repository;
 
 use crate::cli::{Command, KeysAction, Location, RemoteAction};
 use crate::config::Config;
-use crate::deploy::Trigger;
-use crate::owner;
-use crate::push_options::PushOptions;
+use crate::pipeline::deploy::Trigger;
+use crate::state::push_options::PushOptions;
+use crate::sys::owner;
 
 pub fn run(command: Command) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
@@ -77,11 +77,14 @@ pub fn run(command: Command) -> Result<ExitCode> {
             // before anything is read (`Layout::refuse_root_on_a_users_root` says how).
             if owner::is_root() {
                 if let Some(user) = owner::other_owner(&repo_dir(&location)?)? {
-                    return Err(crate::layout::refusal(&repo_dir(&location)?, &user.name));
+                    return Err(crate::state::layout::refusal(
+                        &repo_dir(&location)?,
+                        &user.name,
+                    ));
                 }
             }
             let config = load(&location)?;
-            crate::deploy::rollback(&config, release.as_deref(), force)
+            crate::pipeline::deploy::rollback(&config, release.as_deref(), force)
         }
         Command::Releases {
             remote: Some(name),
@@ -185,7 +188,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         ),
         Command::Exec { env_file, command } => exec::run(&env_file, &command),
         Command::WatchGroups => {
-            crate::process::watch_groups(std::io::stdin().lock())?;
+            crate::sys::process::watch_groups(std::io::stdin().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Quickstart { dir } => quickstart::run(dir.as_deref(), &mut stdout),
@@ -195,7 +198,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             commit,
         } => {
             let config = Config::load(&config)?;
-            crate::spare::prepare(&repo, &config, &commit)?;
+            crate::pipeline::spare::prepare(&repo, &config, &commit)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => docs::completions(shell, &mut stdout),

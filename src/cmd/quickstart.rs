@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::Cmd;
+use crate::sys::process::Cmd;
 
 const SAMPLE_APP: &[(&str, &str, bool)] = &[
     (

@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::Location;
-use crate::layout::Layout;
-use crate::output::short;
-use crate::record::{self, DeployRecord};
-use crate::refs::short_ref;
+use crate::state::layout::Layout;
+use crate::state::record::{self, DeployRecord};
+use crate::state::refs::short_ref;
+use crate::sys::output::short;
 
 #[derive(Debug, Serialize)]
 struct ReleaseInfo {
@@ -110,7 +110,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         let outputs: Vec<String> = release
             .outputs
             .iter()
-            .map(|o| format!("{}={}", o.step, crate::output::prefix(&o.key, 12)))
+            .map(|o| format!("{}={}", o.step, crate::sys::output::prefix(&o.key, 12)))
             .collect();
         let mut outputs = if outputs.is_empty() {
             "-".to_string()
@@ -122,7 +122,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             let changed = previous_schema.is_some_and(|p| p != schema.as_str());
             outputs.push_str(&format!(
                 "  schema {}{}",
-                crate::output::prefix(schema, 8),
+                crate::sys::output::prefix(schema, 8),
                 if changed { " (changed)" } else { "" }
             ));
         }
@@ -135,7 +135,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             release.git_ref.as_deref().map(short_ref).unwrap_or("-"),
             release.state,
             release.created.as_deref().unwrap_or("-"),
-            crate::output::printable(release.pusher.as_deref().unwrap_or("-")),
+            crate::sys::output::printable(release.pusher.as_deref().unwrap_or("-")),
             record::deploy_of(&records, &release.id)
                 .map(DeployRecord::about)
                 .unwrap_or_default(),

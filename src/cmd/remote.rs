@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::Cmd;
-use crate::sshkey::PublicKey;
+use crate::access::sshkey::PublicKey;
+use crate::sys::process::Cmd;
 
 pub struct AddOptions<'a> {
     pub name: &'a str,

@@ -22,8 +22,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::output;
-use crate::process::Cmd;
+use crate::sys::output;
+use crate::sys::process::Cmd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
@@ -510,20 +510,24 @@ mod tests {
         .iter()
         .map(|s| s.as_bytes().to_vec())
         .collect();
-        crate::fuzz::check("ssh-gate commands", crate::fuzz::inputs(valid), |bytes| {
-            let request = String::from_utf8_lossy(&bytes);
-            if let Ok((_, path)) = parse_request(&request) {
-                // Only a git service with one path argument gets through.
-                proptest::prop_assert!(
-                    request.starts_with("git-receive-pack ")
-                        || request.starts_with("git receive-pack ")
-                        || request.starts_with("git-upload-pack ")
-                        || request.starts_with("git upload-pack ")
-                );
-                proptest::prop_assert!(!path.chars().any(|c| c.is_control()));
-                proptest::prop_assert!(!request.contains('\n'));
-            }
-            Ok(())
-        });
+        crate::sys::fuzz::check(
+            "ssh-gate commands",
+            crate::sys::fuzz::inputs(valid),
+            |bytes| {
+                let request = String::from_utf8_lossy(&bytes);
+                if let Ok((_, path)) = parse_request(&request) {
+                    // Only a git service with one path argument gets through.
+                    proptest::prop_assert!(
+                        request.starts_with("git-receive-pack ")
+                            || request.starts_with("git receive-pack ")
+                            || request.starts_with("git-upload-pack ")
+                            || request.starts_with("git upload-pack ")
+                    );
+                    proptest::prop_assert!(!path.chars().any(|c| c.is_control()));
+                    proptest::prop_assert!(!request.contains('\n'));
+                }
+                Ok(())
+            },
+        );
     }
 }

@@ -7,12 +7,12 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::Location;
-use crate::layout::Layout;
-use crate::lock::{self, Holder};
-use crate::output::{self, printable, short};
 use crate::outputs::Store;
-use crate::record::{self, DeployRecord};
-use crate::refs::short_ref;
+use crate::state::layout::Layout;
+use crate::state::lock::{self, Holder};
+use crate::state::record::{self, DeployRecord};
+use crate::state::refs::short_ref;
+use crate::sys::output::{self, printable, short};
 
 #[derive(Debug, Serialize)]
 struct Status {
@@ -23,7 +23,7 @@ struct Status {
     releases: Vec<String>,
     outputs: Outputs,
     /// The spare release the next push builds from, or why preparing it failed.
-    spare: crate::spare::State,
+    spare: crate::pipeline::spare::State,
 }
 
 /// The output store: how many builds it keeps and the disk they take.
@@ -77,7 +77,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         lock: lock::current_holder(&layout.lock_file())?,
         releases,
         outputs,
-        spare: crate::spare::state(&layout),
+        spare: crate::pipeline::spare::state(&layout),
     };
     if json {
         serde_json::to_writer_pretty(&mut *out, &status).context("failed to write status")?;
@@ -147,7 +147,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
     }
     writeln!(out, "releases:    {} on disk", status.releases.len())?;
     match &status.spare {
-        crate::spare::State {
+        crate::pipeline::spare::State {
             failed: Some(why),
             failed_at,
             ..
@@ -156,7 +156,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             "spare:       preparing it failed at {}: {why}; the next push checks its tree out whole",
             failed_at.as_deref().unwrap_or("?")
         )?,
-        crate::spare::State {
+        crate::pipeline::spare::State {
             commit: Some(commit),
             ..
         } => writeln!(

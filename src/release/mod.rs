@@ -1,4 +1,6 @@
-//! Releases on disk: materializing a commit, linking shared paths, switching `current`, pruning.
+//! The release store on disk: materializing a commit (here), comparing trees (`trees`),
+//! recycling a kept release (`recycle`), the file index and stamps kept per release, submodule
+//! checkouts, and pruning. Uses `state`, `config` and `sys`; `prune` also `outputs`.
 //!
 //! A release is written by walking the commit's tree with git2 into a folder that did not exist
 //! before, so nothing of an older release or of the live site is touched. Entry names are
@@ -17,11 +19,15 @@ use anyhow::{bail, Context, Result};
 use git2::{Oid, Repository};
 
 use crate::config::RelPath;
-use crate::index::{Entry, ReleaseIndex};
-use crate::layout::Layout;
-use crate::output;
+use crate::release::index::{Entry, ReleaseIndex};
+use crate::state::layout::Layout;
+use crate::sys::output;
 
+pub mod index;
+pub mod prune;
 mod recycle;
+pub mod stamps;
+pub mod submodules;
 mod trees;
 
 pub use recycle::{update, Update};

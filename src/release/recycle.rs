@@ -11,9 +11,9 @@ use git2::Oid;
 use super::trees::{Changes, Trees};
 use super::{make_parents, remove_any, trust_received_objects, write_entry, InTheWay};
 use crate::config::RelPath;
-use crate::index::{Entry, ReleaseIndex};
-use crate::layout::Layout;
-use crate::stamps::Stamps;
+use crate::release::index::{Entry, ReleaseIndex};
+use crate::release::stamps::Stamps;
+use crate::state::layout::Layout;
 
 /// How an existing release was turned into a new one.
 #[derive(Debug, Default)]

@@ -94,7 +94,7 @@ impl Trees<'_> {
     /// checked out.
     fn resolve(&self, entry: &git2::TreeEntry<'_>, rel: &str) -> Result<(u32, Oid)> {
         let mode = entry.filemode() as u32;
-        if self.submodules && mode == crate::submodules::GITLINK {
+        if self.submodules && mode == crate::release::submodules::GITLINK {
             let tree = self
                 .repo
                 .find_commit(entry.id())

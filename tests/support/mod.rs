@@ -293,7 +293,7 @@ impl Server {
     /// The history as ats-hook itself reads it (a deploy's record of its switch replaced by its
     /// final record), as JSON.
     pub fn records(&self) -> Vec<Value> {
-        ats_hook::record::read_all(&self.root.join(".ats-hook/deploys.jsonl"))
+        ats_hook::state::record::read_all(&self.root.join(".ats-hook/deploys.jsonl"))
             .unwrap()
             .into_iter()
             .map(|record| serde_json::to_value(record).unwrap())

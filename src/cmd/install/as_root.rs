@@ -14,7 +14,7 @@ use clap::ValueEnum;
 use nix::unistd::User;
 
 use super::{absolute, default_root, Options};
-use crate::owner;
+use crate::sys::owner;
 
 /// What root does for one of the two folders.
 enum Prep {

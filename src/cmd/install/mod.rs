@@ -25,11 +25,11 @@ use git2::{Repository, RepositoryInitOptions};
 use super::RepoKind;
 use nix::unistd::{AccessFlags, User};
 
-use crate::owner;
+use crate::sys::owner;
 
 use crate::cli::HookKind;
 use crate::config::{self, Config};
-use crate::layout::Layout;
+use crate::state::layout::Layout;
 
 pub struct Options<'a> {
     pub repo: &'a Path,
@@ -187,7 +187,7 @@ impl Change {
                 // The state (history, logs, locks) is the deploy user's alone.
                 let state = path
                     .ancestors()
-                    .any(|p| p.ends_with(crate::layout::STATE_DIR));
+                    .any(|p| p.ends_with(crate::state::layout::STATE_DIR));
                 fs::DirBuilder::new()
                     .recursive(true)
                     .mode(if state { 0o700 } else { 0o755 })

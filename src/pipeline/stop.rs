@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 
-use crate::output;
-use crate::process::Exit;
-use crate::record::State;
+use crate::state::record::State;
+use crate::sys::output;
+use crate::sys::process::Exit;
 
 /// Why a deploy stopped short.
 pub enum Stop {
@@ -18,7 +18,7 @@ pub enum Stop {
     },
     Error(anyhow::Error),
     /// A newer push of the same ref came while this one waited for the lock.
-    Superseded(crate::queue::Newer),
+    Superseded(crate::state::queue::Newer),
     /// Something failed once the release was live, and it stays live: going back would put old
     /// code on the schema its migrations changed.
     FailedForward {

@@ -8,6 +8,12 @@
 //! A step that declares `outputs` goes through the output store instead: when its key was
 //! built before, the release links to that build and the step does not run; otherwise it runs
 //! in a new build folder, where its outputs stay (see `outputs`).
+//!
+//! This part also holds the sandbox a step may run in (`confine`) and what a release's migrations
+//! are (`schema`). Uses `outputs`, `release`, `state`, `config` and `sys`.
+
+pub mod confine;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,13 +22,13 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 
 use crate::config::{Config, Step};
-use crate::confine::Sandbox;
-use crate::layout::Layout;
-use crate::output::{self, seconds};
 use crate::outputs::{self, Build, Key, Store};
-use crate::process::{self, Cmd, Exit};
-use crate::push_options::PushOptions;
-use crate::record::{StepOutput, StepRecord, StepStatus};
+use crate::state::layout::Layout;
+use crate::state::push_options::PushOptions;
+use crate::state::record::{StepOutput, StepRecord, StepStatus};
+use crate::steps::confine::Sandbox;
+use crate::sys::output::{self, seconds};
+use crate::sys::process::{self, Cmd, Exit};
 
 /// What the deploy tells its steps about itself.
 pub struct DeployVars<'a> {

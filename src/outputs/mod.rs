@@ -34,9 +34,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{RelPath, Step};
-use crate::layout::Layout;
-use crate::process::{Cmd, Exit};
 use crate::release;
+use crate::state::layout::Layout;
+use crate::sys::process::{Cmd, Exit};
 
 /// A finished build, as its `<key>.json` records it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl Key {
 }
 
 fn short(key: &str) -> &str {
-    crate::output::prefix(key, 12)
+    crate::sys::output::prefix(key, 12)
 }
 
 /// What a step's declared inputs are at a commit: each path with the id of its blob or tree
@@ -184,7 +184,7 @@ pub fn run_key_command(
     if text.len() > MAX_KEY_OUTPUT {
         bail!(
             "key command `{command}` printed more than {}: it should print a version or a digest, not a file",
-            crate::output::size(MAX_KEY_OUTPUT as u64)
+            crate::sys::output::size(MAX_KEY_OUTPUT as u64)
         );
     }
     if finished.exit.success() {
@@ -246,7 +246,7 @@ impl Store {
         let build: Build = match serde_json::from_str(&text) {
             Ok(build) => build,
             Err(err) => {
-                crate::output::warn(format!(
+                crate::sys::output::warn(format!(
                     "`{}` is damaged ({err}); building again",
                     path.display()
                 ));
@@ -260,7 +260,7 @@ impl Store {
             .iter()
             .find(|o| fs::symlink_metadata(dir.join(o.as_path())).is_err())
         {
-            crate::output::warn(format!(
+            crate::sys::output::warn(format!(
                 "the stored build `{}` lacks `{missing}`; building again",
                 dir.display()
             ));

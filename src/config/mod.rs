@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub const FILE_NAME: &str = "ats-hook.toml";
 
 /// The documented template; `config.example.toml` at the repository root.
-pub const EXAMPLE: &str = include_str!("../config.example.toml");
+pub const EXAMPLE: &str = include_str!("../../config.example.toml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -546,9 +546,9 @@ impl Config {
                 (Some(url), None) if !url.starts_with("http://") && !url.starts_with("https://") => bail!(
                     "`health.url` `{url}` must start with `http://` or `https://`"
                 ),
-                (Some(url), None) if health.insecure && !crate::http::is_loopback(url) => bail!(
+                (Some(url), None) if health.insecure && !crate::sys::http::is_loopback(url) => bail!(
                     "`health.insecure` is only for a loopback URL (127.0.0.1, ::1, localhost), not `{}`: give the server's CA in `health.ca_file` instead",
-                    crate::http::redact(url)
+                    crate::sys::http::redact(url)
                 ),
                 (Some(url), None) if !url.starts_with("https://") && (health.insecure || health.ca_file.is_some()) => bail!(
                     "`health.ca_file` and `health.insecure` are for an `https://` URL"
@@ -567,13 +567,13 @@ impl Config {
                 if !url.starts_with("http://") && !url.starts_with("https://") {
                     bail!(
                         "`notify.webhook` must start with `http://` or `https://`, not `{}`",
-                        crate::http::redact(url)
+                        crate::sys::http::redact(url)
                     );
                 }
-                if crate::http::host(url).is_none() {
+                if crate::sys::http::host(url).is_none() {
                     bail!(
                         "`notify.webhook` has no host: `{}`",
-                        crate::http::redact(url)
+                        crate::sys::http::redact(url)
                     );
                 }
             }
@@ -1163,7 +1163,7 @@ mod tests {
             b"[deploy]\nroot = \"app\"\n".to_vec(),
             b"[deploy]\nroot = \"/a\"\nkeep_releases = 3\nlog_limit = \"1 MiB\"\n[[step]]\nname = \"i\"\nrun = \"true\"\noutputs = [\".venv\"]\ninputs = [\"r.txt\"]\nkey = \"python3 --version\"\n[health]\nurl = \"http://127.0.0.1:1/\"\ntimeout = \"1s\"\n".to_vec(),
         ];
-        crate::fuzz::check("configs", crate::fuzz::inputs(valid), |bytes| {
+        crate::sys::fuzz::check("configs", crate::sys::fuzz::inputs(valid), |bytes| {
             let text = String::from_utf8_lossy(&bytes);
             match parse(&text) {
                 Ok(config) => proptest::prop_assert!(config.deploy.keep_releases >= 2),

@@ -159,7 +159,7 @@ impl DeployRecord {
 /// `text`, cut to `max` characters with `…` when longer, its control characters escaped (a
 /// commit's subject is the pusher's to write).
 fn clip(text: &str, max: usize) -> String {
-    let text = crate::output::printable(text);
+    let text = crate::sys::output::printable(text);
     if text.chars().count() <= max {
         text.into_owned()
     } else {
@@ -236,10 +236,10 @@ pub fn read_all(path: &Path) -> Result<Vec<DeployRecord>> {
         }
     }
     if let Some(first) = damaged.first() {
-        crate::output::warn(format!(
+        crate::sys::output::warn(format!(
             "history `{}`: skipped {} that did not parse (line {first}{}), most likely cut by a power loss or a full disk",
             path.display(),
-            crate::output::count(damaged.len(), "damaged line"),
+            crate::sys::output::count(damaged.len(), "damaged line"),
             if damaged.len() > 1 { " and more" } else { "" }
         ));
     }

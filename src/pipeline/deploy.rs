@@ -16,18 +16,20 @@ use anyhow::{bail, Context, Result};
 use git2::{Oid, Repository};
 
 use crate::config::Config;
-use crate::layout::Layout;
-use crate::lock::{self, DeployLock, Holder};
-use crate::output::{self, rfc3339, seconds, short};
+use crate::live::{health, restart};
 use crate::outputs::Store;
-use crate::process;
-use crate::push_options::PushOptions;
-use crate::record::{self, Action, DeployRecord, State, StepRecord};
-use crate::refs::short_ref;
-use crate::select::Target;
+use crate::pipeline::stop::Stop;
+use crate::pipeline::{recover, spare};
+use crate::release::{self, prune};
+use crate::state::layout::Layout;
+use crate::state::lock::{self, DeployLock, Holder};
+use crate::state::push_options::PushOptions;
+use crate::state::record::{self, Action, DeployRecord, State, StepRecord};
+use crate::state::refs::short_ref;
+use crate::state::select::Target;
 use crate::steps;
-use crate::stop::Stop;
-use crate::{health, prune, recover, release, restart, spare};
+use crate::sys::output::{self, rfc3339, seconds, short};
+use crate::sys::process;
 
 /// What started a deploy; recorded, and gate mode checks the pushed base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +110,7 @@ impl Session {
         layout.live_release()?;
         process::install_signal_handlers()?;
         if announce {
-            crate::queue::arrive(&layout, git_ref, commit)?;
+            crate::state::queue::arrive(&layout, git_ref, commit)?;
         }
         let holder = Holder {
             unrecorded: None,
@@ -320,7 +322,7 @@ impl Session {
         // After the lock is let go (when the history took the record): a slow webhook holds
         // up no other deploy. Before the summary, which stays the pusher's last line.
         if let Some(notify) = &config.notify {
-            crate::notify::send(notify, self.layout.root(), entry, &summary);
+            crate::live::notify::send(notify, self.layout.root(), entry, &summary);
         }
         output::say(summary);
         Ok(if appended.is_ok() && entry.state == State::Succeeded {
@@ -388,7 +390,12 @@ pub fn deploy(
     let mut steps = Vec::new();
     let overtaken = newest_wins
         .then(|| {
-            crate::queue::overtaken_by(&session.layout, &target.git_ref, &commit, &session.records)
+            crate::state::queue::overtaken_by(
+                &session.layout,
+                &target.git_ref,
+                &commit,
+                &session.records,
+            )
         })
         .flatten();
     let mut outcome = match (overtaken, trigger) {
@@ -523,15 +530,15 @@ fn pipeline(
         tree: &tree,
         env: &env,
         options: &session.options,
-        sandbox: crate::confine::Sandbox::for_release(config, &dir)?,
+        sandbox: crate::steps::confine::Sandbox::for_release(config, &dir)?,
         records: Vec::new(),
         timings: Vec::new(),
     };
     let stopped = before.run();
-    session.schema = crate::schema::fingerprint(config, &tree);
+    session.schema = crate::steps::schema::fingerprint(config, &tree);
     session.migrated = before.records.iter().any(|r| {
-        r.status == crate::record::StepStatus::Ok
-            && crate::schema::migrating_steps(config).any(|s| s.name.as_str() == r.name)
+        r.status == crate::state::record::StepStatus::Ok
+            && crate::steps::schema::migrating_steps(config).any(|s| s.name.as_str() == r.name)
     });
     steps.append(&mut before.records);
     session.timings.append(&mut before.timings);
@@ -562,7 +569,7 @@ fn pipeline(
 
     let width = steps::prefix_width(config);
     let sandbox = match config.steps_after_switch().next() {
-        Some(_) => crate::confine::Sandbox::for_release(config, &layout.current())?,
+        Some(_) => crate::steps::confine::Sandbox::for_release(config, &layout.current())?,
         None => None,
     };
     for step in config.steps_after_switch() {
@@ -617,7 +624,12 @@ fn make_release(
     };
     let submodules = config.deploy.submodules;
     if submodules {
-        crate::submodules::attach(repo, &layout, &config.deploy.submodule_urls, target.commit)?;
+        crate::release::submodules::attach(
+            repo,
+            &layout,
+            &config.deploy.submodule_urls,
+            target.commit,
+        )?;
     }
     let trees = release::Trees { repo, submodules };
     // Its index says what it holds; without a readable one, it is not built from.
@@ -865,13 +877,13 @@ fn reverse_schema(
     if from_schema == to_schema {
         return Ok(Vec::new());
     }
-    let lacking = crate::schema::lacking(config, &layout.release(from), &layout.release(to));
+    let lacking = crate::steps::schema::lacking(config, &layout.release(from), &layout.release(to));
     let lacking = if lacking.is_empty() {
         String::new()
     } else {
         format!(" ({} lacks {})", to, lacking.join(", "))
     };
-    let downs: Vec<&crate::config::Step> = crate::schema::migrating_steps(config)
+    let downs: Vec<&crate::config::Step> = crate::steps::schema::migrating_steps(config)
         .filter(|s| s.down.is_some())
         .collect();
     if downs.is_empty() {
@@ -898,7 +910,7 @@ fn reverse_schema(
             "{}: reversing its migrations{lacking} with `down`",
             step.name
         ));
-        let sandbox = crate::confine::Sandbox::for_release(config, &layout.release(from))
+        let sandbox = crate::steps::confine::Sandbox::for_release(config, &layout.release(from))
             .map_err(|err| format!("`down` of step `{}` could not run: {err:#}", step.name))?;
         let (mut record, exit) =
             steps::run(&down, &layout.release(from), &env, width, sandbox.as_ref())
@@ -1135,8 +1147,8 @@ pub fn plan(
     if let Some(lock) = lock::current_holder(&layout.lock_file())? {
         writeln!(out, "lock:      held by {lock}; the deploy would wait")?;
     }
-    crate::plan::write_plan(config, out)?;
-    crate::plan::write_outputs_plan(config, repo, target.commit, &target.git_ref, out)?;
+    crate::pipeline::plan::write_plan(config, out)?;
+    crate::pipeline::plan::write_outputs_plan(config, repo, target.commit, &target.git_ref, out)?;
     for step in &options.skip {
         writeln!(out, "skipped:   step {step}, as asked")?;
     }

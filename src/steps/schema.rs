@@ -23,7 +23,7 @@ pub fn fingerprint(config: &Config, tree: &git2::Tree<'_>) -> Option<String> {
                 .map(|digest| format!("{} {digest}", step.name))
         })
         .collect();
-    (!parts.is_empty()).then(|| crate::output::short_hash(parts.join("\n").as_bytes()))
+    (!parts.is_empty()).then(|| crate::sys::output::short_hash(parts.join("\n").as_bytes()))
 }
 
 /// The migration files `from` (a release folder) has and `to` lacks, by path: what a move from

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::config::Health;
-use crate::output::{self, short};
-use crate::process::{self, Cmd};
-use crate::procs::{self, Scan, User};
+use crate::sys::output::{self, short};
+use crate::sys::process::{self, Cmd};
+use crate::sys::procs::{self, Scan, User};
 
 /// The processes that ran in the release that was live, seen just before the restart.
 pub struct OldProcesses {
@@ -97,7 +97,7 @@ pub fn check(
             .replace("{short_commit}", short(commit))
     });
     let ca_file = health.ca_file.as_ref().map(|file| deploy_root.join(file));
-    let tls = crate::http::Tls {
+    let tls = crate::sys::http::Tls {
         ca_file: ca_file.as_deref(),
         insecure: health.insecure,
     };
@@ -285,12 +285,12 @@ impl From<String> for Failed {
 fn probe_http(
     url: &str,
     health: &Health,
-    tls: crate::http::Tls<'_>,
+    tls: crate::sys::http::Tls<'_>,
     expect_body: Option<&str>,
 ) -> Result<String, Failed> {
     // A new agent, so a new connection, for every probe: a kept-alive connection could still
     // reach a worker of the old code after a graceful reload.
-    let agent = crate::http::agent(health.probe_timeout.0, tls)
+    let agent = crate::sys::http::agent(health.probe_timeout.0, tls)
         .map_err(|err| Failed::from(format!("{err:#}")))?;
     let mut response = agent
         .get(url)

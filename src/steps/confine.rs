@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
-use crate::layout::Layout;
-use crate::process::Cmd;
+use crate::state::layout::Layout;
+use crate::sys::process::Cmd;
 
 /// Folders hidden whole (each replaced by an empty one), when they exist.
 const HIDDEN: [&str; 4] = ["/home", "/root", "/srv", "/var/www"];

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::layout::Layout;
-use crate::record::{DeployRecord, State};
+use crate::state::layout::Layout;
+use crate::state::record::{DeployRecord, State};
 
 /// The last push to arrive for a ref.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ fn file(layout: &Layout, git_ref: &str) -> PathBuf {
     layout
         .state()
         .join("queue")
-        .join(crate::output::short_hash(git_ref.as_bytes()))
+        .join(crate::sys::output::short_hash(git_ref.as_bytes()))
 }
 
 /// Announces this push, before it waits for the lock.
@@ -73,7 +73,7 @@ pub fn overtaken_by(
         .rev()
         .find(|r| r.git_ref == git_ref && r.state == State::Succeeded)
         .is_some_and(|r| r.commit == arrival.commit);
-    let waiting = crate::procs::alive(arrival.pid as i32);
+    let waiting = crate::sys::procs::alive(arrival.pid as i32);
     (deployed || waiting).then_some(Newer {
         commit: arrival.commit,
         deployed,

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use git2::{Oid, Repository};
 
 use crate::config::Config;
-use crate::output;
-use crate::refs::RefUpdate;
+use crate::state::refs::RefUpdate;
+use crate::sys::output;
 
 /// What a deploy is asked to put live.
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ pub struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let short = crate::output::short(&self.commit);
+        let short = crate::sys::output::short(&self.commit);
         write!(
             f,
             "pid {} (deploying {short} of `{}` for {}, since {})",
@@ -105,7 +105,7 @@ pub fn acquire(
         }
         let waited = started.elapsed();
         let holder = read_holder(&mut file);
-        if crate::process::stop_requested() {
+        if crate::sys::process::stop_requested() {
             bail!("stopped while waiting for the deploy lock; nothing was deployed");
         }
         if waited >= timeout {

@@ -11,12 +11,12 @@ use std::collections::HashSet;
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::layout::Layout;
-use crate::output;
 use crate::outputs::Store;
-use crate::procs::Scan;
-use crate::record::{self, DeployRecord};
 use crate::release;
+use crate::state::layout::Layout;
+use crate::state::record::{self, DeployRecord};
+use crate::sys::output;
+use crate::sys::procs::Scan;
 
 /// An old release to build the new one from: the one pruning would remove next, once there
 /// are as many releases as are kept (before that, every release is kept and the new one is

@@ -7,10 +7,10 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::config::{Config, RestartEnv};
-use crate::layout::Layout;
-use crate::output::short;
 use crate::outputs::{self, Key, Store};
-use crate::refs::short_ref;
+use crate::state::layout::Layout;
+use crate::state::refs::short_ref;
+use crate::sys::output::short;
 
 /// For each step with outputs: the key a deploy of `commit` would have, and whether it would
 /// reuse a stored build or build one.

@@ -15,13 +15,14 @@ use std::time::SystemTime;
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::layout::Layout;
-use crate::lock::Holder;
-use crate::output;
-use crate::output::rfc3339;
-use crate::record::{self, Action, DeployRecord, State};
+use crate::live::restart;
+use crate::state::layout::Layout;
+use crate::state::lock::Holder;
+use crate::state::record::{self, Action, DeployRecord, State};
 use crate::steps::release_environment;
-use crate::{release, restart, steps};
+use crate::sys::output;
+use crate::sys::output::rfc3339;
+use crate::{release, steps};
 
 /// Stops what is left of the child the dead deploy was running (a step that went on writing into
 /// its release), which the group file names. Only processes of that group whose working folder

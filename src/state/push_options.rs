@@ -60,7 +60,7 @@ impl PushOptions {
                 None => (rest, None),
             };
             // Quoted in messages with its control characters escaped.
-            let option = crate::output::printable(option);
+            let option = crate::sys::output::printable(option);
             match (name, value) {
                 ("skip", Some(step)) if !step.trim().is_empty() => {
                     let step = step.trim().to_string();
@@ -111,7 +111,7 @@ impl PushOptions {
                     let names: Vec<&str> = config.steps.iter().map(|s| s.name.as_str()).collect();
                     bail!(
                         "cannot skip step `{}`: the config has no such step (it has: {})",
-                        crate::output::printable(name),
+                        crate::sys::output::printable(name),
                         if names.is_empty() {
                             "none".to_string()
                         } else {

@@ -13,9 +13,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::config::{Notify, NotifyOn};
-use crate::output;
-use crate::process::{Cmd, Exit};
-use crate::record::{Action, DeployRecord, State};
+use crate::state::record::{Action, DeployRecord, State};
+use crate::sys::output;
+use crate::sys::process::{Cmd, Exit};
 
 /// What `record` is, as `notify.on` names it; `None` for a record that is no outcome.
 pub fn event(record: &DeployRecord) -> Option<NotifyOn> {
@@ -65,11 +65,11 @@ pub fn send(notify: &Notify, root: &Path, record: &DeployRecord, summary: &str) 
             Ok(status) => output::say(format!(
                 "notify: posted the {} to {} (HTTP {status})",
                 event.as_str(),
-                crate::http::redact(url)
+                crate::sys::http::redact(url)
             )),
             Err(err) => output::warn(format!(
                 "notify: {}; the {} stands",
-                crate::http::scrub(&format!("{err:#}"), url),
+                crate::sys::http::scrub(&format!("{err:#}"), url),
                 what_stands(record)
             )),
         }
@@ -111,9 +111,9 @@ fn run_command(
 /// POSTs `body` as JSON; the answer's status when it is a success.
 fn post(url: &str, notify: &Notify, root: &Path, body: &[u8]) -> Result<u16> {
     let ca_file = notify.ca_file.as_ref().map(|file| root.join(file));
-    let agent = crate::http::agent(
+    let agent = crate::sys::http::agent(
         notify.timeout.0,
-        crate::http::Tls {
+        crate::sys::http::Tls {
             ca_file: ca_file.as_deref(),
             insecure: false,
         },
@@ -125,16 +125,16 @@ fn post(url: &str, notify: &Notify, root: &Path, body: &[u8]) -> Result<u16> {
         .map_err(|err| match err {
             ureq::Error::Timeout(_) => anyhow::anyhow!(
                 "webhook {} gave no answer within {}",
-                crate::http::redact(url),
+                crate::sys::http::redact(url),
                 notify.timeout
             ),
-            other => anyhow::anyhow!("webhook {} failed: {other}", crate::http::redact(url)),
+            other => anyhow::anyhow!("webhook {} failed: {other}", crate::sys::http::redact(url)),
         })?;
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
         bail!(
             "webhook {} answered HTTP {status}",
-            crate::http::redact(url)
+            crate::sys::http::redact(url)
         );
     }
     Ok(status)

@@ -152,7 +152,7 @@ mod tests {
             format!("{A} {A} refs/tags/1.0\n{A} {Z} refs/heads/old\n").into_bytes(),
             format!("{A} {A} refs/heads/feature/x\r\n\n").into_bytes(),
         ];
-        crate::fuzz::check("ref lines", crate::fuzz::inputs(valid), |bytes| {
+        crate::sys::fuzz::check("ref lines", crate::sys::fuzz::inputs(valid), |bytes| {
             if let Ok(updates) = parse(bytes.as_slice()) {
                 proptest::prop_assert!(!updates.is_empty());
                 for update in updates {

@@ -17,9 +17,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use git2::{Oid, Repository, Tree};
 
-use crate::layout::Layout;
-use crate::output;
-use crate::process::{Cmd, Exit};
+use crate::state::layout::Layout;
+use crate::sys::output;
+use crate::sys::process::{Cmd, Exit};
 
 /// How deep submodules may nest.
 const DEPTH: usize = 8;
@@ -225,7 +225,7 @@ const PROTOCOLS: [&str; 8] = [
 
 /// A cache's folder name: readable, and unique per URL.
 fn cache_name(url: &str) -> String {
-    let hex = crate::output::short_hash(url.as_bytes());
+    let hex = crate::sys::output::short_hash(url.as_bytes());
     let tail: String = url
         .trim_end_matches('/')
         .rsplit(['/', ':'])

@@ -21,11 +21,11 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::index::ReleaseIndex;
-use crate::layout::Layout;
-use crate::process::{self, Cmd};
 use crate::release;
-use crate::stamps::Stamps;
+use crate::release::index::ReleaseIndex;
+use crate::release::stamps::Stamps;
+use crate::state::layout::Layout;
+use crate::sys::process::{self, Cmd};
 
 /// The spare's id in `releases/` and `.ats-hook/index/`.
 pub const SPARE: &str = ".spare";
@@ -221,11 +221,11 @@ pub fn prepare(repo_dir: &Path, config: &Config, commit: &str) -> Result<()> {
     let outcome = prepare_locked(repo_dir, config, &layout, commit).map_err(|err| {
         // The hint reads the cause from the error's chain, so it goes on before the message
         // is flattened for `status`.
-        let err = crate::output::with_disk_full_hint(err);
+        let err = crate::sys::output::with_disk_full_hint(err);
         let _ = remove(&layout, PREPARING);
         let mut state = state(&layout);
         state.failed = Some(format!("{err:#}"));
-        state.failed_at = Some(crate::output::rfc3339(std::time::SystemTime::now()));
+        state.failed_at = Some(crate::sys::output::rfc3339(std::time::SystemTime::now()));
         let _ = write_state(&layout, &state);
         err
     });
@@ -239,7 +239,7 @@ pub fn prepare(repo_dir: &Path, config: &Config, commit: &str) -> Result<()> {
 /// this: a push that takes the spare before lists every folder, and one that comes during the
 /// wait finds the spare free.
 fn stamp_when_settled(layout: &Layout, commit: &str) -> Result<()> {
-    let settled = std::time::Instant::now() + crate::stamps::RACY;
+    let settled = std::time::Instant::now() + crate::release::stamps::RACY;
     while std::time::Instant::now() < settled {
         if process::stop_requested() {
             return Ok(());
@@ -268,8 +268,8 @@ fn is_live(layout: &Layout, commit: &str) -> Result<bool> {
     let Some(live) = layout.live_release()? else {
         return Ok(false);
     };
-    let records = crate::record::read_all(&layout.deploys_file())?;
-    Ok(crate::record::live_record(&records, &live).is_some_and(|r| r.commit == commit))
+    let records = crate::state::record::read_all(&layout.deploys_file())?;
+    Ok(crate::state::record::live_record(&records, &live).is_some_and(|r| r.commit == commit))
 }
 
 fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &str) -> Result<()> {
@@ -290,7 +290,7 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
     }
     let submodules = config.deploy.submodules;
     if submodules {
-        crate::submodules::attach(&repo, layout, &config.deploy.submodule_urls, id)?;
+        crate::release::submodules::attach(&repo, layout, &config.deploy.submodule_urls, id)?;
     }
     let trees = release::Trees {
         repo: &repo,

@@ -15,9 +15,9 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use crate::config::{Restart, RestartEnv};
-use crate::layout::Layout;
-use crate::output;
-use crate::process::Cmd;
+use crate::state::layout::Layout;
+use crate::sys::output;
+use crate::sys::process::Cmd;
 
 /// Which way a restart goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -165,7 +165,7 @@ fn running_pid(pidfile: &Path) -> Result<Result<i32, NotRunning>> {
         .with_context(|| format!("pidfile `{shown}` does not hold a pid"))?;
     // Signal 0 only asks whether the process exists; EPERM means it does, as another user. A
     // zombie exists too, but runs no more: it waits for a parent to reap it.
-    if crate::procs::alive(pid) {
+    if crate::sys::procs::alive(pid) {
         Ok(Ok(pid))
     } else {
         Ok(Err(NotRunning::Gone(shown, pid)))

@@ -1,0 +1,11 @@
+//! The ground floor: child processes, /proc, HTTP, what is printed and how values are
+//! written, and root's careful access to a deploy user's files. It knows nothing of deploys
+//! and imports nothing else of the crate.
+
+#[cfg(test)]
+pub mod fuzz;
+pub mod http;
+pub mod output;
+pub mod owner;
+pub mod process;
+pub mod procs;
