@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::cli::Location;
-use crate::pipeline::deploy::{self, Trigger};
+use crate::pipeline::{deploy, Trigger};
 use crate::state::push_options::PushOptions;
 use crate::state::select::Target;
 
@@ -44,7 +44,7 @@ pub fn run(
         commit: commit.id(),
     };
     if options.dry_run {
-        deploy::plan(&repo, &config, &target, options, out)?;
+        crate::pipeline::plan::dry_run(&repo, &config, &target, options, out)?;
         return Ok(ExitCode::SUCCESS);
     }
     deploy::deploy(&repo, &config, &target, Trigger::Manual, options)

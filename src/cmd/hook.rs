@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::Location;
 use crate::pipeline::deploy;
-use crate::pipeline::deploy::Trigger;
+use crate::pipeline::Trigger;
 use crate::state::push_options::PushOptions;
 use crate::state::{refs, select};
 use crate::sys::output;
@@ -32,7 +32,7 @@ pub fn run(location: &Location, trigger: Trigger, stdin: impl BufRead) -> Result
         return deploy::deploy(&repo, &config, &target, trigger, &options);
     }
     let mut plan = Vec::new();
-    deploy::plan(&repo, &config, &target, &options, &mut plan)?;
+    crate::pipeline::plan::dry_run(&repo, &config, &target, &options, &mut plan)?;
     for line in String::from_utf8_lossy(&plan).lines() {
         output::say(format!("dry run: {line}"));
     }

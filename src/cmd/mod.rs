@@ -23,7 +23,7 @@ use git2::Repository;
 
 use crate::cli::{Command, KeysAction, Location, RemoteAction};
 use crate::config::Config;
-use crate::pipeline::deploy::Trigger;
+use crate::pipeline::Trigger;
 use crate::state::push_options::PushOptions;
 use crate::sys::owner;
 
@@ -84,7 +84,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 }
             }
             let config = load(&location)?;
-            crate::pipeline::deploy::rollback(&config, release.as_deref(), force)
+            crate::pipeline::rollback::rollback(&config, release.as_deref(), force)
         }
         Command::Releases {
             remote: Some(name),

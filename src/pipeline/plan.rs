@@ -3,13 +3,19 @@
 //! is stored.
 
 use std::io::Write;
+use std::time::SystemTime;
 
 use anyhow::Result;
+use git2::Repository;
 
 use crate::config::{Config, RestartEnv};
 use crate::outputs::{self, Key, Store};
+use crate::release;
 use crate::state::layout::Layout;
+use crate::state::lock;
+use crate::state::push_options::PushOptions;
 use crate::state::refs::short_ref;
+use crate::state::select::Target;
 use crate::sys::output::short;
 
 /// For each step with outputs: the key a deploy of `commit` would have, and whether it would
@@ -252,6 +258,42 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             "after:     {} (timeout {}; on failure {on_failure}): {}",
             step.name, step.timeout, step.run
         )?;
+    }
+    Ok(())
+}
+
+/// `deploy --dry-run`: what a deploy of `target` would do, changing nothing.
+pub fn dry_run(
+    repo: &Repository,
+    config: &Config,
+    target: &Target,
+    options: &PushOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let layout = Layout::new(&config.deploy.root);
+    let live = layout.live_release()?;
+    let id = release::new_id(&layout, target.commit, SystemTime::now());
+    writeln!(
+        out,
+        "would deploy {} ({}) as {}",
+        short(&target.commit.to_string()),
+        short_ref(&target.git_ref),
+        layout.release(&id).display()
+    )?;
+    writeln!(out, "live now:  {}", live.as_deref().unwrap_or("nothing"))?;
+    if let Some(lock) = lock::current_holder(&layout.lock_file())? {
+        writeln!(out, "lock:      held by {lock}; the deploy would wait")?;
+    }
+    write_plan(config, out)?;
+    crate::pipeline::plan::write_outputs_plan(config, repo, target.commit, &target.git_ref, out)?;
+    for step in &options.skip {
+        writeln!(out, "skipped:   step {step}, as asked")?;
+    }
+    if options.no_restart {
+        writeln!(out, "restart:   skipped, as asked")?;
+    }
+    if let Some(note) = &options.note {
+        writeln!(out, "note:      {note}")?;
     }
     Ok(())
 }

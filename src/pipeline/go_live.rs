@@ -1,0 +1,245 @@
+//! Going live: the switch of `current`, the restart and the health check after it, and on a
+//! failure the switch back, which reverses the schema first when the release migrated it.
+
+use super::session::Session;
+use crate::config::Config;
+use crate::live::{health, restart};
+use crate::pipeline::recover;
+use crate::pipeline::stop::Stop;
+use crate::release::{self};
+use crate::state::layout::Layout;
+use crate::state::record::{self, DeployRecord, State, StepRecord};
+use crate::steps;
+use crate::sys::output::{self};
+use crate::sys::process;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Switches `current` to the release of `intent`, restarts, checks health; on failure switches
+/// back. The intent is in the history before the switch: should the process die after it, the
+/// next run knows what to put back (`recover`).
+pub(super) fn go_live(
+    config: &Config,
+    session: &mut Session,
+    intent: &DeployRecord,
+    env: &BTreeMap<String, String>,
+) -> Result<(), Stop> {
+    let layout = session.layout.clone();
+    let (release, commit) = (intent.release.as_str(), intent.commit.as_str());
+    record::append(
+        &layout.deploys_file(),
+        &DeployRecord {
+            state: State::Switching,
+            ..intent.clone()
+        },
+    )?;
+    release::switch_current(&layout, release)?;
+    output::say(format!("switched current to {release}"));
+    let width = steps::prefix_width(config);
+    let no_restart = session.options.no_restart;
+    // Without a restart, the old release's processes are meant to stay.
+    let old = match (&config.health, &session.previous_release) {
+        (Some(_), Some(previous)) if !no_restart => Some(health::OldProcesses::before_restart(
+            &layout.release(previous),
+        )),
+        _ => None,
+    };
+
+    if no_restart && !config.restart.is_empty() {
+        output::say("restart skipped: the push asked for `ats.no-restart`");
+    } else if !config.restart.is_empty() {
+        live_stage(config, session, "restart", "restart", |session| {
+            let was_live = session.previous_release.as_deref();
+            let was_live = was_live.map(|id| layout.release(id));
+            restart::run(
+                &config.restart,
+                &layout,
+                &layout.current(),
+                was_live.as_deref(),
+                env,
+                width,
+                restart::Mode::Deploy,
+            )
+            .context("restart failed")
+        })?;
+    }
+    if let Some(check) = &config.health {
+        live_stage(config, session, "health check", "health", |session| {
+            health::check(
+                check,
+                commit,
+                session.previous_commit.as_deref(),
+                &layout.current(),
+                env,
+                old.as_ref(),
+                layout.root(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs a stage once the release is live, timing it as `timing`; its failure switches back.
+pub(super) fn live_stage(
+    config: &Config,
+    session: &mut Session,
+    stage: &str,
+    timing: &str,
+    run: impl FnOnce(&Session) -> Result<()>,
+) -> Result<(), Stop> {
+    let clock = Instant::now();
+    let outcome = run(session);
+    session.timings.push((timing.to_string(), clock.elapsed()));
+    let Err(error) = outcome else { return Ok(()) };
+    let interrupted = process::stop_requested();
+    output::error(format!("{error:#}"));
+    let restored = switch_back(config, session);
+    Err(after_switch(stage, error, restored, interrupted))
+}
+
+/// What stopped a deploy once live, given how switching back went.
+pub(super) fn after_switch(
+    stage: &str,
+    error: anyhow::Error,
+    restored: Result<()>,
+    interrupted: bool,
+) -> Stop {
+    match restored {
+        Err(err) if err.downcast_ref::<KeptLive>().is_some() => Stop::FailedForward {
+            stage: stage.to_string(),
+            error,
+            why: format!("{err:#}"),
+        },
+        restored => Stop::AfterSwitch {
+            stage: stage.to_string(),
+            error,
+            restored,
+            interrupted,
+        },
+    }
+}
+
+/// Why a failed release stays live: going back would put old code on its schema.
+#[derive(Debug)]
+pub(super) struct KeptLive(String);
+
+impl std::fmt::Display for KeptLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for KeptLive {}
+
+/// Before `current` goes from release `from` (schema `from_schema`) back to `to`: when the
+/// schemas differ, runs every migrating step's `down` in `from`, and says why not when it
+/// cannot (no `down`, or one failed). The `down` runs are returned for the record.
+pub(super) fn reverse_schema(
+    config: &Config,
+    layout: &Layout,
+    (from, from_schema): (&str, Option<&str>),
+    (to, to_schema): (&str, Option<&str>),
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<StepRecord>, String> {
+    let (Some(from_schema), Some(to_schema)) = (from_schema, to_schema) else {
+        return Ok(Vec::new());
+    };
+    if from_schema == to_schema {
+        return Ok(Vec::new());
+    }
+    let lacking = crate::steps::schema::lacking(config, &layout.release(from), &layout.release(to));
+    let lacking = if lacking.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} lacks {})", to, lacking.join(", "))
+    };
+    let downs: Vec<&crate::config::Step> = crate::steps::schema::migrating_steps(config)
+        .filter(|s| s.down.is_some())
+        .collect();
+    if downs.is_empty() {
+        return Err(format!(
+            "release {from} changed the schema ({to_schema} → {from_schema}){lacking}, and no step declares a `down` command to reverse it; old code is never put on a new schema"
+        ));
+    }
+    let mut env = env.clone();
+    env.insert("ATS_ROLLBACK_FROM".into(), from.to_string());
+    env.insert("ATS_ROLLBACK_TO".into(), to.to_string());
+    env.insert(
+        "ATS_ROLLBACK_TO_DIR".into(),
+        layout.release(to).display().to_string(),
+    );
+    let width = steps::prefix_width(config);
+    let mut records = Vec::new();
+    for step in downs {
+        let down = crate::config::Step {
+            name: step.name.clone(),
+            run: step.down.clone().unwrap_or_default(),
+            ..(*step).clone()
+        };
+        output::say(format!(
+            "{}: reversing its migrations{lacking} with `down`",
+            step.name
+        ));
+        let sandbox = crate::steps::confine::Sandbox::for_release(config, &layout.release(from))
+            .map_err(|err| format!("`down` of step `{}` could not run: {err:#}", step.name))?;
+        let (mut record, exit) =
+            steps::run(&down, &layout.release(from), &env, width, sandbox.as_ref())
+                .map_err(|err| format!("`down` of step `{}` could not run: {err:#}", step.name))?;
+        record.name = format!("{} (down)", step.name);
+        records.push(record);
+        if !exit.success() {
+            return Err(format!(
+                "`down` of step `{}` failed ({exit}), so the schema is still {from}'s",
+                step.name
+            ));
+        }
+    }
+    Ok(records)
+}
+
+/// After a failure once live: `current` goes back to the release that was live before, which
+/// is restarted too.
+pub(super) fn switch_back(config: &Config, session: &mut Session) -> Result<()> {
+    let layout = session.layout.clone();
+    let layout = &layout;
+    let previous = session.previous_release.clone();
+    let previous = previous.as_deref();
+    let leaving = layout.live_release().ok().flatten();
+    // Old code never goes back onto the schema this deploy's migrations made.
+    if let (Some(to), Some(from), true) = (previous, leaving.as_deref(), session.migrated) {
+        let to_schema = record::live_record(&session.records, to).and_then(|r| r.schema.clone());
+        let env = steps::release_environment(
+            config,
+            layout,
+            from,
+            &session.holder.commit,
+            session.previous_commit.as_deref(),
+            &session.holder.git_ref,
+        )?;
+        match reverse_schema(
+            config,
+            layout,
+            (from, session.schema.as_deref()),
+            (to, to_schema.as_deref()),
+            &env,
+        ) {
+            Ok(mut downs) => session.down_steps.append(&mut downs),
+            Err(why) => return Err(KeptLive(why).into()),
+        }
+    }
+    release::restore_current(layout, previous)?;
+    let Some(previous) = previous else {
+        output::say("removed `current`: nothing was live before");
+        return Ok(());
+    };
+    output::say(format!("switched current back to {previous}"));
+    recover::restart_put_back(
+        config,
+        layout,
+        &session.records,
+        previous,
+        leaving.as_deref(),
+    )
+    .context("restarting the previous release failed")
+}
