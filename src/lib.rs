@@ -1,8 +1,19 @@
 //! ats-hook: server-side push-to-deploy in one binary.
 //!
-//! The modules follow the pipeline a push runs through (`refs` → `select` → `lock` → `release`
-//! → `steps` → `restart` → `record`), orchestrated by `deploy`; `cmd` holds one module per
-//! command.
+//! The parts, each a folder that imports only the ones below it (`tests/layers.rs` keeps it):
+//!
+//! ```text
+//! cli, cmd      the commands: arguments in, a call below, printing out
+//! pipeline      the deploy and the rollback, stage by stage; the only place that knows the order
+//! live          restart, health, notify: how a release goes live and is judged
+//! steps         the app's steps, their sandbox and environment, what a release migrates
+//! outputs       dependency builds kept once per key
+//! release       the release store: materialize, trees, recycle, index, stamps, submodules
+//! state         the deploy root's layout, history, lock, queue; refs, push options, selection
+//! access        SSH keys, the SSH gate, remotes
+//! config        ats-hook.toml, one file per section
+//! sys           child processes, /proc, HTTP, output, root's care with a user's files
+//! ```
 
 pub mod access;
 pub mod cli;

@@ -62,7 +62,7 @@ impl<'de> Deserialize<'de> for Size {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+        f.write_str(&crate::sys::output::iec_size(self.0))
     }
 }
 

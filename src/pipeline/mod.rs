@@ -1,11 +1,12 @@
 //! The deploy and the rollback as a sequence of stages, and the only place that knows their
 //! order: the session around them (lock, record), making the release, going live and switching
-//! back, recovering what a killed run left, the spare release and the plan `check` prints.
-//! Uses every part below it; only the commands use it.
+//! back, recovering what a killed run left, pruning what no release needs, the spare release
+//! and the plan `check` prints. Uses every part below it; only the commands use it.
 
 pub mod deploy;
 mod go_live;
 pub mod plan;
+mod prune;
 pub mod recover;
 pub mod rollback;
 mod session;

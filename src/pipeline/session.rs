@@ -2,9 +2,9 @@
 //! history it reads and the record it writes, the timings the summary prints.
 
 use crate::config::Config;
+use crate::pipeline::prune;
 use crate::pipeline::recover;
 use crate::pipeline::stop::Stop;
-use crate::release::prune;
 use crate::state::layout::Layout;
 use crate::state::lock::{self, DeployLock, Holder};
 use crate::state::push_options::PushOptions;

@@ -1,6 +1,6 @@
 //! The release store on disk: materializing a commit (here), comparing trees (`trees`),
 //! recycling a kept release (`recycle`), the file index and stamps kept per release, submodule
-//! checkouts, and pruning. Uses `state`, `config` and `sys`; `prune` also `outputs`.
+//! checkouts. Uses `state`, `config` and `sys`.
 //!
 //! A release is written by walking the commit's tree with git2 into a folder that did not exist
 //! before, so nothing of an older release or of the live site is touched. Entry names are
@@ -24,7 +24,6 @@ use crate::state::layout::Layout;
 use crate::sys::output;
 
 pub mod index;
-pub mod prune;
 mod recycle;
 pub mod stamps;
 pub mod submodules;

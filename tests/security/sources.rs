@@ -1,5 +1,5 @@
 //! The rule of SECURITY.md kept by reading the sources: the code root runs on a deploy user's
-//! files writes, creates, chmods and chowns nothing itself; only `src/sys/owner.rs` may, and every
+//! files writes, creates, chmods and chowns nothing itself; only `src/sys/owner/` may, and every
 //! such call elsewhere goes through it.
 
 /// The files of the commands root may run on a deploy user's files (`install`'s root part,
@@ -49,8 +49,10 @@ fn root_run_commands_touch_a_users_files_only_through_owner() {
         found.join("\n")
     );
     // And the module itself is where the no-follow opens are.
-    let owner = std::fs::read_to_string(dir.join("src/sys/owner.rs")).unwrap();
+    let owner = ["mod.rs", "user_dir.rs"]
+        .map(|file| std::fs::read_to_string(dir.join("src/sys/owner").join(file)).unwrap())
+        .concat();
     for needed in ["O_NOFOLLOW", "O_EXCL", "fchown", "renameat", "setresuid"] {
-        assert!(owner.contains(needed), "src/sys/owner.rs lost `{needed}`");
+        assert!(owner.contains(needed), "src/sys/owner/ lost `{needed}`");
     }
 }
