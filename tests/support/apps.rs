@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use super::files::copy_dir;
+
 use super::*;
 
 /// Wheels for the sample app, fetched by tests/run, so steps install without reaching PyPI.
