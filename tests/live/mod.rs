@@ -1,0 +1,6 @@
+//! How a release goes live and is judged: health checks, notifications, what journald
+//! records of a deploy.
+
+mod health;
+mod journald;
+mod notify;

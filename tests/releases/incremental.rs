@@ -1,0 +1,140 @@
+//! A new release built from an old one holds exactly its commit's tree, whatever the
+//! history did, and starts from its commit alone.
+
+use crate::support::rng::Rng;
+use crate::support::*;
+use pretty_assertions::assert_eq;
+use std::path::PathBuf;
+
+use super::*;
+
+#[test]
+fn every_release_equals_its_commit_through_a_random_history() {
+    let seed: u64 = std::env::var("ATS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_ba5e);
+    println!("seed {seed} (ATS_TEST_SEED replays it)");
+    let mut rng = Rng(seed);
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n[shared]\npaths = [\"log\"]\n\
+         [[step]]\nname = \"build\"\nrun = \"mkdir -p build && date +%s%N > build/out.txt\"\n",
+    );
+    let clone = server.clone("work");
+    clone.write("README", "start\n");
+    clone.write("log/.gitkeep", "");
+    clone.commit("start");
+    clone.push().success();
+    let repo = git2::Repository::open_bare(&server.bare).unwrap();
+
+    let mut recycled = 0;
+    for n in 0..30 {
+        for op in 0..rng.below(5) + 1 {
+            mutate(&mut rng, &clone.dir, n * 10 + op);
+        }
+        clone.commit(&format!("change {n}"));
+        // What is live, and where a rollback would go, must come through this deploy untouched.
+        let records = server.records();
+        let live = server.live().unwrap();
+        let rollback = records
+            .iter()
+            .rev()
+            .map(|r| r["release"].as_str().unwrap().to_string())
+            .find(|id| *id != live && server.releases().contains(id));
+        let before: Vec<(PathBuf, _)> = [Some(live.clone()), rollback]
+            .into_iter()
+            .flatten()
+            .map(|id| {
+                let dir = server.root.join("releases").join(id);
+                let snap = snapshot(&dir);
+                (dir, snap)
+            })
+            .collect();
+
+        clone.push().success().stderr_has("ats-hook: deployed");
+
+        for (dir, snap) in &before {
+            assert_eq!(
+                &snapshot(dir),
+                snap,
+                "{} was touched by deploy {n}",
+                dir.display()
+            );
+        }
+        let record = server.last_record();
+        if record["built_from"].is_string() {
+            recycled += 1;
+        }
+        for id in server.releases() {
+            let made = server
+                .records()
+                .into_iter()
+                .rev()
+                .find(|r| r["release"] == id.as_str() && r["action"] == "deploy")
+                .unwrap();
+            let dir = server.root.join("releases").join(&id);
+            assert_release_is(
+                &repo,
+                &dir,
+                made["commit"].as_str().unwrap(),
+                &["log", "build/out.txt"],
+            );
+            assert!(
+                std::fs::read_link(dir.join("log")).is_ok(),
+                "{id} lost its shared link"
+            );
+        }
+    }
+    assert!(
+        recycled >= 25,
+        "only {recycled} of 30 deploys were built from an old release"
+    );
+}
+
+#[test]
+fn a_reused_release_starts_from_its_commit_alone() {
+    let server = Server::new();
+    server.config(
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n\
+         [[step]]\nname = \"build\"\nrun = \"test -e build/first || { mkdir -p build; echo $ATS_COMMIT > build/first; }\"\n",
+    );
+    let clone = server.clone("work");
+    let first = clone.commit_file("a", "0");
+    clone.push().success();
+    for n in 1..4 {
+        clone.commit_file("a", &n.to_string());
+        clone.push().success();
+    }
+    let last = server.last_record();
+    assert!(last["built_from"].is_string(), "{last}");
+    assert_ne!(server.live_file("build/first").trim(), first);
+    assert_eq!(server.live_file("build/first").trim(), clone.head());
+}
+
+#[test]
+fn a_tracked_file_changed_on_disk_is_rewritten_when_its_release_is_reused() {
+    let server = Server::new();
+    server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n");
+    let clone = server.clone("work");
+    clone.write("config.py", "DEBUG = False\n");
+    clone.commit_file("app.py", "0\n");
+    clone.push().success();
+    let oldest = server.live().unwrap();
+    // Someone edits a file of an old release by hand.
+    std::fs::write(
+        server.root.join("releases").join(&oldest).join("config.py"),
+        "DEBUG = True\n",
+    )
+    .unwrap();
+    for n in 1..4 {
+        clone.commit_file("app.py", &format!("{n}\n"));
+        let push = clone.push();
+        push.success();
+        if n == 3 {
+            push.stderr_has(&format!("built from old release {oldest}"))
+                .stderr_has("1 changed on disk and rewritten");
+        }
+    }
+    assert_eq!(server.live_file("config.py"), "DEBUG = False\n");
+}
