@@ -1,5 +1,7 @@
 //! One module per command; each takes its arguments and writes its own output to a
-//! `&mut dyn Write` (stdout in the binary), leaving stderr to tracing.
+//! `&mut dyn Write` (stdout in the binary), leaving stderr to tracing. The top of the house:
+//! commands call into any part below (`pipeline` for deploys and rollbacks) and nothing
+//! below calls them.
 
 mod check;
 mod deploy;

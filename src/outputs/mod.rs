@@ -1,5 +1,6 @@
 //! The output store: what steps build (a virtualenv, `node_modules`), kept once per key and
-//! linked into every release that needs it.
+//! linked into every release that needs it. Uses `release` (to link and make durable),
+//! `state`, `config` and `sys`.
 //!
 //! ```text
 //! <root>/outputs/<step>/<key>.json   a finished build of that key: written last, atomically,
