@@ -24,6 +24,115 @@ struct Status {
     outputs: Outputs,
     /// The spare release the next push builds from, or why preparing it failed.
     spare: crate::pipeline::spare::State,
+    /// With `[serve]`: which slot is live, what each runs, where the proxy points.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handover: Option<Handover>,
+}
+
+#[derive(Debug, Serialize)]
+struct Handover {
+    live_slot: Option<String>,
+    slots: Vec<SlotStatus>,
+    /// The address nginx's upstream file names (unknown for a proxy run by a command).
+    proxy_points_at: Option<String>,
+    /// Whether that address is the live slot's.
+    proxy_as_recorded: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+struct SlotStatus {
+    name: String,
+    addr: String,
+    release: Option<String>,
+    commit: Option<String>,
+    pid: Option<i32>,
+    unit: Option<String>,
+    running: bool,
+    /// Why it does not run, when it should.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+}
+
+fn handover(config: &crate::config::Config, layout: &Layout) -> Option<Handover> {
+    let serve = config.serve.as_ref()?;
+    let slots = crate::live::slots::Slots::new(serve, layout);
+    let live = slots.live();
+    let list = slots
+        .all()
+        .iter()
+        .map(|slot| {
+            let running = slots.running(slot);
+            let alive = slots.alive(slot);
+            SlotStatus {
+                name: slot.name.to_string(),
+                addr: slot.addr.to_string(),
+                release: running.as_ref().map(|r| r.release.clone()),
+                commit: running.as_ref().map(|r| r.commit.clone()),
+                pid: running.as_ref().and_then(|r| r.pid),
+                unit: running.as_ref().and_then(|r| r.unit.clone()),
+                running: alive.is_ok(),
+                problem: running.as_ref().and(alive.err()),
+            }
+        })
+        .collect();
+    let points_at = serve
+        .proxy
+        .nginx
+        .as_deref()
+        .and_then(crate::live::proxy::nginx_points_at);
+    let as_recorded = match (&points_at, &live) {
+        (Some(addr), Some(live)) => Some(*addr == live.addr.to_string()),
+        (Some(_), None) => Some(false),
+        _ => None,
+    };
+    Some(Handover {
+        live_slot: live.map(|slot| slot.name.to_string()),
+        slots: list,
+        proxy_points_at: points_at,
+        proxy_as_recorded: as_recorded,
+    })
+}
+
+fn print_handover(out: &mut dyn Write, handover: &Handover) -> Result<()> {
+    for (n, slot) in handover.slots.iter().enumerate() {
+        let live = handover.live_slot.as_deref() == Some(slot.name.as_str());
+        let what = match (&slot.release, slot.running) {
+            (Some(release), true) => {
+                let how = match (&slot.unit, slot.pid) {
+                    (Some(unit), _) => format!(" ({unit})"),
+                    (None, Some(pid)) => format!(" (pid {pid})"),
+                    _ => String::new(),
+                };
+                format!("runs {release}{how}")
+            }
+            (Some(release), false) => format!(
+                "should run {release}, but {}",
+                slot.problem.as_deref().unwrap_or("it does not")
+            ),
+            (None, _) => "runs nothing".to_string(),
+        };
+        writeln!(
+            out,
+            "{} {} {:<22} {:<5} {what}",
+            if n == 0 {
+                "slots:      "
+            } else {
+                "            "
+            },
+            slot.name,
+            slot.addr,
+            if live { "live" } else { "idle" },
+        )?;
+    }
+    match (&handover.proxy_points_at, handover.proxy_as_recorded) {
+        (Some(addr), Some(true)) => writeln!(out, "proxy:       nginx sends to {addr}, the live slot")?,
+        (Some(addr), _) => writeln!(
+            out,
+            "proxy:       nginx sends to {addr}, which is NOT the live slot's address: the next deploy or `rollback` points it right"
+        )?,
+        (None, _) => {}
+    }
+    Ok(())
 }
 
 /// The output store: how many builds it keeps and the disk they take.
@@ -78,6 +187,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         releases,
         outputs,
         spare: crate::pipeline::spare::state(&layout),
+        handover: handover(&config, &layout),
     };
     if json {
         serde_json::to_writer_pretty(&mut *out, &status).context("failed to write status")?;
@@ -140,6 +250,9 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             printable(&last.pusher),
             last.about()
         )?;
+    }
+    if let Some(handover) = &status.handover {
+        print_handover(out, handover)?;
     }
     match &status.lock {
         Some(holder) => writeln!(out, "lock:        held by {holder}")?,

@@ -4,7 +4,7 @@
 //! names), so that every mistake comes back from `toml` with the file's line and the key, the
 //! way a user needs it when a push fails on a typo. Unknown keys are errors for the same reason.
 //!
-//! One file per section (`deploy`, `step`, `restart`, `health`, `notify`), each with its own
+//! One file per section (`deploy`, `step`, `restart`, `health`, `serve`, `notify`), each with its own
 //! checks; the value types in `values`; this module reads the file. Uses `sys` only.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ mod deploy;
 mod health;
 mod notify;
 mod restart;
+mod serve;
 mod step;
 mod values;
 
@@ -23,6 +24,7 @@ pub use deploy::{DeploySection, EnvSection, Queue, SharedSection, UntrackedIsGon
 pub use health::Health;
 pub use notify::{Notify, NotifyOn};
 pub use restart::{Restart, RestartEnv, SignalAction, SystemctlAction};
+pub use serve::{Address, Proxy, Serve, SLOT_NAMES};
 pub use step::Step;
 pub use values::{Duration, Pattern, RelPath, SignalName, Size, StepName};
 
@@ -45,6 +47,8 @@ pub struct Config {
     #[serde(default)]
     pub restart: Restart,
     pub health: Option<Health>,
+    /// The handover: two slots and a proxy; without it, the release goes live by a restart.
+    pub serve: Option<Serve>,
     pub notify: Option<Notify>,
     /// Where this config was read from.
     #[serde(skip)]
@@ -99,6 +103,9 @@ impl Config {
         }
         if let Some(notify) = &self.notify {
             notify.check()?;
+        }
+        if let Some(serve) = &self.serve {
+            serve.check(self.health.as_ref())?;
         }
         self.restart.check()
     }

@@ -78,10 +78,24 @@ impl OldProcesses {
 const BODY_LIMIT: u64 = 64 * 1024;
 const QUOTE: usize = 120;
 
+/// What is probed: the live app as `[health]` says (the restart model), or in the handover a
+/// slot's own server (its URL, and whether it still runs) or the proxy's public address.
+#[derive(Default)]
+pub struct Target<'a> {
+    /// The URL to probe instead of `health.url`.
+    pub url: Option<String>,
+    /// Asked before each probe; an `Err` (the server exited) fails the check at once.
+    pub alive: Option<&'a dyn Fn() -> Result<(), String>>,
+    /// How the output names the check (`health`, `health of slot b`, `proxy`).
+    pub label: Option<String>,
+}
+
 /// Probes until healthy; the error says how many probes ran and what the last one answered,
 /// and names the usual fix when the app still serves `previous_commit`.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     health: &Health,
+    target: &Target<'_>,
     commit: &str,
     previous_commit: Option<&str>,
     release_dir: &Path,
@@ -89,6 +103,8 @@ pub fn check(
     old: Option<&OldProcesses>,
     deploy_root: &Path,
 ) -> Result<()> {
+    let label = target.label.as_deref().unwrap_or("health");
+    let url = target.url.as_ref().or(health.url.as_ref());
     if let Some(old) = old {
         old.settle(health.settle.0, deploy_root);
     }
@@ -101,7 +117,7 @@ pub fn check(
         ca_file: ca_file.as_deref(),
         insecure: health.insecure,
     };
-    if health.insecure {
+    if health.insecure && target.url.is_none() {
         output::say(
             "health: the TLS certificate is not checked (`health.insecure`, loopback only)",
         );
@@ -109,9 +125,24 @@ pub fn check(
     let started = Instant::now();
     let mut probes = 0;
     let mut passed = 0;
+    let mut last: Option<String> = None;
     loop {
+        if let Some(Err(why)) = target.alive.map(|alive| alive()) {
+            let last = last
+                .map(|answer| format!("; last answer: {answer}"))
+                .unwrap_or_default();
+            bail!(
+                "{label} failed after {probes} probe(s) in {}: {why}{last}",
+                output::seconds(started.elapsed())
+            );
+        }
         probes += 1;
-        let answer = match (&health.url, &health.command) {
+        let command = if target.url.is_some() {
+            None
+        } else {
+            health.command.as_ref()
+        };
+        let answer = match (url, command) {
             (Some(url), _) => probe_http(url, health, tls, expect_body.as_deref()),
             (None, Some(command)) => probe_command(command, health, release_dir, env),
             (None, None) => Ok(String::new()),
@@ -139,17 +170,17 @@ pub fn check(
                         String::new()
                     };
                     output::say(format!(
-                        "health: ok after {probes} probe(s) in {}{row}: {answer}",
+                        "{label}: ok after {probes} probe(s) in {}{row}: {answer}",
                         output::seconds(started.elapsed())
                     ));
                     return Ok(());
                 }
-                tracing::debug!(probes, "health probe passed ({passed} in a row): {answer}");
+                tracing::debug!(probes, "{label} probe passed ({passed} in a row): {answer}");
                 if started.elapsed() + health.interval.0 >= health.timeout.0
                     || process::stop_requested()
                 {
                     bail!(
-                        "health check failed: {passed} probe(s) in a row passed within {}, {} needed; last answer: {answer}",
+                        "{label} check failed: {passed} probe(s) in a row passed within {}, {} needed; last answer: {answer}",
                         output::seconds(started.elapsed()),
                         health.passes
                     );
@@ -157,7 +188,8 @@ pub fn check(
             }
             Err(Failed { answer, body }) => {
                 passed = 0;
-                tracing::debug!(probes, "health probe failed: {answer}");
+                tracing::debug!(probes, "{label} probe failed: {answer}");
+                last = Some(answer.clone());
                 if started.elapsed() + health.interval.0 >= health.timeout.0
                     || process::stop_requested()
                 {
@@ -172,7 +204,7 @@ pub fn check(
                         _ => String::new(),
                     };
                     bail!(
-                        "health check failed after {probes} probe(s) in {}; last answer: {answer}{stale}",
+                        "{label} check failed after {probes} probe(s) in {}; last answer: {answer}{stale}",
                         output::seconds(started.elapsed())
                     );
                 }

@@ -1,7 +1,10 @@
-//! How a release goes live and is judged: restarting the app, checking its health, telling
-//! others what happened. Uses `state`, `config` and `sys`; knows nothing of the pipeline's
-//! order.
+//! How a release goes live and is judged: the two slots and the proxy of the handover,
+//! restarting the app, checking its health, telling others what happened. Uses `state`,
+//! `config` and `sys`; knows nothing of the pipeline's order.
 
+pub mod handover;
 pub mod health;
 pub mod notify;
+pub mod proxy;
 pub mod restart;
+pub mod slots;

@@ -1,5 +1,6 @@
-//! Going live: the switch of `current`, the restart and the health check after it, and on a
-//! failure the switch back, which reverses the schema first when the release migrated it.
+//! Going live: with `[serve]`, by handover (`handover`); else the older model, the switch of
+//! `current`, the restart and the health check after it, and on a failure the switch back,
+//! which reverses the schema first when the release migrated it.
 
 use super::session::Session;
 use crate::config::Config;
@@ -25,6 +26,9 @@ pub(super) fn go_live(
     intent: &DeployRecord,
     env: &BTreeMap<String, String>,
 ) -> Result<(), Stop> {
+    if let (Some(serve), Some(health)) = (&config.serve, &config.health) {
+        return super::handover::handover(config, serve, health, session, intent, env);
+    }
     let layout = session.layout.clone();
     let (release, commit) = (intent.release.as_str(), intent.commit.as_str());
     record::append(
@@ -68,6 +72,7 @@ pub(super) fn go_live(
         live_stage(config, session, "health check", "health", |session| {
             health::check(
                 check,
+                &health::Target::default(),
                 commit,
                 session.previous_commit.as_deref(),
                 &layout.current(),
@@ -227,6 +232,16 @@ pub(super) fn switch_back(config: &Config, session: &mut Session) -> Result<()> 
             Ok(mut downs) => session.down_steps.append(&mut downs),
             Err(why) => return Err(KeptLive(why).into()),
         }
+    }
+    if let (Some(serve), Some(health), Some(previous)) = (&config.serve, &config.health, previous) {
+        return crate::live::handover::hand_back(
+            config,
+            (serve, health),
+            layout,
+            &session.records,
+            previous,
+        )
+        .with_context(|| format!("putting {previous} back on a slot failed"));
     }
     release::restore_current(layout, previous)?;
     let Some(previous) = previous else {

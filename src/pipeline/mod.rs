@@ -5,6 +5,7 @@
 
 pub mod deploy;
 mod go_live;
+mod handover;
 pub mod plan;
 mod prune;
 pub mod recover;

@@ -177,11 +177,60 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             )?;
         }
     }
+    if deploy.revision_file {
+        writeln!(out, "revision:  each release holds its commit in REVISION")?;
+    }
+    match (&config.serve, &config.health) {
+        (Some(serve), Some(health)) => write_handover(config, serve, health, out)?,
+        _ => write_restart_model(config, out)?,
+    }
+    for step in config.steps_after_switch() {
+        let on_failure = if step.rollback_on_failure {
+            "switch back"
+        } else {
+            "keep the release"
+        };
+        writeln!(
+            out,
+            "after:     {} (timeout {}; on failure {on_failure}): {}",
+            step.name, step.timeout, step.run
+        )?;
+    }
+    Ok(())
+}
+
+/// The older model: switch `current`, restart in place, then check.
+fn write_restart_model(config: &Config, out: &mut dyn Write) -> Result<()> {
+    let deploy = &config.deploy;
+    writeln!(
+        out,
+        "model:     switch, then restart in place: users meet the new release before the health check does, and a stop-then-start restart drops requests; `[serve]` hands over without either"
+    )?;
     writeln!(
         out,
         "switch:    {}/current -> releases/<id>",
         deploy.root.display()
     )?;
+    write_restart_model_actions(config, out)?;
+    if let Some(health) = &config.health {
+        let (probe, body) = describe_probe(health);
+        writeln!(
+            out,
+            "health:    {probe}{body}, {} in a row, every {} for up to {}; on failure switch back",
+            health.passes, health.interval, health.timeout
+        )?;
+        writeln!(
+            out,
+            "           first waits up to {} for the previous release's processes to go",
+            health.settle
+        )?;
+    }
+    Ok(())
+}
+
+/// The restart actions, in their order.
+fn write_restart_model_actions(config: &Config, out: &mut dyn Write) -> Result<()> {
+    let deploy = &config.deploy;
     let restart = &config.restart;
     if restart.is_empty() {
         writeln!(out, "restart:   nothing")?;
@@ -222,42 +271,98 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             deploy.root.display()
         )?;
     }
-    if deploy.revision_file {
-        writeln!(out, "revision:  each release holds its commit in REVISION")?;
+    Ok(())
+}
+
+/// A health probe as the plan names it: what it asks, and what the body must hold.
+fn describe_probe(health: &crate::config::Health) -> (String, String) {
+    let probe = match (&health.url, &health.command) {
+        (Some(url), _) => format!("GET {url}, expect {}", health.expect_status),
+        (_, Some(command)) => command.clone(),
+        (None, None) => String::new(),
+    };
+    let body = health
+        .expect_body
+        .as_ref()
+        .map(|b| format!(" with `{b}` in the body"))
+        .unwrap_or_default();
+    (probe, body)
+}
+
+/// The handover: which slot, which probe, which switch.
+fn write_handover(
+    config: &Config,
+    serve: &crate::config::Serve,
+    health: &crate::config::Health,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let [a, b] = [&serve.slots[0], &serve.slots[1]];
+    writeln!(
+        out,
+        "model:     handover: the new release starts on the slot that takes no traffic, is proven there, then the proxy switches"
+    )?;
+    writeln!(out, "slots:     a {a}, b {b}")?;
+    match (&serve.unit, &serve.start) {
+        (Some(unit), _) => writeln!(
+            out,
+            "start:     {}systemctl start {} (slot a) or {}, reading {}/.ats-hook/slots/<slot>.env",
+            if serve.sudo { "sudo -n " } else { "" },
+            unit.replace("@.service", "@a.service"),
+            unit.replace("@.service", "@b.service"),
+            config.deploy.root.display()
+        )?,
+        (None, Some(start)) => writeln!(
+            out,
+            "start:     {start}\n           in the release's folder, detached, its output in .ats-hook/slots/<slot>.log"
+        )?,
+        (None, None) => {}
     }
-    if let Some(health) = &config.health {
-        let probe = match (&health.url, &health.command) {
-            (Some(url), _) => format!("GET {url}, expect {}", health.expect_status),
-            (_, Some(command)) => command.clone(),
-            (None, None) => String::new(),
-        };
-        let body = health
-            .expect_body
-            .as_ref()
-            .map(|b| format!(" with `{b}` in the body"))
-            .unwrap_or_default();
+    let (probe, body) = describe_probe(health);
+    writeln!(
+        out,
+        "health:    on the new slot: {probe}{body}, {} in a row, every {} for up to {}; on failure stop it (users saw nothing)",
+        health.passes, health.interval, health.timeout
+    )?;
+    match (&serve.proxy.nginx, &serve.proxy.command) {
+        (Some(file), _) => writeln!(
+            out,
+            "switch:    write `server <slot>;` to {}, `{}`, `{}`; then {}/current -> releases/<id>",
+            file.display(),
+            serve.proxy.test,
+            serve.proxy.reload,
+            config.deploy.root.display()
+        )?,
+        (None, Some(command)) => writeln!(
+            out,
+            "switch:    `{command}`; then {}/current -> releases/<id>",
+            config.deploy.root.display()
+        )?,
+        (None, None) => {}
+    }
+    writeln!(
+        out,
+        "proxy:     GET {}, like the health check; on failure the proxy goes back to the old slot",
+        serve.proxy.url
+    )?;
+    if !health
+        .expect_body
+        .as_deref()
+        .unwrap_or_default()
+        .contains("commit}")
+    {
         writeln!(
             out,
-            "health:    {probe}{body}, {} in a row, every {} for up to {}; on failure switch back",
-            health.passes, health.interval, health.timeout
-        )?;
-        writeln!(
-            out,
-            "           first waits up to {} for the previous release's processes to go",
-            health.settle
+            "           without `{{commit}}` in `health.expect_body` this probe cannot tell the new release from the old"
         )?;
     }
-    for step in config.steps_after_switch() {
-        let on_failure = if step.rollback_on_failure {
-            "switch back"
-        } else {
-            "keep the release"
-        };
-        writeln!(
-            out,
-            "after:     {} (timeout {}; on failure {on_failure}): {}",
-            step.name, step.timeout, step.run
-        )?;
+    writeln!(
+        out,
+        "drain:     the old slot keeps its open connections up to {}, then stops (TERM, KILL after {})",
+        serve.drain, serve.stop_timeout
+    )?;
+    if !config.restart.is_empty() {
+        writeln!(out, "workers:   restarted once the new release serves:")?;
+        write_restart_model_actions(config, out)?;
     }
     Ok(())
 }

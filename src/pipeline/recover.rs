@@ -15,7 +15,8 @@ use std::time::SystemTime;
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::live::restart;
+use crate::live::slots::Slots;
+use crate::live::{handover, proxy, restart};
 use crate::state::layout::Layout;
 use crate::state::lock::Holder;
 use crate::state::record::{self, Action, DeployRecord, State};
@@ -101,12 +102,40 @@ pub fn after_death(
         ));
         return Ok(());
     }
+    // A switch that a run before it left: that run died, and so did the one that was undoing
+    // it (this dead one, before it had recorded anything of its own).
+    if let Some(pending) = records
+        .last()
+        .filter(|r| r.state == State::Switching && r.id != dead.release)
+    {
+        output::warn(format!(
+            "{} died after its switch, and the run that was undoing it died too; undoing it now",
+            pending.id
+        ));
+        undo_switch(config, layout, records, pending, dead)?;
+    }
     let Some(intent) = last_word else {
         output::warn(format!(
             "the previous deploy, {dead}, did not finish (its process died); recording it as interrupted"
         ));
         return record::append(&layout.deploys_file(), &interrupted(dead));
     };
+    undo_switch(config, layout, records, intent, dead)
+}
+
+/// Undoes the switch of `intent`, a deploy or rollback that died after its record of the
+/// switch, and records it as interrupted.
+fn undo_switch(
+    config: &Config,
+    layout: &Layout,
+    records: &[DeployRecord],
+    intent: &DeployRecord,
+    dead: &Holder,
+) -> Result<()> {
+    if let (Some(slot), Some(serve), Some(health)) = (&intent.slot, &config.serve, &config.health) {
+        let error = undo_handover(config, (serve, health), layout, records, intent, slot, dead);
+        return record_interrupted(layout, intent, error);
+    }
     let live = layout.live_release()?;
     let error = if live.as_deref() == Some(intent.release.as_str()) {
         let back = intent.previous_release.as_deref();
@@ -134,6 +163,11 @@ pub fn after_death(
         ));
         format!("ats-hook (pid {}) died after the switch", dead.pid)
     };
+    record_interrupted(layout, intent, error)
+}
+
+/// The final record of a switch a killed run left: interrupted, and why.
+fn record_interrupted(layout: &Layout, intent: &DeployRecord, error: String) -> Result<()> {
     record::append(
         &layout.deploys_file(),
         &DeployRecord {
@@ -143,6 +177,78 @@ pub fn after_death(
             ..intent.clone()
         },
     )
+}
+
+/// Undoes the handover of a run that died: the proxy goes back to the slot that runs the
+/// release that was live (started again if it stopped), `current` back to that release, and
+/// the new slot stops. Returns what the record says happened.
+fn undo_handover(
+    config: &Config,
+    (serve, health): (&crate::config::Serve, &crate::config::Health),
+    layout: &Layout,
+    records: &[DeployRecord],
+    intent: &DeployRecord,
+    slot: &str,
+    dead: &Holder,
+) -> String {
+    let slots = Slots::new(serve, layout);
+    let Some(new) = slots.named(slot) else {
+        return format!(
+            "ats-hook (pid {}) died during a handover to an unknown slot `{slot}`",
+            dead.pid
+        );
+    };
+    let old = slots.other(&new);
+    let previous = intent.previous_release.as_deref();
+    let told = slots.live().as_ref() == Some(&new);
+    let outcome = (|| -> Result<String> {
+        if !told {
+            output::warn(format!(
+                "the previous deploy, {dead}, died before the proxy was switched to slot {}; stopping that slot",
+                new.name
+            ));
+            slots.stop(&new)?;
+            return Ok(format!(
+                "ats-hook (pid {}) died before the switch; its slot {} was stopped",
+                dead.pid, new.name
+            ));
+        }
+        let old_runs_previous = slots.alive(&old).is_ok()
+            && slots.running(&old).map(|r| r.release).as_deref() == previous;
+        output::warn(format!(
+            "the previous deploy, {dead}, died after pointing the proxy at slot {}; putting {} back",
+            new.name,
+            previous.unwrap_or("nothing")
+        ));
+        match previous {
+            Some(previous) if old_runs_previous => {
+                slots.set_live(&old)?;
+                proxy::switch(&serve.proxy, &old, None, &std::collections::BTreeMap::new())?;
+                release::restore_current(layout, Some(previous))?;
+                slots.stop(&new)?;
+            }
+            Some(previous) => {
+                handover::hand_back(config, (serve, health), layout, records, previous)?
+            }
+            None => {
+                slots.stop(&new)?;
+                release::restore_current(layout, None)?;
+            }
+        }
+        Ok(format!(
+            "ats-hook (pid {}) died after the switch; the next run put {} back on slot {}",
+            dead.pid,
+            previous.unwrap_or("nothing"),
+            old.name
+        ))
+    })();
+    outcome.unwrap_or_else(|err| {
+        output::warn(format!("undoing the handover failed: {err:#}"));
+        format!(
+            "ats-hook (pid {}) died during the handover, and undoing it failed: {err:#}",
+            dead.pid
+        )
+    })
 }
 
 /// Restarts `back`, the release `current` was put back on after `left`, with the environment
@@ -191,6 +297,7 @@ fn interrupted(dead: &Holder) -> DeployRecord {
         schema: None,
         release,
         previous_release: None,
+        slot: None,
         built_from: None,
         checkout_ms: None,
         sync_ms: None,

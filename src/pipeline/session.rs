@@ -80,6 +80,8 @@ pub(super) struct Session {
     /// Its schema fingerprint (`step.migrations`), and whether a migrating step ran.
     pub(super) schema: Option<String>,
     pub(super) migrated: bool,
+    /// With `[serve]`: the slot the release was started on.
+    pub(super) slot: Option<String>,
     /// `down` commands run on the way back, recorded with the steps.
     pub(super) down_steps: Vec<StepRecord>,
     pub(super) _output: Option<output::DeployGuard>,
@@ -191,6 +193,7 @@ impl Session {
             subject: None,
             schema: None,
             migrated: false,
+            slot: None,
             down_steps: Vec::new(),
             _output: None,
         })
@@ -248,6 +251,7 @@ impl Session {
             schema: self.schema.clone(),
             release: release.to_string(),
             previous_release: self.previous_release.clone(),
+            slot: self.slot.clone(),
             built_from: self.built_from.clone(),
             checkout_ms: self.checkout.map(|d| d.as_millis() as u64),
             sync_ms: self.sync.map(|d| d.as_millis() as u64),

@@ -17,6 +17,11 @@ pub enum Stop {
         during: String,
     },
     Error(anyhow::Error),
+    /// The new release failed on its own slot, before any user's request reached it.
+    Unproven {
+        stage: String,
+        error: anyhow::Error,
+    },
     /// A newer push of the same ref came while this one waited for the lock.
     Superseded(crate::state::queue::Newer),
     /// Something failed once the release was live, and it stays live: going back would put old
@@ -61,6 +66,11 @@ impl Stop {
                 Some(format!("interrupted during {during}")),
             ),
             Stop::Error(err) => (State::Failed, None, Some(format!("{err:#}"))),
+            Stop::Unproven { stage, error } => (
+                State::Failed,
+                Some(stage.clone()),
+                Some(format!("{error:#}")),
+            ),
             Stop::FailedForward { stage, error, why } => (
                 State::FailedForward,
                 Some(stage.clone()),
@@ -114,6 +124,9 @@ impl Stop {
                 output::error(format!("{:#}", output::with_disk_full_hint(err)));
                 format!("{what} FAILED; {still_live}")
             }
+            Stop::Unproven { stage, .. } => format!(
+                "{what} FAILED at {stage}, before any request reached it; {still_live}"
+            ),
             Stop::FailedForward { stage, why, .. } => {
                 output::error(format!("NOT switched back: {why}"));
                 format!(

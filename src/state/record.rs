@@ -111,6 +111,9 @@ pub struct DeployRecord {
     pub release: String,
     /// The release that was live when this deploy started.
     pub previous_release: Option<String>,
+    /// With `[serve]`: the slot the release was started on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
     /// The old release this one was built from (renamed and updated), if it was not checked
     /// out whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]

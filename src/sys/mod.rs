@@ -2,6 +2,7 @@
 //! written, and root's careful access to a deploy user's files. It knows nothing of deploys
 //! and imports nothing else of the crate.
 
+pub mod files;
 #[cfg(test)]
 pub mod fuzz;
 pub mod http;
@@ -9,3 +10,4 @@ pub mod output;
 pub mod owner;
 pub mod process;
 pub mod procs;
+pub mod sockets;

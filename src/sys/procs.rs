@@ -304,6 +304,23 @@ pub fn with_children(pid: i32) -> Vec<Running> {
     family.into_iter().map(running).collect()
 }
 
+/// When process `pid` started, in clock ticks since boot: with the pid, it names one process,
+/// which a pid alone does not once the pid is reused.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// The processes of process group `pgid` that still run (zombies left out).
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    pids()
+        .filter(|pid| {
+            stat_fields(*pid).is_some_and(|fields| {
+                fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

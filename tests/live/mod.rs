@@ -1,6 +1,7 @@
 //! How a release goes live and is judged: health checks, notifications, what journald
 //! records of a deploy.
 
+mod handover;
 mod health;
 mod journald;
 mod notify;

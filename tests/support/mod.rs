@@ -10,6 +10,7 @@ pub mod apps;
 pub mod files;
 mod git;
 mod http;
+pub mod proxy;
 pub mod rng;
 mod server;
 pub mod system;

@@ -253,15 +253,29 @@ impl Cmd {
     /// Starts the command on its own, in a process group of its own, with no input or output,
     /// and does not wait for it: it outlives ats-hook. Returns its pid.
     pub fn spawn_detached(&self) -> Result<u32> {
+        self.spawn_detached_to(None)
+    }
+
+    /// Like `spawn_detached`, with its output (stdout and stderr) appended to `log`: a server
+    /// that outlives ats-hook must not hold the pusher's pipes, or `git push` would wait for it.
+    pub fn spawn_detached_to(&self, log: Option<std::fs::File>) -> Result<u32> {
         use std::os::unix::process::CommandExt;
+        use std::process::Stdio;
+        let (stdout, stderr) = match log {
+            Some(log) => {
+                let copy = log.try_clone().context("failed to share the log file")?;
+                (Stdio::from(log), Stdio::from(copy))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
         let mut command = std::process::Command::new(&self.program);
         command
             .args(&self.args)
             .env_clear()
             .envs(&self.env)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0);
         if let Some(arg0) = &self.arg0 {
             command.arg0(arg0);

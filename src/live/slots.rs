@@ -1,0 +1,458 @@
+//! The two slots of the handover: which release each runs, how its server is started (a
+//! systemd template instance, or a detached command with its pid kept), whether it still runs,
+//! how it drains and stops.
+//!
+//! ```text
+//! <root>/.ats-hook/slots/live      the slot the proxy was last told to send traffic to
+//! <root>/.ats-hook/slots/a.json    what slot a runs: release, commit, address, pid or unit
+//! <root>/.ats-hook/slots/a.env     for the unit: ATS_RELEASE_DIR, ATS_SLOT_ADDR, … (0600)
+//! <root>/.ats-hook/slots/a.log     for the command: the server's output
+//! ```
+//!
+//! A slot's file is written before its server starts, so that a run killed at any instant
+//! leaves a record of what may be running; the next run stops what no slot should run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Address, Serve, SLOT_NAMES};
+use crate::state::layout::Layout;
+use crate::sys::files::write_atomically;
+use crate::sys::output;
+use crate::sys::process::Cmd;
+use crate::sys::{procs, sockets};
+
+/// One of the two slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub name: &'static str,
+    pub addr: Address,
+}
+
+/// What a slot runs, as its file records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Running {
+    pub release: String,
+    pub commit: String,
+    pub addr: String,
+    /// The started command's pid, which leads its process group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// With the pid: when that process started, so that a reused pid is not taken for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub since: String,
+}
+
+/// The slots of a config, and where their files are.
+pub struct Slots<'a> {
+    pub serve: &'a Serve,
+    layout: &'a Layout,
+}
+
+impl<'a> Slots<'a> {
+    pub fn new(serve: &'a Serve, layout: &'a Layout) -> Slots<'a> {
+        Slots { serve, layout }
+    }
+
+    pub fn all(&self) -> [Slot; 2] {
+        [0, 1].map(|n| Slot {
+            name: SLOT_NAMES[n],
+            addr: self.serve.slots[n].clone(),
+        })
+    }
+
+    pub fn named(&self, name: &str) -> Option<Slot> {
+        self.all().into_iter().find(|slot| slot.name == name)
+    }
+
+    /// The other slot.
+    pub fn other(&self, slot: &Slot) -> Slot {
+        let [a, b] = self.all();
+        if slot.name == a.name {
+            b
+        } else {
+            a
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.layout.state().join("slots")
+    }
+
+    fn file(&self, name: &str, ext: &str) -> PathBuf {
+        self.dir().join(format!("{name}.{ext}"))
+    }
+
+    /// The slot the proxy was last told to use.
+    pub fn live(&self) -> Option<Slot> {
+        let text = std::fs::read_to_string(self.dir().join("live")).ok()?;
+        self.named(text.trim())
+    }
+
+    /// Notes, before the proxy is told, which slot it will use.
+    pub fn set_live(&self, slot: &Slot) -> Result<()> {
+        self.create_dir()?;
+        write_atomically(
+            &self.dir().join("live"),
+            format!("{}\n", slot.name).as_bytes(),
+            0o600,
+        )
+    }
+
+    /// The slot new traffic is not going to: where a release starts.
+    pub fn idle(&self) -> Slot {
+        match self.live() {
+            Some(live) => self.other(&live),
+            None => self.all()[0].clone(),
+        }
+    }
+
+    fn create_dir(&self) -> Result<()> {
+        std::fs::create_dir_all(self.dir())
+            .with_context(|| format!("failed to create `{}`", self.dir().display()))
+    }
+
+    /// What `slot` runs, as last recorded.
+    pub fn running(&self, slot: &Slot) -> Option<Running> {
+        let text = std::fs::read_to_string(self.file(slot.name, "json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn unit(&self, slot: &Slot) -> Option<String> {
+        let template = self.serve.unit.as_deref()?;
+        let prefix = template.strip_suffix("@.service")?;
+        Some(format!("{prefix}@{}.service", slot.name))
+    }
+
+    fn systemctl(&self, args: &[&str]) -> Cmd {
+        if self.serve.sudo {
+            Cmd::new("sudo").args(["-n", "systemctl"]).args(args)
+        } else {
+            Cmd::new("systemctl").args(args)
+        }
+    }
+
+    /// The variables a slot's server gets, beside the release's own.
+    pub fn variables(slot: &Slot) -> BTreeMap<String, String> {
+        let mut vars = BTreeMap::new();
+        vars.insert("ATS_SLOT".to_string(), slot.name.to_string());
+        vars.insert("ATS_SLOT_ADDR".to_string(), slot.addr.to_string());
+        match &slot.addr {
+            Address::Tcp { host, port } => {
+                vars.insert("ATS_SLOT_HOST".to_string(), host.clone());
+                vars.insert("ATS_SLOT_PORT".to_string(), port.to_string());
+            }
+            Address::Unix(path) => {
+                vars.insert("ATS_SLOT_SOCKET".to_string(), path.display().to_string());
+            }
+        }
+        vars
+    }
+
+    /// Starts `release` (its folder `dir`) on `slot`: whatever the slot still ran is stopped
+    /// first. Returns once the server was started, not once it answers.
+    pub fn start(
+        &self,
+        slot: &Slot,
+        (release, commit): (&str, &str),
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.stop(slot)?;
+        self.create_dir()?;
+        let mut env = env.clone();
+        env.extend(Slots::variables(slot));
+        let mut running = Running {
+            release: release.to_string(),
+            commit: commit.to_string(),
+            addr: slot.addr.to_string(),
+            pid: None,
+            started: None,
+            unit: self.unit(slot),
+            since: output::rfc3339(std::time::SystemTime::now()),
+        };
+        // Recorded before the start: a run killed just after it finds what it left.
+        self.record(slot, &running)?;
+        if let Some(unit) = self.unit(slot) {
+            let mut file = String::new();
+            for (key, value) in &env {
+                if value.contains('\n') {
+                    continue;
+                }
+                file.push_str(&format!("{key}={}\n", quote_env(value)));
+            }
+            write_atomically(&self.file(slot.name, "env"), file.as_bytes(), 0o600)?;
+            let finished = self
+                .systemctl(&["start", &unit])
+                .timeout(self.serve.stop_timeout.0 + Duration::from_secs(30))
+                .stream(&mut |line| tracing::info!("{unit} | {line}"))?;
+            if !finished.exit.success() {
+                bail!(
+                    "`systemctl start {unit}` failed ({}){}",
+                    finished.exit,
+                    last_lines(&finished.tail)
+                );
+            }
+            output::say(format!(
+                "slot {}: started {unit} for {release} on {}",
+                slot.name, slot.addr
+            ));
+            return Ok(());
+        }
+        let command = self
+            .serve
+            .start
+            .as_deref()
+            .context("`serve` has neither `unit` nor `start`")?;
+        let command = expand(command, slot, dir);
+        let log_path = self.file(slot.name, "log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("failed to open `{}`", log_path.display()))?;
+        let pid = Cmd::shell(&command)
+            .dir(dir)
+            .envs(&env)
+            .spawn_detached_to(Some(log))
+            .with_context(|| format!("failed to start slot {}", slot.name))?;
+        let pid = i32::try_from(pid).context("a pid out of range")?;
+        running.pid = Some(pid);
+        running.started = procs::start_ticks(pid);
+        self.record(slot, &running)?;
+        output::say(format!(
+            "slot {}: started {release} on {} (pid {pid})",
+            slot.name, slot.addr
+        ));
+        Ok(())
+    }
+
+    fn record(&self, slot: &Slot, running: &Running) -> Result<()> {
+        let text = serde_json::to_string_pretty(running).context("failed to encode a slot")?;
+        write_atomically(&self.file(slot.name, "json"), text.as_bytes(), 0o600)
+    }
+
+    /// Whether the server of `slot` runs; `Err` says why not.
+    pub fn alive(&self, slot: &Slot) -> Result<(), String> {
+        let Some(running) = self.running(slot) else {
+            return Err(format!("slot {} runs nothing", slot.name));
+        };
+        if let Some(unit) = &running.unit {
+            // `is-active` exits non-zero when the unit is not active, and says what it is.
+            let mut state = String::new();
+            let _ = self
+                .systemctl(&["is-active", unit])
+                .timeout(Duration::from_secs(10))
+                .stream(&mut |line| state.push_str(line));
+            return match state.trim() {
+                "active" | "reloading" => Ok(()),
+                other => Err(format!("{unit} is {other}")),
+            };
+        }
+        match running.pid {
+            Some(pid) if self.same_process(&running, pid) => Ok(()),
+            Some(pid) => Err(format!("its server (pid {pid}) exited")),
+            None => Err(format!("slot {} has no server", slot.name)),
+        }
+    }
+
+    fn same_process(&self, running: &Running, pid: i32) -> bool {
+        procs::alive(pid)
+            && (running.started.is_none() || procs::start_ticks(pid) == running.started)
+    }
+
+    /// Stops the server of `slot`, whatever it runs: a graceful stop (TERM; systemd's stop for
+    /// a unit), then after `stop_timeout` a KILL of its whole process group. Says what it did.
+    pub fn stop(&self, slot: &Slot) -> Result<()> {
+        let Some(running) = self.running(slot) else {
+            return Ok(());
+        };
+        let clock = Instant::now();
+        if let Some(unit) = &running.unit {
+            let finished = self
+                .systemctl(&["stop", unit])
+                .timeout(self.serve.stop_timeout.0 + Duration::from_secs(30))
+                .uninterruptible()
+                .stream(&mut |line| tracing::info!("{unit} | {line}"))?;
+            if !finished.exit.success() {
+                bail!(
+                    "`systemctl stop {unit}` failed ({}){}",
+                    finished.exit,
+                    last_lines(&finished.tail)
+                );
+            }
+            output::say(format!(
+                "slot {}: stopped {unit} ({}) in {}",
+                slot.name,
+                running.release,
+                output::seconds(clock.elapsed())
+            ));
+        } else if let Some(pid) = running.pid.filter(|pid| self.same_process(&running, *pid)) {
+            let how = stop_group(pid, self.serve.stop_timeout.0);
+            output::say(format!(
+                "slot {}: stopped {} (pid {pid}) {how} in {}",
+                slot.name,
+                running.release,
+                output::seconds(clock.elapsed())
+            ));
+        }
+        let _ = std::fs::remove_file(self.file(slot.name, "json"));
+        Ok(())
+    }
+
+    /// Waits until `slot` has no open connection (the proxy's requests in flight finished), for
+    /// at most `drain`. Returns how many were still open at the end.
+    pub fn drain(&self, slot: &Slot) -> usize {
+        let clock = Instant::now();
+        let count = || match &slot.addr {
+            Address::Tcp { port, .. } => sockets::tcp_connections(*port),
+            Address::Unix(path) => sockets::unix_connections(path),
+        };
+        // Quiet for a moment, not just once: a proxy worker may connect right after a check.
+        let mut quiet = 0;
+        loop {
+            let open = count();
+            quiet = if open == 0 { quiet + 1 } else { 0 };
+            if quiet >= 3 {
+                tracing::info!(
+                    "slot {} drained in {}",
+                    slot.name,
+                    output::seconds(clock.elapsed())
+                );
+                return 0;
+            }
+            if clock.elapsed() >= self.serve.drain.0 {
+                return open;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines the server of `slot` wrote, to show why it failed.
+    pub fn last_output(&self, slot: &Slot, lines: usize) -> Vec<String> {
+        if let Some(unit) = self.unit(slot) {
+            let n = lines.to_string();
+            return Cmd::new("journalctl")
+                .args(["-u", &unit, "-n", &n, "-q", "--no-pager", "-o", "cat"])
+                .timeout(Duration::from_secs(10))
+                .read()
+                .map(|text| text.lines().map(String::from).collect())
+                .unwrap_or_default();
+        }
+        let text = std::fs::read(self.file(slot.name, "log")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|line| line.to_string())
+            .collect()
+    }
+}
+
+/// A slot's command with `{addr}`, `{port}`, `{slot}` and `{release}` filled in.
+pub fn expand(command: &str, slot: &Slot, release_dir: &Path) -> String {
+    let port = slot.addr.port().map(|p| p.to_string()).unwrap_or_default();
+    command
+        .replace("{addr}", &slot.addr.to_string())
+        .replace("{port}", &port)
+        .replace("{slot}", slot.name)
+        .replace("{release}", &shell_word(&release_dir.display().to_string()))
+}
+
+/// `text` as one shell word.
+fn shell_word(text: &str) -> String {
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@".contains(c))
+    {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// A value for a systemd environment file: quoted when it holds what systemd would read.
+fn quote_env(value: &str) -> String {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c))
+    {
+        value.to_string()
+    } else {
+        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+fn last_lines(tail: &[String]) -> String {
+    match tail.last() {
+        Some(line) => format!(": {line}"),
+        None => String::new(),
+    }
+}
+
+/// Sends TERM to process group `pgid`, waits up to `limit` for it to be gone, then KILLs what
+/// is left. Says which it took.
+fn stop_group(pgid: i32, limit: Duration) -> &'static str {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    let group = Pid::from_raw(pgid);
+    let _ = killpg(group, Signal::SIGTERM);
+    let clock = Instant::now();
+    loop {
+        reap(pgid);
+        if procs::group_members(pgid).is_empty() {
+            return "gracefully";
+        }
+        if clock.elapsed() >= limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    let clock = Instant::now();
+    while !procs::group_members(pgid).is_empty() && clock.elapsed() < Duration::from_secs(5) {
+        reap(pgid);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    "by KILL after its stop timeout"
+}
+
+/// Collects the exit of a server this process started, so it leaves no zombie.
+fn reap(pid: i32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    let _ = waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_names_its_slot() {
+        let slot = Slot {
+            name: "b",
+            addr: "127.0.0.1:8002".parse().unwrap(),
+        };
+        assert_eq!(
+            expand(
+                "gunicorn -b {addr} --name app-{slot}-{port} --chdir {release}",
+                &slot,
+                Path::new("/srv/my app/releases/1")
+            ),
+            "gunicorn -b 127.0.0.1:8002 --name app-b-8002 --chdir '/srv/my app/releases/1'"
+        );
+    }
+
+    #[test]
+    fn env_file_values_are_quoted_for_systemd() {
+        assert_eq!(quote_env("/srv/app"), "/srv/app");
+        assert_eq!(quote_env("a b$c\"d"), "\"a b$c\\\"d\"");
+    }
+}
