@@ -270,3 +270,122 @@ fn generated_configs_never_panic() {
         Ok(())
     });
 }
+
+const SERVE: &str = r#"
+[deploy]
+root = "/srv/app"
+[serve]
+slots = ["127.0.0.1:8001", "127.0.0.1:8002"]
+start = ".venv/bin/gunicorn --bind {addr} wsgi:application"
+[serve.proxy]
+nginx = "/etc/nginx/ats-hook/app.upstream"
+url = "http://127.0.0.1/"
+[health]
+url = "http://{addr}/up"
+expect_body = "{commit}"
+"#;
+
+#[test]
+fn serve_reads_two_slots_and_a_proxy() {
+    let config = parse(SERVE).unwrap();
+    let serve = config.serve.as_ref().unwrap();
+    assert_eq!(serve.slots[0].to_string(), "127.0.0.1:8001");
+    assert_eq!(serve.slots[1].port(), Some(8002));
+    assert_eq!(serve.drain.0, std::time::Duration::from_secs(30));
+    assert_eq!(serve.proxy.test, "nginx -t -q");
+    assert_eq!(serve.proxy.reload, "nginx -s reload");
+    let unix = parse(
+        &SERVE
+            .replace(
+                r#"["127.0.0.1:8001", "127.0.0.1:8002"]"#,
+                r#"["unix:/run/app/a.sock", "unix:/run/app/b.sock"]"#,
+            )
+            .replace(
+                "url = \"http://{addr}/up\"",
+                "command = \"curl -sf --unix-socket \\\"$ATS_SLOT_SOCKET\\\" http://app/up\"",
+            ),
+    )
+    .unwrap();
+    assert_eq!(
+        unix.serve.unwrap().slots[1].to_string(),
+        "unix:/run/app/b.sock"
+    );
+}
+
+#[test]
+fn serve_mistakes_are_named() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            r#"["127.0.0.1:8001", "127.0.0.1:8002"]"#,
+            r#"["127.0.0.1:8001"]"#,
+            "holds 1 address(es): give two",
+        ),
+        (
+            r#"["127.0.0.1:8001", "127.0.0.1:8002"]"#,
+            r#"["127.0.0.1:8001", "127.0.0.1:8001"]"#,
+            "both slots are `127.0.0.1:8001`",
+        ),
+        (
+            r#""127.0.0.1:8002""#,
+            r#""127.0.0.1:http""#,
+            "`http` is not a port",
+        ),
+        (r#""127.0.0.1:8002""#, r#""8002""#, "is not an address"),
+        (
+            r#""127.0.0.1:8002""#,
+            r#""unix:run/b.sock""#,
+            "must be absolute",
+        ),
+        (
+            "--bind {addr}",
+            "--bind 127.0.0.1:8000",
+            "never names the slot's address",
+        ),
+        (
+            "start = ",
+            "unit = \"app@.service\"\nstart = ",
+            "set `unit` or `start`, not both",
+        ),
+        (
+            "start = \".venv/bin/gunicorn --bind {addr} wsgi:application\"",
+            "unit = \"app.service\"",
+            "is not a template unit",
+        ),
+        (
+            "nginx = \"/etc/nginx/ats-hook/app.upstream\"",
+            "nginx = \"app.upstream\"",
+            "must be an absolute path",
+        ),
+        (
+            "nginx = \"/etc/nginx/ats-hook/app.upstream\"\n",
+            "",
+            "set `nginx`",
+        ),
+        (
+            "url = \"http://127.0.0.1/\"",
+            "url = \"127.0.0.1\"",
+            "`serve.proxy.url` `127.0.0.1` must start with",
+        ),
+        (
+            "url = \"http://{addr}/up\"",
+            "url = \"http://127.0.0.1:8001/up\"",
+            "does not name the slot",
+        ),
+        (
+            "[health]\nurl = \"http://{addr}/up\"\nexpect_body = \"{commit}\"\n",
+            "",
+            "`serve` needs `[health]`",
+        ),
+        (
+            "[serve.proxy]",
+            "[serve.proxy]\ncaddy = \"x\"",
+            "unknown field `caddy`",
+        ),
+    ];
+    for (from, to, says) in cases {
+        assert!(SERVE.contains(from), "{from}");
+        let err = parse(&SERVE.replacen(from, to, 1)).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(says), "{from} -> {to}: {text}");
+    }
+}

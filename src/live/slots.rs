@@ -245,15 +245,13 @@ impl<'a> Slots<'a> {
             return Err(format!("slot {} runs nothing", slot.name));
         };
         if let Some(unit) = &running.unit {
-            // `is-active` exits non-zero when the unit is not active, and says what it is.
-            let mut state = String::new();
-            let _ = self
-                .systemctl(&["is-active", unit])
-                .timeout(Duration::from_secs(10))
-                .stream(&mut |line| state.push_str(line));
-            return match state.trim() {
-                "active" | "reloading" => Ok(()),
-                other => Err(format!("{unit} is {other}")),
+            // Its control group, read from /proc: no bus, no privilege needed to ask.
+            return if procs::of_unit(unit).is_empty() {
+                Err(format!(
+                    "{unit} runs no process (it exited or failed to start)"
+                ))
+            } else {
+                Ok(())
             };
         }
         match running.pid {
@@ -378,15 +376,24 @@ fn shell_word(text: &str) -> String {
     }
 }
 
-/// A value for a systemd environment file: quoted when it holds what systemd would read.
+/// A value for the slot's env file, as `ats-hook exec` reads it back (dotenv's rules): bare
+/// when plain, else in single quotes (nothing expands there), else in double quotes, escaped.
 fn quote_env(value: &str) -> String {
     if value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c))
     {
         value.to_string()
+    } else if !value.contains('\'') {
+        format!("'{value}'")
     } else {
-        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+        format!(
+            "\"{}\"",
+            value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$")
+        )
     }
 }
 
@@ -451,8 +458,23 @@ mod tests {
     }
 
     #[test]
-    fn env_file_values_are_quoted_for_systemd() {
-        assert_eq!(quote_env("/srv/app"), "/srv/app");
-        assert_eq!(quote_env("a b$c\"d"), "\"a b$c\\\"d\"");
+    fn env_file_values_read_back_as_written() {
+        let values = [
+            "/srv/app",
+            "a b$HOME c",
+            "it's \"quoted\" and $HOME and \\n",
+            "",
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.env");
+        let text: String = values
+            .iter()
+            .enumerate()
+            .map(|(n, v)| format!("K{n}={}\n", quote_env(v)))
+            .collect();
+        std::fs::write(&file, text).unwrap();
+        let read = crate::steps::read_env_file(&file).unwrap();
+        let read: Vec<&str> = read.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(read, values);
     }
 }

@@ -25,22 +25,16 @@ impl Handover {
         let root = server.root.clone();
         let slots = [closed_port(), closed_port()].map(|p| format!("127.0.0.1:{p}"));
         let nginx = Nginx::start(server.path(), &format!("127.0.0.1:{}", closed_port()));
-        let config = example_config(
-            "nginx-gunicorn-handover.toml",
+        let config = config(
+            &root,
+            &slots,
+            &nginx,
             &[
-                ("/srv/app", root.to_str().unwrap()),
-                ("127.0.0.1:8001", &slots[0]),
-                ("127.0.0.1:8002", &slots[1]),
-                (
-                    "/etc/nginx/ats-hook/app.upstream",
-                    nginx.upstream.to_str().unwrap(),
-                ),
                 ("sudo -n /usr/sbin/nginx -t -q", &nginx.test_command()),
                 (
                     "sudo -n /usr/bin/systemctl reload nginx",
                     &nginx.reload_command(),
                 ),
-                ("http://127.0.0.1/", &nginx.url("")),
                 // A release that never binds hangs in its import: with --preload, before the bind.
                 ("--workers 2", "--preload --workers 2"),
                 ("timeout = \"30s\"", "timeout = \"10s\""),
@@ -48,7 +42,7 @@ impl Handover {
             ],
         );
         server.config(&config);
-        write_env(&root);
+        write_env(&root, None);
         let clone = server.clone("work");
         copy_sample_app(&clone);
         let v1 = clone.commit("first version");
@@ -153,7 +147,29 @@ impl Drop for Handover {
     }
 }
 
-fn write_env(root: &std::path::Path) {
+/// contrib/examples/nginx-gunicorn-handover.toml for this root, these slots and this nginx,
+/// with `more` replacements.
+pub(super) fn config(
+    root: &std::path::Path,
+    slots: &[String; 2],
+    nginx: &Nginx,
+    more: &[(&str, &str)],
+) -> String {
+    let upstream = nginx.upstream.display().to_string();
+    let url = nginx.url("");
+    let mut all = vec![
+        ("/srv/app", root.to_str().unwrap()),
+        ("127.0.0.1:8001", slots[0].as_str()),
+        ("127.0.0.1:8002", slots[1].as_str()),
+        ("/etc/nginx/ats-hook/app.upstream", upstream.as_str()),
+        ("http://127.0.0.1/", url.as_str()),
+    ];
+    all.extend_from_slice(more);
+    example_config("nginx-gunicorn-handover.toml", &all)
+}
+
+/// shared/.env: where pip finds the sample app's wheels; owned by `uid` when given.
+pub(super) fn write_env(root: &std::path::Path, uid: Option<u32>) {
     let shared = root.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::write(
@@ -164,6 +180,9 @@ fn write_env(root: &std::path::Path) {
         ),
     )
     .unwrap();
+    for path in [shared.clone(), shared.join(".env")] {
+        std::os::unix::fs::chown(&path, uid, None).unwrap();
+    }
 }
 
 /// No client saw a failure, and each saw the served commit go from `old` to `new` once.

@@ -379,10 +379,14 @@ fn the_sudoers_snippet_is_valid() {
         visudo.exists(),
         "visudo is missing: install sudo (tests/run does)"
     );
-    let snippet = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sudoers/ats-hook-app");
-    let mut cmd = std::process::Command::new(visudo);
-    cmd.args(["-c", "-f", snippet]);
-    run(&mut cmd, "visudo -cf").success();
+    for name in ["ats-hook-app", "ats-hook-handover"] {
+        let snippet = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("contrib/sudoers")
+            .join(name);
+        let mut cmd = std::process::Command::new(visudo);
+        cmd.arg("-c").arg("-f").arg(&snippet);
+        run(&mut cmd, format!("visudo -cf {name}")).success();
+    }
 }
 
 /// root on a deploy user's root is refused before it makes anything, with the command that

@@ -279,15 +279,26 @@ pub struct Sudoers(PathBuf);
 impl Sudoers {
     /// contrib/sudoers/ats-hook-app, for `user` instead of `deployer`.
     pub fn install_contrib(user: &str) -> Sudoers {
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/sudoers/ats-hook-app"),
+        Sudoers::install_contrib_file("ats-hook-app", user, &[])
+    }
+
+    /// contrib/sudoers/`name`, for `user` instead of `deployer`, with `replacements`.
+    pub fn install_contrib_file(name: &str, user: &str, replacements: &[(&str, &str)]) -> Sudoers {
+        let mut text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("contrib/sudoers")
+                .join(name),
         )
         .unwrap();
-        let path = PathBuf::from(format!("/etc/sudoers.d/ats-hook-test-{user}"));
-        // Aliases share one namespace across /etc/sudoers.d: each test's gets its own name.
-        let alias = format!("ATS_HOOK_APP_{}", user.to_ascii_uppercase());
+        for (from, to) in replacements {
+            assert!(text.contains(from), "{name} has no `{from}`");
+            text = text.replace(from, to);
+        }
+        let path = PathBuf::from(format!("/etc/sudoers.d/{name}-test-{user}"));
+        // Aliases share one namespace across /etc/sudoers.d: each test's gets its own names.
+        let prefix = format!("ATS_HOOK_{}_", user.to_ascii_uppercase());
         let text = text
-            .replace("ATS_HOOK_APP", &alias)
+            .replace("ATS_HOOK_", &prefix)
             .replace("deployer ALL", &format!("{user} ALL"));
         std::fs::write(&path, text).unwrap();
         use std::os::unix::fs::PermissionsExt;

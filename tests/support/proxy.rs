@@ -20,11 +20,31 @@ pub struct Nginx {
     pub port: u16,
     pub upstream: PathBuf,
     conf: PathBuf,
+    /// Started here (and stopped when dropped), not by a systemd.
+    started: bool,
 }
 
 impl Nginx {
     /// Starts it with `upstream` naming `first` (the address nothing may serve yet).
     pub fn start(dir: &Path, first: &str) -> Nginx {
+        let mut nginx = Nginx::configure(dir, first);
+        run(Command::new("nginx").args(nginx.args(&[])), "start nginx").success();
+        nginx.started = true;
+        nginx
+    }
+
+    /// `nginx.service` for a systemd to run this nginx (it stops with that systemd).
+    pub fn unit(&self) -> String {
+        let args = self.args(&[]).join(" ");
+        format!(
+            "[Unit]\nDefaultDependencies=no\n[Service]\nType=forking\nPIDFile={}\n\
+             ExecStart=/usr/sbin/nginx {args}\nExecReload=/usr/sbin/nginx {args} -s reload\n",
+            self.dir.join("nginx.pid").display()
+        )
+    }
+
+    /// Its config, not started.
+    pub fn configure(dir: &Path, first: &str) -> Nginx {
         assert!(
             Path::new("/usr/sbin/nginx").exists(),
             "nginx is not installed (tests/run installs nginx-light)"
@@ -51,14 +71,13 @@ impl Nginx {
             ),
         )
         .unwrap();
-        let nginx = Nginx {
+        Nginx {
             dir,
             port,
             upstream,
             conf,
-        };
-        run(Command::new("nginx").args(nginx.args(&[])), "start nginx").success();
-        nginx
+            started: false,
+        }
     }
 
     fn args(&self, more: &[&str]) -> Vec<String> {
@@ -74,7 +93,7 @@ impl Nginx {
 
     /// The commands `serve.proxy` names to validate and reload this nginx.
     pub fn test_command(&self) -> String {
-        format!("nginx -t -q {}", self.args(&[]).join(" "))
+        format!("/usr/sbin/nginx -t -q {}", self.args(&[]).join(" "))
     }
 
     pub fn reload_command(&self) -> String {
@@ -98,6 +117,10 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // Run by a systemd of its own namespace, its pidfile names a pid of that namespace.
+        if !self.started {
+            return;
+        }
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("nginx.pid")) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
                 send_signal(pid, nix::sys::signal::Signal::SIGQUIT);
