@@ -37,6 +37,14 @@ struct Handover {
     proxy_points_at: Option<String>,
     /// Whether that address is the live slot's.
     proxy_as_recorded: Option<bool>,
+    workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerStatus {
+    name: String,
+    release: Option<String>,
+    pid: Option<i32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,7 +93,21 @@ fn handover(config: &crate::config::Config, layout: &Layout) -> Option<Handover>
         (Some(_), None) => Some(false),
         _ => None,
     };
+    let workers = crate::live::workers::Workers::new(serve, layout);
+    let workers = serve
+        .workers
+        .iter()
+        .map(|worker| {
+            let running = workers.running(worker);
+            WorkerStatus {
+                name: worker.name.to_string(),
+                release: running.as_ref().map(|r| r.release.clone()),
+                pid: running.map(|r| r.pid),
+            }
+        })
+        .collect();
     Some(Handover {
+        workers,
         live_slot: live.map(|slot| slot.name.to_string()),
         slots: list,
         proxy_points_at: points_at,
@@ -131,6 +153,20 @@ fn print_handover(out: &mut dyn Write, handover: &Handover) -> Result<()> {
             "proxy:       nginx sends to {addr}, which is NOT the live slot's address: the next deploy or `rollback` points it right"
         )?,
         (None, _) => {}
+    }
+    for worker in &handover.workers {
+        match (&worker.release, worker.pid) {
+            (Some(release), Some(pid)) => writeln!(
+                out,
+                "worker:      {} runs {release} (pid {pid})",
+                worker.name
+            )?,
+            _ => writeln!(
+                out,
+                "worker:      {} runs nothing started by ats-hook",
+                worker.name
+            )?,
+        }
     }
     Ok(())
 }

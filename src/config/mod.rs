@@ -24,7 +24,7 @@ pub use deploy::{DeploySection, EnvSection, Queue, SharedSection, UntrackedIsGon
 pub use health::Health;
 pub use notify::{Notify, NotifyOn};
 pub use restart::{Restart, RestartEnv, SignalAction, SystemctlAction};
-pub use serve::{Address, Proxy, Serve, SLOT_NAMES};
+pub use serve::{Address, Proxy, Serve, Worker, SLOT_NAMES};
 pub use step::Step;
 pub use values::{Duration, Pattern, RelPath, SignalName, Size, StepName};
 

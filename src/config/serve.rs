@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::Duration;
+use super::{Duration, StepName};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +30,27 @@ pub struct Serve {
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Duration,
     pub proxy: Proxy,
+    /// Processes that serve no HTTP (a task worker, a scheduler): restarted from the new
+    /// release once it serves the site.
+    #[serde(default, rename = "worker")]
+    pub workers: Vec<Worker>,
+}
+
+/// `[[serve.worker]]`: one process that serves no HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Worker {
+    pub name: StepName,
+    /// A command run in the release's folder, in the foreground; ats-hook detaches it.
+    pub start: Option<String>,
+    /// Or a systemd unit, restarted (`systemctl restart`: stopped, then started).
+    pub unit: Option<String>,
+    /// After TERM, how long the running task has before KILL (default `serve.stop_timeout`).
+    pub stop_timeout: Option<Duration>,
+    /// Never two at once, not even for a moment (a scheduler like celery beat): the old one is
+    /// stopped before the new one starts. Others start first, then the old one stops.
+    #[serde(default)]
+    pub singleton: bool,
 }
 
 /// How traffic is switched from one slot to the other.
@@ -181,6 +202,33 @@ impl Serve {
             }
             if self.slots.iter().any(|a| a.port().is_none()) {
                 bail!("`health.url` cannot reach a unix socket slot: probe it with `health.command` (`curl --unix-socket \"$ATS_SLOT_SOCKET\" ...`)");
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for worker in &self.workers {
+            if !names.insert(worker.name.as_str()) {
+                bail!("`serve.worker` `{}` is declared twice", worker.name);
+            }
+            match (&worker.start, &worker.unit) {
+                (Some(_), Some(_)) => bail!(
+                    "`serve.worker` `{}`: set `start` or `unit`, not both",
+                    worker.name
+                ),
+                (None, None) => bail!(
+                    "`serve.worker` `{}`: set `start` (a command) or `unit` (a systemd unit)",
+                    worker.name
+                ),
+                (None, Some(unit))
+                    if unit.starts_with('-')
+                        || unit.contains(char::is_whitespace)
+                        || !unit.contains('.') =>
+                {
+                    bail!(
+                        "`serve.worker` `{}`: `{unit}` is not a unit name (`app-worker.service`)",
+                        worker.name
+                    )
+                }
+                _ => {}
             }
         }
         if !health.processes.is_empty() {

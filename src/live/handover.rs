@@ -120,5 +120,10 @@ pub fn hand_back(
     if let Some(leaving) = leaving {
         retire(&slots, &leaving, &to);
     }
+    super::workers::Workers::new(serve, layout).restart_all(
+        previous,
+        &layout.release(previous),
+        &env,
+    );
     Ok(())
 }

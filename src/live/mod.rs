@@ -2,9 +2,11 @@
 //! restarting the app, checking its health, telling others what happened. Uses `state`,
 //! `config` and `sys`; knows nothing of the pipeline's order.
 
+pub mod daemon;
 pub mod handover;
 pub mod health;
 pub mod notify;
 pub mod proxy;
 pub mod restart;
 pub mod slots;
+pub mod workers;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::daemon::{self, Daemon};
 use crate::config::{Address, Serve, SLOT_NAMES};
 use crate::state::layout::Layout;
 use crate::sys::files::write_atomically;
@@ -48,6 +49,16 @@ pub struct Running {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     pub since: String,
+}
+
+impl Running {
+    /// The started command, when the slot runs one (not a unit).
+    pub fn daemon(&self) -> Option<Daemon> {
+        self.pid.map(|pid| Daemon {
+            pid,
+            started: self.started,
+        })
+    }
 }
 
 /// The slots of a config, and where their files are.
@@ -212,20 +223,11 @@ impl<'a> Slots<'a> {
             .as_deref()
             .context("`serve` has neither `unit` nor `start`")?;
         let command = expand(command, slot, dir);
-        let log_path = self.file(slot.name, "log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("failed to open `{}`", log_path.display()))?;
-        let pid = Cmd::shell(&command)
-            .dir(dir)
-            .envs(&env)
-            .spawn_detached_to(Some(log))
+        let daemon = Daemon::spawn(&command, dir, &env, &self.file(slot.name, "log"))
             .with_context(|| format!("failed to start slot {}", slot.name))?;
-        let pid = i32::try_from(pid).context("a pid out of range")?;
+        let pid = daemon.pid;
         running.pid = Some(pid);
-        running.started = procs::start_ticks(pid);
+        running.started = daemon.started;
         self.record(slot, &running)?;
         output::say(format!(
             "slot {}: started {release} on {} (pid {pid})",
@@ -254,16 +256,11 @@ impl<'a> Slots<'a> {
                 Ok(())
             };
         }
-        match running.pid {
-            Some(pid) if self.same_process(&running, pid) => Ok(()),
-            Some(pid) => Err(format!("its server (pid {pid}) exited")),
+        match running.daemon() {
+            Some(daemon) if daemon.runs() => Ok(()),
+            Some(daemon) => Err(format!("its server (pid {}) exited", daemon.pid)),
             None => Err(format!("slot {} has no server", slot.name)),
         }
-    }
-
-    fn same_process(&self, running: &Running, pid: i32) -> bool {
-        procs::alive(pid)
-            && (running.started.is_none() || procs::start_ticks(pid) == running.started)
     }
 
     /// Stops the server of `slot`, whatever it runs: a graceful stop (TERM; systemd's stop for
@@ -292,14 +289,16 @@ impl<'a> Slots<'a> {
                 running.release,
                 output::seconds(clock.elapsed())
             ));
-        } else if let Some(pid) = running.pid.filter(|pid| self.same_process(&running, *pid)) {
-            let how = stop_group(pid, self.serve.stop_timeout.0);
-            output::say(format!(
-                "slot {}: stopped {} (pid {pid}) {how} in {}",
-                slot.name,
-                running.release,
-                output::seconds(clock.elapsed())
-            ));
+        } else if let Some(daemon) = running.daemon() {
+            if let Some(how) = daemon.stop(self.serve.stop_timeout.0) {
+                output::say(format!(
+                    "slot {}: stopped {} (pid {}) {how} in {}",
+                    slot.name,
+                    running.release,
+                    daemon.pid,
+                    output::seconds(clock.elapsed())
+                ));
+            }
         }
         let _ = std::fs::remove_file(self.file(slot.name, "json"));
         Ok(())
@@ -344,13 +343,7 @@ impl<'a> Slots<'a> {
                 .map(|text| text.lines().map(String::from).collect())
                 .unwrap_or_default();
         }
-        let text = std::fs::read(self.file(slot.name, "log")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..]
-            .iter()
-            .map(|line| line.to_string())
-            .collect()
+        daemon::tail(&self.file(slot.name, "log"), lines)
     }
 }
 
@@ -402,39 +395,6 @@ fn last_lines(tail: &[String]) -> String {
         Some(line) => format!(": {line}"),
         None => String::new(),
     }
-}
-
-/// Sends TERM to process group `pgid`, waits up to `limit` for it to be gone, then KILLs what
-/// is left. Says which it took.
-fn stop_group(pgid: i32, limit: Duration) -> &'static str {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    let group = Pid::from_raw(pgid);
-    let _ = killpg(group, Signal::SIGTERM);
-    let clock = Instant::now();
-    loop {
-        reap(pgid);
-        if procs::group_members(pgid).is_empty() {
-            return "gracefully";
-        }
-        if clock.elapsed() >= limit {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = killpg(group, Signal::SIGKILL);
-    let clock = Instant::now();
-    while !procs::group_members(pgid).is_empty() && clock.elapsed() < Duration::from_secs(5) {
-        reap(pgid);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    "by KILL after its stop timeout"
-}
-
-/// Collects the exit of a server this process started, so it leaves no zombie.
-fn reap(pid: i32) {
-    use nix::sys::wait::{waitpid, WaitPidFlag};
-    let _ = waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
 }
 
 #[cfg(test)]

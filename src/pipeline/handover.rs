@@ -25,6 +25,7 @@ use crate::live::health::{self, Target};
 use crate::live::proxy;
 use crate::live::restart;
 use crate::live::slots::{Slot, Slots};
+use crate::live::workers::Workers;
 use crate::release;
 use crate::state::record::{self, DeployRecord, State};
 use crate::steps;
@@ -133,6 +134,11 @@ pub(super) fn handover(
     session.timings.push(("drain".into(), clock.elapsed()));
 
     // Workers and schedulers serve no HTTP: they restart once the web release is live.
+    if !serve.workers.is_empty() {
+        let clock = Instant::now();
+        Workers::new(serve, &layout).restart_all(release, &layout.release(release), env);
+        session.timings.push(("workers".into(), clock.elapsed()));
+    }
     if !config.restart.is_empty() && !session.options.no_restart {
         let clock = Instant::now();
         if let Err(err) = restart::run(

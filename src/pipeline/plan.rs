@@ -360,8 +360,26 @@ fn write_handover(
         "drain:     the old slot keeps its open connections up to {}, then stops (TERM, KILL after {})",
         serve.drain, serve.stop_timeout
     )?;
+    for worker in &serve.workers {
+        let how = match (&worker.start, &worker.unit) {
+            (Some(start), _) => format!("`{start}`"),
+            (None, Some(unit)) => format!("systemctl restart {unit}"),
+            (None, None) => String::new(),
+        };
+        let order = if worker.singleton {
+            "a singleton: stopped before its successor starts"
+        } else {
+            "its successor starts first"
+        };
+        writeln!(
+            out,
+            "worker:    {} from the new release once it serves: {how}; TERM, then {} for its task, then KILL; {order}",
+            worker.name,
+            worker.stop_timeout.unwrap_or(serve.stop_timeout)
+        )?;
+    }
     if !config.restart.is_empty() {
-        writeln!(out, "workers:   restarted once the new release serves:")?;
+        writeln!(out, "restart:   once the new release serves:")?;
         write_restart_model_actions(config, out)?;
     }
     Ok(())

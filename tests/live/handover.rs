@@ -85,7 +85,23 @@ impl Handover {
         out
     }
 
-    /// The gunicorn processes of any release that run now.
+    /// The process groups of the workers ats-hook started, by their files.
+    fn worker_groups(&self) -> Vec<i32> {
+        let dir = self.server.root.join(".ats-hook/workers");
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| {
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+                state["pid"].as_i64().map(|pid| pid as i32)
+            })
+            .collect()
+    }
+
+    /// The processes of any release that run now.
     fn servers(&self) -> Vec<i32> {
         let releases = self.server.root.join("releases");
         std::fs::read_dir("/proc")
@@ -120,6 +136,7 @@ impl Handover {
         assert_eq!(record["commit"], commit);
         // Every server process is the live slot's: none left over from another release.
         let group = running[0].1;
+        let workers = self.worker_groups();
         for pid in self.servers() {
             let pgid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
@@ -131,14 +148,22 @@ impl Handover {
                         .parse::<i32>()
                         .ok()
                 });
-            assert_eq!(pgid, Some(group), "pid {pid} runs outside the live slot");
+            if pgid.is_some_and(|g| workers.contains(&g)) {
+                continue;
+            }
+            assert_eq!(
+                pgid,
+                Some(group),
+                "pid {pid} runs outside the live slot and the workers"
+            );
         }
     }
 }
 
 impl Drop for Handover {
     fn drop(&mut self) {
-        for (_, pid) in self.running() {
+        let slots = self.running().into_iter().map(|(_, pid)| pid);
+        for pid in slots.chain(self.worker_groups()) {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -163,6 +188,13 @@ pub(super) fn config(
         ("127.0.0.1:8002", slots[1].as_str()),
         ("/etc/nginx/ats-hook/app.upstream", upstream.as_str()),
         ("http://127.0.0.1/", url.as_str()),
+        // The sample app's worker and scheduler stand for celery's.
+        (".venv/bin/celery -A app worker --loglevel INFO", ".venv/bin/python tasks.py"),
+        ("stop_timeout = \"60s\"", "stop_timeout = \"10s\""),
+        (
+            ".venv/bin/celery -A app beat --loglevel INFO --schedule \\\"$ATS_DEPLOY_ROOT/shared/celerybeat-schedule\\\"",
+            ".venv/bin/python beat.py",
+        ),
     ];
     all.extend_from_slice(more);
     example_config("nginx-gunicorn-handover.toml", &all)
@@ -424,4 +456,74 @@ fn kills_of_the_hook_at_random_instants_leave_one_healthy_slot_and_fail_no_reque
         .filter(|r| r["state"] == "interrupted")
         .count();
     assert!(interrupted >= 1, "no kill was recorded as interrupted");
+}
+
+#[test]
+fn workers_finish_their_task_and_the_scheduler_never_runs_twice() {
+    let h = Handover::start();
+    let shared = h.server.root.join("shared");
+    let read = |name: &str| std::fs::read_to_string(shared.join(name)).unwrap_or_default();
+    let v1 = h.v1[..].to_string();
+    wait_for("a task of v1", Duration::from_secs(30), || {
+        read("tasks.log").contains(&format!("start {v1}"))
+    });
+    let v2 = h.clone.commit_file("NOTES", "second\n");
+    let (push, seen) = push_under_load(&h, || h.clone.push());
+    push.success()
+        .stderr_has("worker celery: started ")
+        .stderr_has(" gracefully")
+        .stderr_has("worker beat: stopped ");
+    served_once_from_to(&seen, &h.v1, &v2);
+    wait_for("a task of v2", Duration::from_secs(30), || {
+        read("tasks.log").contains(&format!("start {v2}"))
+    });
+
+    // Every task the old worker started, it finished: the stop waited for it.
+    let tasks = read("tasks.log");
+    let of = |what: &str, rev: &str| {
+        tasks
+            .lines()
+            .filter(|l| l.starts_with(what) && l.contains(rev))
+            .count()
+    };
+    assert!(of("start", &v1) >= 1, "{tasks}");
+    assert_eq!(of("start", &v1), of("done", &v1), "{tasks}");
+
+    // The scheduler: each one went down before the next came up.
+    let beat = read("beat.log");
+    let mut ups = Vec::new();
+    let mut downs = std::collections::BTreeMap::new();
+    for line in beat.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let (what, pid, at) = (
+            parts[0],
+            parts[1].to_string(),
+            parts[2].parse::<f64>().unwrap(),
+        );
+        if what == "up" {
+            ups.push((at, pid));
+        } else {
+            downs.insert(pid, at);
+        }
+    }
+    assert_eq!(ups.len(), 2, "{beat}");
+    let first_down = downs
+        .get(&ups[0].1)
+        .copied()
+        .expect("the first scheduler stopped");
+    assert!(
+        first_down <= ups[1].0,
+        "two schedulers ran at once:\n{beat}"
+    );
+    assert!(!downs.contains_key(&ups[1].1), "{beat}");
+    h.one_slot_serves(&v2);
+    h.server
+        .ats(&["status"])
+        .success()
+        .stdout_has("worker:      celery runs ")
+        .stdout_has("worker:      beat runs ");
+    h.server
+        .ats(&["check"])
+        .success()
+        .stdout_has("worker:    beat from the new release once it serves: `.venv/bin/python beat.py`; TERM, then 25s for its task, then KILL; a singleton: stopped before its successor starts");
 }

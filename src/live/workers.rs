@@ -1,0 +1,153 @@
+//! The processes that serve no HTTP (`[[serve.worker]]`): task workers and schedulers,
+//! restarted from the new release once it serves the site.
+//!
+//! A worker is stopped gracefully: TERM, then its `stop_timeout` to finish the task it runs,
+//! then KILL. An ordinary worker's successor starts first, so tasks never wait; a singleton
+//! (a scheduler such as celery beat, which must never run twice) is stopped before its
+//! successor starts. Each started one is kept in `<root>/.ats-hook/workers/<name>.json`, its
+//! output in `<name>.log`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::daemon::Daemon;
+use crate::config::{Serve, Worker};
+use crate::state::layout::Layout;
+use crate::sys::files::write_atomically;
+use crate::sys::output;
+use crate::sys::process::Cmd;
+
+/// What a worker runs, as its file records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Running {
+    pub release: String,
+    pub pid: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
+    pub since: String,
+}
+
+pub struct Workers<'a> {
+    serve: &'a Serve,
+    layout: &'a Layout,
+}
+
+impl<'a> Workers<'a> {
+    pub fn new(serve: &'a Serve, layout: &'a Layout) -> Workers<'a> {
+        Workers { serve, layout }
+    }
+
+    fn file(&self, worker: &Worker, ext: &str) -> PathBuf {
+        self.layout
+            .state()
+            .join("workers")
+            .join(format!("{}.{ext}", worker.name))
+    }
+
+    /// What `worker` runs (a started command), if it still runs.
+    pub fn running(&self, worker: &Worker) -> Option<Running> {
+        let text = std::fs::read_to_string(self.file(worker, "json")).ok()?;
+        let running: Running = serde_json::from_str(&text).ok()?;
+        Daemon::from(&running).runs().then_some(running)
+    }
+
+    /// Restarts every worker from `release` (folder `dir`). Each that fails is said, and the
+    /// others still restart: the site is live by now.
+    pub fn restart_all(&self, release: &str, dir: &Path, env: &BTreeMap<String, String>) -> bool {
+        let mut all_ok = true;
+        for worker in &self.serve.workers {
+            let clock = Instant::now();
+            match self.restart(worker, release, dir, env) {
+                Ok(how) => output::say(format!(
+                    "worker {}: {how} in {}",
+                    worker.name,
+                    output::seconds(clock.elapsed())
+                )),
+                Err(err) => {
+                    all_ok = false;
+                    output::warn(format!("worker {}: {err:#}", worker.name));
+                }
+            }
+        }
+        all_ok
+    }
+
+    fn stop_timeout(&self, worker: &Worker) -> Duration {
+        worker.stop_timeout.unwrap_or(self.serve.stop_timeout).0
+    }
+
+    fn restart(
+        &self,
+        worker: &Worker,
+        release: &str,
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        if let Some(unit) = &worker.unit {
+            let cmd = if self.serve.sudo {
+                Cmd::new("sudo").args(["-n", "systemctl", "restart", unit])
+            } else {
+                Cmd::new("systemctl").args(["restart", unit])
+            };
+            let finished = cmd
+                .timeout(self.stop_timeout(worker) + Duration::from_secs(30))
+                .stream(&mut |line| tracing::info!("{unit} | {line}"))?;
+            if !finished.exit.success() {
+                bail!("`systemctl restart {unit}` failed ({})", finished.exit);
+            }
+            return Ok(format!("restarted {unit}"));
+        }
+        let command = worker
+            .start
+            .as_deref()
+            .context("a worker with neither `start` nor `unit`")?;
+        let old = self.running(worker);
+        let mut said = Vec::new();
+        if worker.singleton {
+            if let Some(old) = &old {
+                said.push(self.stop(old, worker));
+            }
+        }
+        let dirs = self.file(worker, "json");
+        if let Some(parent) = dirs.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("failed to create `{}`", parent.display()))?;
+        }
+        let daemon = Daemon::spawn(command, dir, env, &self.file(worker, "log"))?;
+        let running = Running {
+            release: release.to_string(),
+            pid: daemon.pid,
+            started: daemon.started,
+            since: output::rfc3339(std::time::SystemTime::now()),
+        };
+        let text = serde_json::to_string_pretty(&running).context("failed to encode a worker")?;
+        write_atomically(&self.file(worker, "json"), text.as_bytes(), 0o600)?;
+        said.push(format!("started {release} (pid {})", daemon.pid));
+        if !worker.singleton {
+            if let Some(old) = &old {
+                said.push(self.stop(old, worker));
+            }
+        }
+        Ok(said.join(", "))
+    }
+
+    fn stop(&self, old: &Running, worker: &Worker) -> String {
+        let how = Daemon::from(old)
+            .stop(self.stop_timeout(worker))
+            .unwrap_or("already gone");
+        format!("stopped {} (pid {}) {how}", old.release, old.pid)
+    }
+}
+
+impl From<&Running> for Daemon {
+    fn from(running: &Running) -> Daemon {
+        Daemon {
+            pid: running.pid,
+            started: running.started,
+        }
+    }
+}
