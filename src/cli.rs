@@ -145,6 +145,11 @@ pub enum Command {
         /// Print what would change, and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Print, for review, the files the config's handover (`[serve]`) needs outside the
+        /// deploy root: the nginx site and upstream file, the slots' systemd template unit, the
+        /// sudoers rule; change nothing
+        #[arg(long)]
+        handover: bool,
         /// Set by root for the deploy user's part: root made (or, in a dry run, would make)
         /// the folders of the repository and the deploy root
         #[arg(long, hide = true)]

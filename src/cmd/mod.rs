@@ -112,6 +112,13 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Check(location) => check::run(&location, &mut stdout),
         Command::Install {
             repo,
+            user,
+            config,
+            handover: true,
+            ..
+        } => install_handover(&repo, config, user.as_deref(), &mut stdout),
+        Command::Install {
+            repo,
             root,
             user,
             hook,
@@ -119,6 +126,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             config,
             dry_run,
             prepared,
+            handover: false,
         } => install::run(
             &install::Options {
                 repo: &repo,
@@ -232,6 +240,33 @@ fn repo_dir(location: &Location) -> Result<PathBuf> {
 /// it opens anything there: a symlink the user planted leads nowhere root could read, and a
 /// command of the config (a step's `key`) never runs as root. A `--config` file of root's own
 /// (the Ansible role validating its template) is read first, as root.
+/// `install --handover`: the handover's files for review, made from the repository's config
+/// (read as its owner when root asks).
+fn install_handover(
+    repo: &Path,
+    config: Option<PathBuf>,
+    user: Option<&str>,
+    out: &mut dyn std::io::Write,
+) -> Result<ExitCode> {
+    let owner = owner::other_owner(repo)?.map(|u| u.name);
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let user = user
+        .map(str::to_string)
+        .or(owner)
+        .or(me)
+        .context("cannot tell the deploy user: pass `--user`")?;
+    let config = load(&Location {
+        repo: Some(repo.to_path_buf()),
+        config,
+    })?;
+    let exe = std::env::current_exe().context("failed to find the ats-hook binary")?;
+    install::handover::print(&config, &user, &exe, out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn load(location: &Location) -> Result<Config> {
     let dir = repo_dir(location)?;
     let path = Config::locate(location.config.as_deref(), &dir);

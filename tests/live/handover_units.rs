@@ -31,25 +31,8 @@ fn slots_as_systemd_instances_hand_over_for_a_deploy_user_with_sudo() {
     std::os::unix::fs::chown(upstream_dir, Some(user.uid()), None).unwrap();
     std::os::unix::fs::chown(&nginx.upstream, Some(user.uid()), None).unwrap();
     std::fs::write(units.join("nginx.service"), nginx.unit()).unwrap();
-    let template = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/contrib/systemd/app@.service"
-    ))
-    .unwrap();
-    let template = template
-        .replace("/srv/app", root.to_str().unwrap())
-        .replace("=deployer", &format!("={}", user.name))
-        .replace("/usr/bin/ats-hook", public.bin.to_str().unwrap())
-        .replace("--workers 3", "--workers 2")
-        .replace("After=network.target", "DefaultDependencies=no");
-    std::fs::write(units.join("app@.service"), template).unwrap();
     let systemd = Systemd::boot(&units);
     systemd.systemctl(&["start", "nginx.service"]).success();
-    let _sudoers = Sudoers::install_contrib_file(
-        "ats-hook-handover",
-        &user.name,
-        &[("/usr/sbin/nginx -t -q", &nginx.test_command())],
-    );
     let test = format!("sudo -n {}", nginx.test_command());
     let config = super::handover::config(
         &root,
@@ -66,6 +49,38 @@ fn slots_as_systemd_instances_hand_over_for_a_deploy_user_with_sudo() {
     );
     let uid = user.uid();
     let setup = SshSetup::with(public, user, "post-receive", &config, Some(systemd.pid));
+    // The unit and the sudoers rule are the ones `install --handover` prints for this config.
+    let printed = setup.public.ats(&[
+        "install",
+        "--repo",
+        setup.repo.to_str().unwrap(),
+        "--handover",
+    ]);
+    printed.success();
+    let printed = printed.stdout();
+    let unit = section(&printed, "## /etc/systemd/system/app@.service");
+    assert!(
+        unit.contains(&format!("User={}", setup.user.name)),
+        "{printed}"
+    );
+    std::fs::write(
+        units.join("app@.service"),
+        unit.replace("--workers 3", "--workers 2"),
+    )
+    .unwrap();
+    systemd.systemctl(&["daemon-reload"]).success();
+    let sudoers = section(
+        &printed,
+        &format!("## /etc/sudoers.d/ats-hook-{}-handover", setup.user.name),
+    );
+    for allowed in [
+        "/usr/bin/systemctl start app@a.service",
+        "/usr/bin/systemctl stop app@b.service",
+        "/usr/bin/systemctl reload nginx",
+    ] {
+        assert!(sudoers.contains(allowed), "{printed}");
+    }
+    let _sudoers = Sudoers::install_text(&format!("handover-{}", setup.user.name), &sudoers);
     super::handover::write_env(&setup.root, Some(uid));
     let clone = setup.clone();
     copy_sample_app(&clone);
@@ -133,4 +148,12 @@ fn slots_as_systemd_instances_hand_over_for_a_deploy_user_with_sudo() {
         .success()
         .stdout_has("(app@b.service)")
         .stdout_has("the live slot");
+}
+
+/// The lines after the header line that starts with `header`, up to the next `## ` header.
+fn section(text: &str, header: &str) -> String {
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(header));
+    assert!(lines.next().is_some(), "no `{header}` in:\n{text}");
+    let body: Vec<&str> = lines.take_while(|l| !l.starts_with("## ")).collect();
+    body.join("\n") + "\n"
 }

@@ -469,3 +469,18 @@ fn root_is_refused_on_a_deploy_users_root_and_sudo_names_who_asked() {
     let history = std::fs::read_to_string(root.join(".ats-hook/deploys.jsonl")).unwrap();
     assert!(history.contains("\"pusher\":\"admin-alice\""), "{history}");
 }
+
+#[test]
+fn install_handover_needs_a_serve_section_and_changes_nothing() {
+    let server = Server::new();
+    let before = std::fs::read_to_string(server.bare.join("ats-hook.toml")).unwrap();
+    server
+        .ats(&["install", "--handover"])
+        .failure()
+        .stderr_has("has no `[serve]`: the handover needs two slots and a proxy");
+    assert_eq!(
+        std::fs::read_to_string(server.bare.join("ats-hook.toml")).unwrap(),
+        before
+    );
+    assert!(!server.root.exists());
+}

@@ -237,6 +237,9 @@ fn the_debian_package_installs_runs_completes_and_removes_cleanly() {
         "SECURITY.md",
         "contrib/examples/django-gunicorn.toml",
         "contrib/sudoers/ats-hook-app",
+        "contrib/sudoers/ats-hook-handover",
+        "contrib/systemd/app@.service",
+        "contrib/examples/nginx-gunicorn-handover.toml",
     ] {
         assert!(
             Path::new("/usr/share/doc/ats-hook").join(doc).is_file(),

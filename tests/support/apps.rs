@@ -282,6 +282,20 @@ impl Sudoers {
         Sudoers::install_contrib_file("ats-hook-app", user, &[])
     }
 
+    /// A rule as given, as `/etc/sudoers.d/ats-hook-test-NAME`, checked with visudo.
+    pub fn install_text(name: &str, text: &str) -> Sudoers {
+        let path = PathBuf::from(format!("/etc/sudoers.d/ats-hook-test-{name}"));
+        std::fs::write(&path, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let mut check = Command::new("visudo");
+        check.arg("-cf").arg(&path);
+        let checked = run(&mut check, "visudo -cf");
+        let guard = Sudoers(path);
+        checked.success();
+        guard
+    }
+
     /// contrib/sudoers/`name`, for `user` instead of `deployer`, with `replacements`.
     pub fn install_contrib_file(name: &str, user: &str, replacements: &[(&str, &str)]) -> Sudoers {
         let mut text = std::fs::read_to_string(

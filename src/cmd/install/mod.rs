@@ -12,6 +12,7 @@
 //! have planted in its own files (a symlink at the config's temporary name) reaches root.
 
 mod as_root;
+pub mod handover;
 
 use std::fs;
 use std::io::Write;
