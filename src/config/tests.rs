@@ -389,3 +389,26 @@ fn serve_mistakes_are_named() {
         assert!(text.contains(says), "{from} -> {to}: {text}");
     }
 }
+
+#[test]
+fn the_examples_serve_section_parses_once_uncommented() {
+    let start = EXAMPLE.find("# [serve]\n").unwrap();
+    let end = EXAMPLE.find("# [notify]").unwrap();
+    let block: String = EXAMPLE[start..end]
+        .lines()
+        .filter(|l| l.starts_with("# ") && (l[2..].starts_with('[') || l[2..].contains(" = ")))
+        .map(|l| format!("{}\n", &l[2..]))
+        .collect();
+    let text = EXAMPLE.replace(
+        "url = \"http://127.0.0.1:8000/\"",
+        "url = \"http://{addr}/\"",
+    ) + "\n"
+        + &block;
+    let config = parse(&text).unwrap();
+    let serve = config.serve.unwrap();
+    assert_eq!(serve.slots.len(), 2);
+    assert_eq!(
+        serve.proxy.reload,
+        "sudo -n /usr/bin/systemctl reload nginx"
+    );
+}

@@ -78,6 +78,7 @@ fn check_prints_the_plan() {
     check
         .stdout_has("is valid")
         .stdout_has("deploys:   branches main")
+        .stdout_has("model:     switch, then restart in place: users meet the new release before the health check does")
         .stdout_has("a push may skip it: `git push -o ats.skip=static`");
     check
         .stdout_has("step 1:    install (timeout 15m)")
