@@ -83,11 +83,14 @@ fn handover(config: &crate::config::Config, layout: &Layout) -> Option<Handover>
             }
         })
         .collect();
-    let points_at = serve
-        .proxy
-        .nginx
-        .as_deref()
-        .and_then(crate::live::proxy::nginx_points_at);
+    let points_at = match &serve.proxy.caddy {
+        Some(_) => crate::live::proxy::caddy_points_at(&serve.proxy),
+        None => serve
+            .proxy
+            .nginx
+            .as_deref()
+            .and_then(crate::live::proxy::nginx_points_at),
+    };
     let as_recorded = match (&points_at, &live) {
         (Some(addr), Some(live)) => Some(*addr == live.addr.to_string()),
         (Some(_), None) => Some(false),
@@ -147,10 +150,10 @@ fn print_handover(out: &mut dyn Write, handover: &Handover) -> Result<()> {
         )?;
     }
     match (&handover.proxy_points_at, handover.proxy_as_recorded) {
-        (Some(addr), Some(true)) => writeln!(out, "proxy:       nginx sends to {addr}, the live slot")?,
+        (Some(addr), Some(true)) => writeln!(out, "proxy:       it sends to {addr}, the live slot")?,
         (Some(addr), _) => writeln!(
             out,
-            "proxy:       nginx sends to {addr}, which is NOT the live slot's address: the next deploy or `rollback` points it right"
+            "proxy:       it sends to {addr}, which is NOT the live slot's address: the next deploy or `rollback` points it right"
         )?,
         (None, _) => {}
     }

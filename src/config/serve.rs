@@ -66,6 +66,9 @@ pub struct Proxy {
     /// With `nginx`: the command that reloads it gracefully (old workers finish their requests).
     #[serde(default = "default_nginx_reload")]
     pub reload: String,
+    /// Caddy: the admin API's URL of the `reverse_proxy` handler, by its `@id`
+    /// (`http://127.0.0.1:2019/id/app`); its `upstreams` are set to the slot.
+    pub caddy: Option<String>,
     /// Any other proxy: a shell command that points it at `{addr}` (also in `$ATS_SLOT_ADDR`).
     pub command: Option<String>,
     /// The public address to probe once switched: it must answer like the health check, with
@@ -174,16 +177,30 @@ impl Serve {
                 bail!("`serve.start` uses `{{port}}`, but a slot is a unix socket: use `{{addr}}`");
             }
         }
-        match (&self.proxy.nginx, &self.proxy.command) {
-            (Some(_), Some(_)) => bail!("`serve.proxy`: set `nginx` or `command`, not both"),
-            (None, None) => bail!(
-                "`serve.proxy`: set `nginx` (the upstream file the site includes) or `command` (which points the proxy at `{{addr}}`)"
+        let ways = [
+            self.proxy.nginx.is_some(),
+            self.proxy.caddy.is_some(),
+            self.proxy.command.is_some(),
+        ];
+        match ways.iter().filter(|set| **set).count() {
+            0 => bail!(
+                "`serve.proxy`: set `nginx` (the upstream file the site includes), `caddy` (its admin API's URL of the handler) or `command` (which points the proxy at `{{addr}}`)"
             ),
-            (Some(file), None) if !file.is_absolute() => bail!(
+            1 => {}
+            _ => bail!("`serve.proxy`: set one of `nginx`, `caddy` and `command`"),
+        }
+        if let Some(file) = self.proxy.nginx.as_ref().filter(|f| !f.is_absolute()) {
+            bail!(
                 "`serve.proxy.nginx` `{}` must be an absolute path",
                 file.display()
-            ),
-            _ => {}
+            );
+        }
+        if let Some(admin) = &self.proxy.caddy {
+            if !admin.starts_with("http://") || !crate::sys::http::is_loopback(admin) {
+                bail!(
+                    "`serve.proxy.caddy` `{admin}` must be an `http://` URL on loopback: Caddy's admin API asks for no password"
+                );
+            }
         }
         let url = &self.proxy.url;
         if !url.starts_with("http://") && !url.starts_with("https://") {

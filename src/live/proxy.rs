@@ -47,6 +47,17 @@ pub fn switch(
     if let Some(file) = &proxy.nginx {
         return switch_nginx(proxy, file, &slot.addr, backup.map(|b| &b.addr));
     }
+    if let Some(admin) = &proxy.caddy {
+        let dial = caddy_dial(&slot.addr);
+        let body = serde_json::json!([{ "dial": dial }]).to_string();
+        caddy(proxy, &upstreams_url(admin), Some(&body))?;
+        output::say(format!(
+            "proxy: Caddy sends to `{dial}` (slot {}), set through {}",
+            slot.name,
+            upstreams_url(admin)
+        ));
+        return Ok(());
+    }
     let command = proxy
         .command
         .as_deref()
@@ -139,14 +150,28 @@ fn run(cmd: Cmd, proxy: &Proxy, label: &str) -> Result<()> {
     Ok(())
 }
 
-/// What the proxy's own file says now (nginx), to put back when no slot ran the previous
-/// release (the first handover, from a server run the older way).
+/// What the proxy says now (nginx's file, Caddy's upstreams), to put back when no slot ran the
+/// previous release (the first handover, from a server run the older way).
 pub fn capture(proxy: &Proxy) -> Option<Vec<u8>> {
+    if let Some(admin) = &proxy.caddy {
+        return caddy(proxy, &upstreams_url(admin), None)
+            .ok()
+            .map(String::into_bytes);
+    }
     std::fs::read(proxy.nginx.as_ref()?).ok()
 }
 
 /// Puts back what `capture` saw, and reloads.
 pub fn restore(proxy: &Proxy, before: Option<Vec<u8>>) -> Result<()> {
+    if let (Some(admin), Some(before)) = (&proxy.caddy, &before) {
+        caddy(
+            proxy,
+            &upstreams_url(admin),
+            Some(&String::from_utf8_lossy(before)),
+        )?;
+        output::say("proxy: Caddy's upstreams put back as they were");
+        return Ok(());
+    }
     let (Some(file), Some(before)) = (&proxy.nginx, before) else {
         bail!("no slot ran the previous release, so the proxy has nothing to go back to");
     };
@@ -162,4 +187,56 @@ pub fn restore(proxy: &Proxy, before: Option<Vec<u8>>) -> Result<()> {
         file.display()
     ));
     Ok(())
+}
+
+/// How Caddy names an address in `dial`.
+fn caddy_dial(addr: &Address) -> String {
+    match addr {
+        Address::Tcp { .. } => addr.to_string(),
+        Address::Unix(path) => format!("unix/{}", path.display()),
+    }
+}
+
+fn upstreams_url(admin: &str) -> String {
+    format!("{}/upstreams", admin.trim_end_matches('/'))
+}
+
+/// The address Caddy's handler sends to now (its first upstream), as a slot is written.
+pub fn caddy_points_at(proxy: &Proxy) -> Option<String> {
+    let text = caddy(proxy, &upstreams_url(proxy.caddy.as_ref()?), None).ok()?;
+    let upstreams: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let dial = upstreams.get(0)?.get("dial")?.as_str()?;
+    Some(match dial.strip_prefix("unix/") {
+        Some(path) => format!("unix:{path}"),
+        None => dial.to_string(),
+    })
+}
+
+/// A GET (no body) or a PATCH of JSON to Caddy's admin API; the answer's body.
+fn caddy(proxy: &Proxy, url: &str, body: Option<&str>) -> Result<String> {
+    let agent = crate::sys::http::agent(proxy.timeout.0, crate::sys::http::Tls::default())?;
+    let method = if body.is_some() { "PATCH" } else { "GET" };
+    let sent = match body {
+        Some(body) => agent
+            .patch(url)
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes()),
+        None => agent.get(url).call(),
+    };
+    let mut response =
+        sent.with_context(|| format!("Caddy's admin API did not answer `{method} {url}`"))?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    if status != 200 {
+        bail!(
+            "Caddy's admin API answered HTTP {status} to `{method} {url}`: {}",
+            text.trim()
+        );
+    }
+    Ok(text)
 }

@@ -212,6 +212,8 @@ fn switch_back(
     if let Some(previous) = &session.previous_release {
         output::say(format!("switched current back to {previous}"));
     }
+    // Whether or not the proxy went back, the new slot is no one's: it stops.
+    let stopped = slots.stop(new);
     outcome?;
-    slots.stop(new)
+    stopped
 }

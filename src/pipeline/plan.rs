@@ -339,6 +339,14 @@ fn write_handover(
         )?,
         (None, None) => {}
     }
+    if let Some(admin) = &serve.proxy.caddy {
+        writeln!(
+            out,
+            "switch:    PATCH {}/upstreams to the new slot (Caddy's admin API); then {}/current -> releases/<id>",
+            admin.trim_end_matches('/'),
+            config.deploy.root.display()
+        )?;
+    }
     writeln!(
         out,
         "proxy:     GET {}, like the health check; on failure the proxy goes back to the old slot",

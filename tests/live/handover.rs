@@ -41,11 +41,7 @@ impl Handover {
                 ("drain = \"30s\"", "drain = \"10s\""),
             ],
         );
-        server.config(&config);
-        write_env(&root, None);
-        let clone = server.clone("work");
-        copy_sample_app(&clone);
-        let v1 = clone.commit("first version");
+        let (clone, v1) = sample_app(&server, &config);
         clone
             .push()
             .success()
@@ -198,6 +194,17 @@ pub(super) fn config(
     ];
     all.extend_from_slice(more);
     example_config("nginx-gunicorn-handover.toml", &all)
+}
+
+/// `config` on `server`, with its env file, and a clone of the sample app holding its first
+/// commit (not pushed yet).
+pub(super) fn sample_app(server: &Server, config: &str) -> (Clone, String) {
+    server.config(config);
+    write_env(&server.root, None);
+    let clone = server.clone("work");
+    copy_sample_app(&clone);
+    let v1 = clone.commit("first version");
+    (clone, v1)
 }
 
 /// shared/.env: where pip finds the sample app's wheels; owned by `uid` when given.

@@ -2,6 +2,7 @@
 //! records of a deploy.
 
 mod handover;
+mod handover_proxies;
 mod handover_units;
 mod health;
 mod journald;

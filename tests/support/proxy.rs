@@ -308,3 +308,69 @@ pub fn changes(seen: &Seen) -> Vec<String> {
     }
     out
 }
+
+/// Caddy, private to one test, from a JSON config: its admin API on a port of its own, one
+/// server on `port` whose `reverse_proxy` handler has the `@id` `app`. Stopped when dropped.
+pub struct Caddy {
+    child: std::process::Child,
+    pub port: u16,
+    pub admin: String,
+}
+
+impl Caddy {
+    pub fn start(dir: &Path, first: &str) -> Caddy {
+        assert!(
+            Path::new("/usr/bin/caddy").exists(),
+            "caddy is not installed (tests/run installs it)"
+        );
+        let dir = dir.join("caddy");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, admin_port) = (closed_port(), closed_port());
+        let config = serde_json::json!({
+            "admin": { "listen": format!("127.0.0.1:{admin_port}") },
+            "apps": { "http": { "servers": { "site": {
+                "listen": [format!("127.0.0.1:{port}")],
+                "automatic_https": { "disable": true },
+                "routes": [{ "handle": [{
+                    "@id": "app",
+                    "handler": "reverse_proxy",
+                    "upstreams": [{ "dial": first }]
+                }]}]
+            }}}}
+        });
+        let file = dir.join("caddy.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let log = std::fs::File::create(dir.join("caddy.log")).unwrap();
+        let child = Command::new("caddy")
+            .args(["run", "--config"])
+            .arg(&file)
+            .env("HOME", &dir)
+            .env("XDG_DATA_HOME", dir.join("data"))
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let caddy = Caddy {
+            child,
+            port,
+            admin: format!("http://127.0.0.1:{admin_port}/id/app"),
+        };
+        wait_for("Caddy's admin API", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+        });
+        caddy
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
