@@ -58,7 +58,7 @@ pub struct Worker {
 #[serde(deny_unknown_fields)]
 pub struct Proxy {
     /// nginx: the file ats-hook writes, which the site's `upstream` block includes
-    /// (`upstream app { include /etc/nginx/ats-hook/app.upstream; }`).
+    /// (`upstream app { include /etc/nginx/ats-hook/app/upstream.conf; }`).
     pub nginx: Option<PathBuf>,
     /// With `nginx`: the command that validates the configuration with the new file.
     #[serde(default = "default_nginx_test")]

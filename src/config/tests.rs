@@ -278,7 +278,7 @@ root = "/srv/app"
 slots = ["127.0.0.1:8001", "127.0.0.1:8002"]
 start = ".venv/bin/gunicorn --bind {addr} wsgi:application"
 [serve.proxy]
-nginx = "/etc/nginx/ats-hook/app.upstream"
+nginx = "/etc/nginx/ats-hook/app/upstream.conf"
 url = "http://127.0.0.1/"
 [health]
 url = "http://{addr}/up"
@@ -352,12 +352,12 @@ fn serve_mistakes_are_named() {
             "is not a template unit",
         ),
         (
-            "nginx = \"/etc/nginx/ats-hook/app.upstream\"",
+            "nginx = \"/etc/nginx/ats-hook/app/upstream.conf\"",
             "nginx = \"app.upstream\"",
             "must be an absolute path",
         ),
         (
-            "nginx = \"/etc/nginx/ats-hook/app.upstream\"\n",
+            "nginx = \"/etc/nginx/ats-hook/app/upstream.conf\"\n",
             "",
             "set `nginx`",
         ),

@@ -203,15 +203,35 @@ fn the_roles_units_and_sudoers_rule_are_contribs() {
         "ats_hook_worker_command": "/srv/app/current/.venv/bin/celery --app app worker --loglevel INFO",
     });
     let ansible = ansible_playbook().with_file_name("ansible");
-    for (template, unit, expected) in [
-        ("app.service.j2", "app.service", "systemd/app.service"),
-        ("app.socket.j2", "app.socket", "systemd/app.socket"),
+    let mut handover = vars.clone();
+    handover["ats_hook_handover"] = serde_json::json!(true);
+    for (template, unit, expected, vars) in [
+        (
+            "app.service.j2",
+            "app.service",
+            "systemd/app.service",
+            &vars,
+        ),
+        ("app.socket.j2", "app.socket", "systemd/app.socket", &vars),
         (
             "app-worker.service.j2",
             "app-worker.service",
             "systemd/app-worker.service",
+            &vars,
         ),
-        ("sudoers.j2", "sudoers", "sudoers/ats-hook-app"),
+        ("sudoers.j2", "sudoers", "sudoers/ats-hook-app", &vars),
+        (
+            "app@.service.j2",
+            "app@.service",
+            "systemd/app@.service",
+            &handover,
+        ),
+        (
+            "sudoers-handover.j2",
+            "sudoers-handover",
+            "sudoers/ats-hook-handover",
+            &handover,
+        ),
     ] {
         let dest = dir.path().join(unit);
         let mut cmd = command(&ansible, dir.path());
@@ -241,7 +261,7 @@ fn the_roles_units_and_sudoers_rule_are_contribs() {
         let rendered = std::fs::read_to_string(&dest).unwrap();
         let mut ours = directives(&rendered);
         let mut theirs = directives(&std::fs::read_to_string(contrib.join(expected)).unwrap());
-        if unit == "sudoers" {
+        if unit.starts_with("sudoers") {
             // Each rule's alias is named after its service: several apps share /etc/sudoers.d.
             ours = ours
                 .iter()

@@ -182,7 +182,7 @@ pub(super) fn config(
         ("/srv/app", root.to_str().unwrap()),
         ("127.0.0.1:8001", slots[0].as_str()),
         ("127.0.0.1:8002", slots[1].as_str()),
-        ("/etc/nginx/ats-hook/app.upstream", upstream.as_str()),
+        ("/etc/nginx/ats-hook/app/upstream.conf", upstream.as_str()),
         ("http://127.0.0.1/", url.as_str()),
         // The sample app's worker and scheduler stand for celery's.
         (".venv/bin/celery -A app worker --loglevel INFO", ".venv/bin/python tasks.py"),

@@ -136,8 +136,9 @@ impl Drop for Nginx {
     }
 }
 
-/// Clients that each keep one connection alive and send GETs back to back, as browsers and
-/// API clients do, until stopped (bounded in time whatever the deploy does).
+/// Clients that each keep one connection alive and send GETs one after the other (5 ms apart,
+/// a busy site's pace without starving the machine), as browsers and API clients do, until
+/// stopped (bounded in time whatever the deploy does).
 pub struct Clients {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Seen>>,
@@ -184,6 +185,7 @@ fn client(port: u16, path: &str, stop: &AtomicBool) -> Seen {
     let started = Instant::now();
     let mut conn: Option<BufReader<TcpStream>> = None;
     while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(5));
         let reused = conn.is_some();
         if conn.is_none() {
             match TcpStream::connect(("127.0.0.1", port)) {

@@ -25,7 +25,7 @@ pub fn print(config: &Config, user: &str, exe: &Path, out: &mut dyn Write) -> Re
     if let Some(file) = &serve.proxy.nginx {
         writeln!(
             out,
-            "## {} — written by ats-hook at each handover; create it once, owned by `{user}`:",
+            "## {} — ats-hook writes a new one beside it at each handover: create it once, it and its folder owned by `{user}`:",
             file.display()
         )?;
         writeln!(out, "server {};\n", serve.slots[0])?;
