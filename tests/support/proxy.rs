@@ -20,8 +20,9 @@ pub struct Nginx {
     pub port: u16,
     pub upstream: PathBuf,
     conf: PathBuf,
-    /// Started here (and stopped when dropped), not by a systemd.
-    started: bool,
+    /// Its master's pid when started here (and stopped when dropped), not by a systemd; read
+    /// at the start, since its folder may be gone by the time it is dropped.
+    master: Option<i32>,
 }
 
 impl Nginx {
@@ -29,7 +30,13 @@ impl Nginx {
     pub fn start(dir: &Path, first: &str) -> Nginx {
         let mut nginx = Nginx::configure(dir, first);
         run(Command::new("nginx").args(nginx.args(&[])), "start nginx").success();
-        nginx.started = true;
+        let pidfile = nginx.dir.join("nginx.pid");
+        wait_for("nginx's pidfile", Duration::from_secs(10), || {
+            std::fs::read_to_string(&pidfile).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
+        });
+        nginx.master = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
         nginx
     }
 
@@ -76,7 +83,7 @@ impl Nginx {
             port,
             upstream,
             conf,
-            started: false,
+            master: None,
         }
     }
 
@@ -117,21 +124,23 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // Run by a systemd of its own namespace, its pidfile names a pid of that namespace.
-        if !self.started {
+        // Run by a systemd of its own namespace, it stops with that systemd.
+        let Some(pid) = self.master else {
             return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGQUIT,
+        );
+        let start = Instant::now();
+        while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("nginx.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                send_signal(pid, nix::sys::signal::Signal::SIGQUIT);
-                let start = Instant::now();
-                while alive(pid) && start.elapsed() < Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if alive(pid) {
-                    send_signal(pid, nix::sys::signal::Signal::SIGKILL);
-                }
-            }
+        if alive(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
