@@ -5,7 +5,7 @@
 //! have downloaded the sample app's wheels into `target/test-wheels`, and installed nginx). The
 //! Flask sample app under real gunicorn, behind a real nginx, is deployed through ats-hook as a
 //! real post-receive hook, several times each way, while four clients keep their connections
-//! to nginx alive and send requests back to back:
+//! to nginx alive and send requests one after the other (5 ms apart):
 //!
 //! - the handover (`[serve]`): the new release starts on the idle slot, is proven there, nginx
 //!   switches, the old slot drains;

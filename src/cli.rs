@@ -181,6 +181,11 @@ pub enum Command {
         action: RemoteAction,
     },
 
+    /// Start what is live when nothing runs it (after a boot): with `[serve]`, the live slot's
+    /// release and the workers; what runs is left alone. For a boot unit
+    /// (contrib/systemd/ats-hook-start.service)
+    Start(Location),
+
     /// Run COMMAND with the env file's variables added: for a systemd unit's `ExecStart`, so
     /// the file is read as the unit's `User=`, never by PID 1 as root
     Exec {

@@ -110,6 +110,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         } => there(&name, "status", json, None),
         Command::Status { json, location, .. } => status::run(&location, json, &mut stdout),
         Command::Check(location) => check::run(&location, &mut stdout),
+        Command::Start(location) => crate::pipeline::boot::start(&load(&location)?),
         Command::Install {
             repo,
             user,

@@ -76,6 +76,27 @@ impl<'a> Workers<'a> {
         all_ok
     }
 
+    /// Starts, from `release`, each worker with a command that does not run (after a boot);
+    /// those that run are left alone, and units start at boot by themselves.
+    pub fn start_missing(&self, release: &str, dir: &Path, env: &BTreeMap<String, String>) {
+        for worker in &self.serve.workers {
+            if worker.start.is_none() {
+                continue;
+            }
+            if let Some(running) = self.running(worker) {
+                output::say(format!(
+                    "worker {}: runs {} already (pid {})",
+                    worker.name, running.release, running.pid
+                ));
+                continue;
+            }
+            match self.restart(worker, release, dir, env) {
+                Ok(how) => output::say(format!("worker {}: {how}", worker.name)),
+                Err(err) => output::warn(format!("worker {}: {err:#}", worker.name)),
+            }
+        }
+    }
+
     fn stop_timeout(&self, worker: &Worker) -> Duration {
         worker.stop_timeout.unwrap_or(self.serve.stop_timeout).0
     }

@@ -114,6 +114,13 @@ pub fn after_death(
         ));
         undo_switch(config, layout, records, pending, dead)?;
     }
+    if last_word.is_none() && dead.commit.is_empty() {
+        // A `start` after a boot: it deploys nothing, and the one that takes over starts again.
+        output::warn(format!(
+            "the previous `start`, {dead}, died before it was done"
+        ));
+        return Ok(());
+    }
     let Some(intent) = last_word else {
         output::warn(format!(
             "the previous deploy, {dead}, did not finish (its process died); recording it as interrupted"

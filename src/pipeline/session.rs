@@ -336,6 +336,13 @@ impl Session {
         err
     }
 
+    /// Lets the lock go after a run that records nothing (`start`).
+    pub(super) fn release_lock(self) {
+        if let Err(release) = self.lock.release() {
+            output::warn(format!("{release:#}"));
+        }
+    }
+
     pub(super) fn stages(&self) -> String {
         let stages: Vec<String> = self
             .timings

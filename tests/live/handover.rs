@@ -11,16 +11,16 @@ use pretty_assertions::assert_eq;
 use std::time::Duration;
 
 /// A server deploying the sample app by handover, nginx in front; v1 already live.
-struct Handover {
-    server: Server,
-    nginx: Nginx,
-    clone: Clone,
-    slots: [String; 2],
-    v1: String,
+pub(super) struct Handover {
+    pub(super) server: Server,
+    pub(super) nginx: Nginx,
+    pub(super) clone: Clone,
+    pub(super) slots: [String; 2],
+    pub(super) v1: String,
 }
 
 impl Handover {
-    fn start() -> Handover {
+    pub(super) fn start() -> Handover {
         let server = Server::new();
         let root = server.root.clone();
         let slots = [closed_port(), closed_port()].map(|p| format!("127.0.0.1:{p}"));
@@ -61,7 +61,7 @@ impl Handover {
     }
 
     /// The pids of the slots' servers that run now, by slot.
-    fn running(&self) -> Vec<(String, i32)> {
+    pub(super) fn running(&self) -> Vec<(String, i32)> {
         let mut out = Vec::new();
         for slot in ["a", "b"] {
             let file = self
@@ -82,7 +82,7 @@ impl Handover {
     }
 
     /// The process groups of the workers ats-hook started, by their files.
-    fn worker_groups(&self) -> Vec<i32> {
+    pub(super) fn worker_groups(&self) -> Vec<i32> {
         let dir = self.server.root.join(".ats-hook/workers");
         std::fs::read_dir(dir)
             .into_iter()
@@ -114,7 +114,7 @@ impl Handover {
 
     /// Exactly one slot runs, nginx sends to it, and it serves what the history says is live.
     #[track_caller]
-    fn one_slot_serves(&self, commit: &str) {
+    pub(super) fn one_slot_serves(&self, commit: &str) {
         let running = self.running();
         assert_eq!(running.len(), 1, "slots running: {running:?}");
         let slot = &running[0].0;
@@ -226,7 +226,7 @@ pub(super) fn write_env(root: &std::path::Path, uid: Option<u32>) {
 
 /// No client saw a failure, and each saw the served commit go from `old` to `new` once.
 #[track_caller]
-fn served_once_from_to(seen: &[Seen], old: &str, new: &str) {
+pub(super) fn served_once_from_to(seen: &[Seen], old: &str, new: &str) {
     for (n, client) in seen.iter().enumerate() {
         assert_eq!(client.failures, Vec::<String>::new(), "client {n}");
         assert_eq!(
@@ -249,7 +249,7 @@ fn served_only(seen: &[Seen], commit: &str) {
 }
 
 /// Pushes under load from four clients; what each saw.
-fn push_under_load(h: &Handover, push: impl FnOnce() -> Run) -> (Run, Vec<Seen>) {
+pub(super) fn push_under_load(h: &Handover, push: impl FnOnce() -> Run) -> (Run, Vec<Seen>) {
     let clients = Clients::start(h.nginx.port, "", 4);
     std::thread::sleep(Duration::from_millis(500));
     let run = push();
@@ -463,74 +463,4 @@ fn kills_of_the_hook_at_random_instants_leave_one_healthy_slot_and_fail_no_reque
         .filter(|r| r["state"] == "interrupted")
         .count();
     assert!(interrupted >= 1, "no kill was recorded as interrupted");
-}
-
-#[test]
-fn workers_finish_their_task_and_the_scheduler_never_runs_twice() {
-    let h = Handover::start();
-    let shared = h.server.root.join("shared");
-    let read = |name: &str| std::fs::read_to_string(shared.join(name)).unwrap_or_default();
-    let v1 = h.v1[..].to_string();
-    wait_for("a task of v1", Duration::from_secs(30), || {
-        read("tasks.log").contains(&format!("start {v1}"))
-    });
-    let v2 = h.clone.commit_file("NOTES", "second\n");
-    let (push, seen) = push_under_load(&h, || h.clone.push());
-    push.success()
-        .stderr_has("worker celery: started ")
-        .stderr_has(" gracefully")
-        .stderr_has("worker beat: stopped ");
-    served_once_from_to(&seen, &h.v1, &v2);
-    wait_for("a task of v2", Duration::from_secs(30), || {
-        read("tasks.log").contains(&format!("start {v2}"))
-    });
-
-    // Every task the old worker started, it finished: the stop waited for it.
-    let tasks = read("tasks.log");
-    let of = |what: &str, rev: &str| {
-        tasks
-            .lines()
-            .filter(|l| l.starts_with(what) && l.contains(rev))
-            .count()
-    };
-    assert!(of("start", &v1) >= 1, "{tasks}");
-    assert_eq!(of("start", &v1), of("done", &v1), "{tasks}");
-
-    // The scheduler: each one went down before the next came up.
-    let beat = read("beat.log");
-    let mut ups = Vec::new();
-    let mut downs = std::collections::BTreeMap::new();
-    for line in beat.lines() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        let (what, pid, at) = (
-            parts[0],
-            parts[1].to_string(),
-            parts[2].parse::<f64>().unwrap(),
-        );
-        if what == "up" {
-            ups.push((at, pid));
-        } else {
-            downs.insert(pid, at);
-        }
-    }
-    assert_eq!(ups.len(), 2, "{beat}");
-    let first_down = downs
-        .get(&ups[0].1)
-        .copied()
-        .expect("the first scheduler stopped");
-    assert!(
-        first_down <= ups[1].0,
-        "two schedulers ran at once:\n{beat}"
-    );
-    assert!(!downs.contains_key(&ups[1].1), "{beat}");
-    h.one_slot_serves(&v2);
-    h.server
-        .ats(&["status"])
-        .success()
-        .stdout_has("worker:      celery runs ")
-        .stdout_has("worker:      beat runs ");
-    h.server
-        .ats(&["check"])
-        .success()
-        .stdout_has("worker:    beat from the new release once it serves: `.venv/bin/python beat.py`; TERM, then 25s for its task, then KILL; a singleton: stopped before its successor starts");
 }

@@ -4,6 +4,7 @@
 mod handover;
 mod handover_proxies;
 mod handover_units;
+mod handover_workers;
 mod health;
 mod journald;
 mod notify;
