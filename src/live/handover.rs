@@ -61,12 +61,45 @@ pub fn switch_to(
     release: &str,
     layout: &Layout,
     env: &BTreeMap<String, String>,
-) -> Result<()> {
-    slots.set_live(slot)?;
-    proxy::switch(&slots.serve.proxy, slot, fallback, env)?;
-    release::switch_current(layout, release)?;
+) -> Result<(), SwitchError> {
+    let was = slots.live();
+    slots.set_live(slot).map_err(SwitchError::Failed)?;
+    if let Err(err) = proxy::switch(&slots.serve.proxy, slot, fallback, env) {
+        // nginx with a file it refused or could not reload has it put back; Caddy takes a
+        // change whole or not at all. A command may have done half: that is not known.
+        let proxy = &slots.serve.proxy;
+        if proxy.nginx.is_none() && proxy.caddy.is_none() {
+            return Err(SwitchError::Failed(err));
+        }
+        let noted = match &was {
+            Some(was) => slots.set_live(was),
+            None => slots.clear_live(),
+        };
+        if let Err(noted) = noted {
+            output::warn(format!("{noted:#}"));
+        }
+        return Err(SwitchError::Refused(err));
+    }
+    release::switch_current(layout, release).map_err(SwitchError::Failed)?;
     output::say(format!("switched current to {release}"));
     Ok(())
+}
+
+/// Why a switch did not happen.
+#[derive(Debug)]
+pub enum SwitchError {
+    /// The proxy kept what it had: no request of a user reached the new slot.
+    Refused(anyhow::Error),
+    /// It may have switched, in part or whole.
+    Failed(anyhow::Error),
+}
+
+impl From<SwitchError> for anyhow::Error {
+    fn from(err: SwitchError) -> anyhow::Error {
+        match err {
+            SwitchError::Refused(err) | SwitchError::Failed(err) => err,
+        }
+    }
 }
 
 /// The old slot, once the proxy sends it nothing new: its requests in flight finish (up to

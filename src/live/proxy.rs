@@ -100,21 +100,24 @@ fn switch_nginx(
         .context("failed to write nginx's upstream file")?;
     if let Err(err) = run(Cmd::shell(&proxy.test), proxy, &format!("`{}`", proxy.test)) {
         // The running nginx never read it; the next reload (anyone's) must not either.
-        match &before {
-            Some(before) => write_atomically(file, before, 0o644)?,
-            None => std::fs::remove_file(file)
-                .with_context(|| format!("failed to remove `{}`", file.display()))?,
-        }
+        put_back(file, before.as_deref())?;
         return Err(err.context(format!(
             "nginx refused the configuration with `{}` naming {addr}; the file is as it was",
             file.display()
         )));
     }
-    run(
+    if let Err(err) = run(
         Cmd::shell(&proxy.reload),
         proxy,
         &format!("`{}`", proxy.reload),
-    )?;
+    ) {
+        // Not reloaded: the next start or reload of nginx must not read it either.
+        put_back(file, before.as_deref())?;
+        return Err(err.context(format!(
+            "nginx did not reload with `{}` naming {addr}; the file is as it was",
+            file.display()
+        )));
+    }
     let backup = backup
         .map(|b| format!(" (`{b}` its backup while it drains)"))
         .unwrap_or_default();
@@ -123,6 +126,15 @@ fn switch_nginx(
         file.display()
     ));
     Ok(())
+}
+
+/// Puts nginx's file back as it was before (or removes it, when there was none).
+fn put_back(file: &Path, before: Option<&[u8]>) -> Result<()> {
+    match before {
+        Some(before) => write_atomically(file, before, 0o644),
+        None => std::fs::remove_file(file)
+            .with_context(|| format!("failed to remove `{}`", file.display())),
+    }
 }
 
 /// Runs a proxy command to its end (a switch half done is worse than one not started), and

@@ -117,6 +117,17 @@ impl<'a> Slots<'a> {
         )
     }
 
+    /// Forgets which slot is live (nothing was, before the handover that did not happen).
+    pub fn clear_live(&self) -> Result<()> {
+        let file = self.dir().join("live");
+        match std::fs::remove_file(&file) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(err).with_context(|| format!("failed to remove `{}`", file.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The slot new traffic is not going to: where a release starts.
     pub fn idle(&self) -> Slot {
         match self.live() {

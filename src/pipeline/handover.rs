@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use super::go_live::{after_switch, reverse_schema};
 use super::session::Session;
 use crate::config::{Config, Health, Serve};
-use crate::live::handover::{retire, start_and_prove, switch_to};
+use crate::live::handover::{retire, start_and_prove, switch_to, SwitchError};
 use crate::live::health::{self, Target};
 use crate::live::proxy;
 use crate::live::restart;
@@ -90,7 +90,22 @@ pub(super) fn handover(
 
     let clock = Instant::now();
     let before = proxy::capture(&serve.proxy);
-    let switched = switch_to(&slots, (&new, old.as_ref()), release, &layout, env).and_then(|()| {
+    let switched = match switch_to(&slots, (&new, old.as_ref()), release, &layout, env) {
+        Err(SwitchError::Refused(error)) => {
+            session.timings.push(("switch".into(), clock.elapsed()));
+            output::error(format!("{error:#}"));
+            if let Err(err) = slots.stop(&new) {
+                output::warn(format!("stopping slot {} failed: {err:#}", new.name));
+            }
+            return Err(Stop::Unproven {
+                stage: "the switch of the proxy".into(),
+                error,
+            });
+        }
+        Err(SwitchError::Failed(error)) => Err(error),
+        Ok(()) => Ok(()),
+    };
+    let switched = switched.and_then(|()| {
         let alive = || slots.alive(&new);
         let target = Target {
             url: Some(serve.proxy.url.clone()),

@@ -3,6 +3,7 @@
 
 mod handover;
 mod handover_proxies;
+mod handover_switch;
 mod handover_units;
 mod handover_workers;
 mod health;
