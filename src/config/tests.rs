@@ -378,8 +378,18 @@ fn serve_mistakes_are_named() {
         ),
         (
             "[serve.proxy]",
-            "[serve.proxy]\ncaddy = \"x\"",
-            "unknown field `caddy`",
+            "[serve.proxy]\nhaproxy = \"x\"",
+            "unknown field `haproxy`",
+        ),
+        (
+            "[serve.proxy]",
+            "[serve.proxy]\ncaddy = \"http://127.0.0.1:2019/id/app\"",
+            "set one of `nginx`, `caddy` and `command`",
+        ),
+        (
+            "nginx = \"/etc/nginx/ats-hook/app/upstream.conf\"",
+            "caddy = \"http://192.0.2.1:2019/id/app\"",
+            "must be an `http://` URL on loopback",
         ),
     ];
     for (from, to, says) in cases {

@@ -7,7 +7,8 @@
 //! what is live. `rollback` shares the second half (switch, restart, health) and the session
 //! (lock, log, record, prune).
 
-use super::go_live::{after_switch, go_live, switch_back};
+use super::back::after_switch;
+use super::go_live::{go_live, switch_back};
 use super::session::{Session, Trigger};
 use crate::config::Config;
 use crate::outputs::Store;

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::go_live::{after_switch, reverse_schema};
+use super::back::{after_switch, reverse_schema};
 use super::session::Session;
 use crate::config::{Config, Health, Serve};
 use crate::live::handover::{retire, start_and_prove, switch_to, SwitchError};

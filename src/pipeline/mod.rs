@@ -3,6 +3,7 @@
 //! back, recovering what a killed run left, pruning what no release needs, the spare release
 //! and the plan `check` prints. Uses every part below it; only the commands use it.
 
+mod back;
 pub mod boot;
 pub mod deploy;
 mod go_live;

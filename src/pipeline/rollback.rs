@@ -1,7 +1,8 @@
 //! `ats-hook rollback`: an older release made live again, through the same session and the
 //! same going live as a deploy.
 
-use super::go_live::{go_live, reverse_schema};
+use super::back::reverse_schema;
+use super::go_live::go_live;
 use super::session::{Session, Trigger};
 use crate::config::Config;
 use crate::outputs::Store;
