@@ -1,6 +1,6 @@
-//! The handover through the other two kinds of proxy: Caddy, switched through its admin API,
+//! The handover through the other two kinds of proxy, Caddy switched through its admin API
 //! and nginx driven by a command of the user's (as HAProxy's runtime API or any script would
-//! be), each under load.
+//! be), and with unix sockets for slots; each under load.
 
 use crate::support::apps::*;
 use crate::support::proxy::{changes, Caddy, Clients, Nginx};
@@ -115,5 +115,46 @@ fn a_command_switches_any_proxy_under_load() {
     assert_eq!(get(&nginx.url("")).unwrap().trim(), v2);
     assert_eq!(nginx.points_at(), slots[1]);
     assert_eq!(server.last_record()["slot"], "b");
+    stop_all(&server);
+}
+
+#[test]
+fn unix_socket_slots_hand_over_under_load() {
+    let server = Server::new();
+    let run = server.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let slots = ["a.sock", "b.sock"].map(|name| format!("unix:{}", run.join(name).display()));
+    let nginx = Nginx::start(server.path(), &format!("127.0.0.1:{}", closed_port()));
+    let config = super::handover::config(
+        &server.root,
+        &slots,
+        &nginx,
+        &[
+            ("sudo -n /usr/sbin/nginx -t -q", &nginx.test_command()),
+            (
+                "sudo -n /usr/bin/systemctl reload nginx",
+                &nginx.reload_command(),
+            ),
+            // No URL reaches a socket: the probe asks it with curl, for the new commit.
+            (
+                "url = \"http://{addr}/\"",
+                "command = \"curl -sf --unix-socket \\\"$ATS_SLOT_SOCKET\\\" http://app/ | grep -q \\\"$ATS_COMMIT\\\"\"",
+            ),
+        ],
+    );
+    let (clone, v1) = super::handover::sample_app(&server, &config);
+    clone
+        .push()
+        .success()
+        .stderr_has("slot a: started 2")
+        .stderr_has(&format!("on {} (pid ", slots[0]))
+        .stderr_has("health of slot a: ok after")
+        .stderr_has(&format!("ats-hook: deployed {}", &v1[..7]));
+    assert_eq!(nginx.points_at(), slots[0]);
+    let v2 = deploy_under_load(&server, &clone, nginx.port, &v1);
+    assert_eq!(nginx.points_at(), slots[1]);
+    assert_eq!(get(&nginx.url("")).unwrap().trim(), v2);
+    // The old slot's server is gone, and its socket with it.
+    assert!(!run.join("a.sock").exists());
     stop_all(&server);
 }
