@@ -6,7 +6,7 @@
 //! non-empty when the lock is taken means the previous deploy was killed mid-way.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -75,12 +75,19 @@ fn read_holder(file: &mut File) -> Option<Holder> {
     serde_json::from_str(text.trim()).ok()
 }
 
-/// Replaces what the lock file says with `me`.
+/// Replaces what the lock file says with `me`, so that a kill at any instant leaves the old
+/// holder or the new one, never an empty or torn file (which the next run would take for a
+/// lock nobody died holding): one write over the old text, padded with spaces to cover it,
+/// then the file cut to the new text.
 fn write_holder(file: &mut File, me: &Holder) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let text = serde_json::to_string(me).context("failed to encode the lock holder")?;
-    file.set_len(0)?;
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(text.as_bytes())?;
+    let old = file.metadata()?.len() as usize;
+    let mut padded = text.into_bytes();
+    let len = padded.len();
+    padded.resize(len.max(old), b' ');
+    file.write_all_at(&padded, 0)?;
+    file.set_len(len as u64)?;
     Ok(())
 }
 
