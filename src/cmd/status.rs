@@ -76,7 +76,7 @@ fn handover(config: &crate::config::Config, layout: &Layout) -> Option<Handover>
                 addr: slot.addr.to_string(),
                 release: running.as_ref().map(|r| r.release.clone()),
                 commit: running.as_ref().map(|r| r.commit.clone()),
-                pid: running.as_ref().and_then(|r| r.pid),
+                pid: running.as_ref().and_then(|r| r.daemon).map(|d| d.pid),
                 unit: running.as_ref().and_then(|r| r.unit.clone()),
                 running: alive.is_ok(),
                 problem: running.as_ref().and(alive.err()),
@@ -105,7 +105,7 @@ fn handover(config: &crate::config::Config, layout: &Layout) -> Option<Handover>
             WorkerStatus {
                 name: worker.name.to_string(),
                 release: running.as_ref().map(|r| r.release.clone()),
-                pid: running.map(|r| r.pid),
+                pid: running.map(|r| r.daemon.pid),
             }
         })
         .collect();

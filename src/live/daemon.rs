@@ -12,9 +12,10 @@ use crate::sys::process::Cmd;
 use crate::sys::procs;
 
 /// A started command: the pid that leads its process group, and when that process started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Daemon {
     pub pid: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<u64>,
 }
 

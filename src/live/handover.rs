@@ -12,7 +12,7 @@ use super::slots::{Slot, Slots};
 use crate::config::{Config, Health, Serve};
 use crate::release;
 use crate::state::layout::Layout;
-use crate::state::record::{self, DeployRecord};
+use crate::state::record::DeployRecord;
 use crate::steps;
 use crate::sys::output;
 
@@ -138,10 +138,7 @@ pub fn hand_back(
     let slots = Slots::new(serve, layout);
     let leaving = slots.live();
     let to = slots.idle();
-    let made = record::live_record(records, previous);
-    let commit = made.map(|r| r.commit.clone()).unwrap_or_default();
-    let git_ref = made.map(|r| r.git_ref.clone()).unwrap_or_default();
-    let env = steps::release_environment(config, layout, previous, &commit, None, &git_ref)?;
+    let (commit, env) = steps::live_release_environment(config, layout, records, previous)?;
     output::say(format!("slot {}: starting {previous} again", to.name));
     if let Err(err) = start_and_prove(&slots, health, &to, (previous, &commit), None, layout, &env)
     {

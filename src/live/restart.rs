@@ -49,11 +49,7 @@ pub fn run(
     }
     for unit in &restart.systemctl {
         let action = restart.systemctl_action.as_str();
-        let cmd = if restart.sudo {
-            Cmd::new("sudo").args(["-n", "systemctl", action, unit])
-        } else {
-            Cmd::new("systemctl").args([action, unit])
-        };
+        let cmd = Cmd::systemctl(restart.sudo, [action, unit.as_str()]);
         let label = format!(
             "{}systemctl {action} {unit}",
             if restart.sudo { "sudo " } else { "" }

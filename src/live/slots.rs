@@ -40,25 +40,12 @@ pub struct Running {
     pub release: String,
     pub commit: String,
     pub addr: String,
-    /// The started command's pid, which leads its process group.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    /// With the pid: when that process started, so that a reused pid is not taken for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started: Option<u64>,
+    /// The started command (`pid`, `started`): it leads its process group. None for a unit.
+    #[serde(flatten)]
+    pub daemon: Option<Daemon>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     pub since: String,
-}
-
-impl Running {
-    /// The started command, when the slot runs one (not a unit).
-    pub fn daemon(&self) -> Option<Daemon> {
-        self.pid.map(|pid| Daemon {
-            pid,
-            started: self.started,
-        })
-    }
 }
 
 /// The slots of a config, and where their files are.
@@ -154,11 +141,7 @@ impl<'a> Slots<'a> {
     }
 
     fn systemctl(&self, args: &[&str]) -> Cmd {
-        if self.serve.sudo {
-            Cmd::new("sudo").args(["-n", "systemctl"]).args(args)
-        } else {
-            Cmd::new("systemctl").args(args)
-        }
+        Cmd::systemctl(self.serve.sudo, args.iter().copied())
     }
 
     /// The variables a slot's server gets, beside the release's own.
@@ -195,8 +178,7 @@ impl<'a> Slots<'a> {
             release: release.to_string(),
             commit: commit.to_string(),
             addr: slot.addr.to_string(),
-            pid: None,
-            started: None,
+            daemon: None,
             unit: self.unit(slot),
             since: output::rfc3339(std::time::SystemTime::now()),
         };
@@ -237,8 +219,7 @@ impl<'a> Slots<'a> {
         let daemon = Daemon::spawn(&command, dir, &env, &self.file(slot.name, "log"))
             .with_context(|| format!("failed to start slot {}", slot.name))?;
         let pid = daemon.pid;
-        running.pid = Some(pid);
-        running.started = daemon.started;
+        running.daemon = Some(daemon);
         self.record(slot, &running)?;
         output::say(format!(
             "slot {}: started {release} on {} (pid {pid})",
@@ -267,7 +248,7 @@ impl<'a> Slots<'a> {
                 Ok(())
             };
         }
-        match running.daemon() {
+        match running.daemon {
             Some(daemon) if daemon.runs() => Ok(()),
             Some(daemon) => Err(format!("its server (pid {}) exited", daemon.pid)),
             None => Err(format!("slot {} has no server", slot.name)),
@@ -300,7 +281,7 @@ impl<'a> Slots<'a> {
                 running.release,
                 output::seconds(clock.elapsed())
             ));
-        } else if let Some(daemon) = running.daemon() {
+        } else if let Some(daemon) = running.daemon {
             if let Some(how) = daemon.stop(self.serve.stop_timeout.0) {
                 output::say(format!(
                     "slot {}: stopped {} (pid {}) {how} in {}",
@@ -426,6 +407,35 @@ mod tests {
             ),
             "gunicorn -b 127.0.0.1:8002 --name app-b-8002 --chdir '/srv/my app/releases/1'"
         );
+    }
+
+    #[test]
+    fn a_slots_file_keeps_its_pid_beside_the_rest() {
+        let running = Running {
+            release: "r1".into(),
+            commit: "c1".into(),
+            addr: "127.0.0.1:8001".into(),
+            daemon: Some(Daemon {
+                pid: 42,
+                started: Some(7),
+            }),
+            unit: None,
+            since: "now".into(),
+        };
+        let text = serde_json::to_string(&running).unwrap();
+        assert!(
+            text.contains("\"pid\":42") && text.contains("\"started\":7"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Running>(&text).unwrap(), running);
+        let unit = Running {
+            daemon: None,
+            unit: Some("app@a.service".into()),
+            ..running
+        };
+        let text = serde_json::to_string(&unit).unwrap();
+        assert!(!text.contains("pid"), "{text}");
+        assert_eq!(serde_json::from_str::<Running>(&text).unwrap(), unit);
     }
 
     #[test]

@@ -25,9 +25,8 @@ use crate::sys::process::Cmd;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Running {
     pub release: String,
-    pub pid: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started: Option<u64>,
+    #[serde(flatten)]
+    pub daemon: Daemon,
     pub since: String,
 }
 
@@ -52,7 +51,7 @@ impl<'a> Workers<'a> {
     pub fn running(&self, worker: &Worker) -> Option<Running> {
         let text = std::fs::read_to_string(self.file(worker, "json")).ok()?;
         let running: Running = serde_json::from_str(&text).ok()?;
-        Daemon::from(&running).runs().then_some(running)
+        running.daemon.runs().then_some(running)
     }
 
     /// Restarts every worker from `release` (folder `dir`). Each that fails is said, and the
@@ -86,7 +85,7 @@ impl<'a> Workers<'a> {
             if let Some(running) = self.running(worker) {
                 output::say(format!(
                     "worker {}: runs {} already (pid {})",
-                    worker.name, running.release, running.pid
+                    worker.name, running.release, running.daemon.pid
                 ));
                 continue;
             }
@@ -109,12 +108,7 @@ impl<'a> Workers<'a> {
         env: &BTreeMap<String, String>,
     ) -> Result<String> {
         if let Some(unit) = &worker.unit {
-            let cmd = if self.serve.sudo {
-                Cmd::new("sudo").args(["-n", "systemctl", "restart", unit])
-            } else {
-                Cmd::new("systemctl").args(["restart", unit])
-            };
-            let finished = cmd
+            let finished = Cmd::systemctl(self.serve.sudo, ["restart", unit.as_str()])
                 .timeout(self.stop_timeout(worker) + Duration::from_secs(30))
                 .stream(&mut |line| tracing::info!("{unit} | {line}"))?;
             if !finished.exit.success() {
@@ -141,8 +135,7 @@ impl<'a> Workers<'a> {
         let daemon = Daemon::spawn(command, dir, env, &self.file(worker, "log"))?;
         let running = Running {
             release: release.to_string(),
-            pid: daemon.pid,
-            started: daemon.started,
+            daemon,
             since: output::rfc3339(std::time::SystemTime::now()),
         };
         let text = serde_json::to_string_pretty(&running).context("failed to encode a worker")?;
@@ -157,18 +150,10 @@ impl<'a> Workers<'a> {
     }
 
     fn stop(&self, old: &Running, worker: &Worker) -> String {
-        let how = Daemon::from(old)
+        let how = old
+            .daemon
             .stop(self.stop_timeout(worker))
             .unwrap_or("already gone");
-        format!("stopped {} (pid {}) {how}", old.release, old.pid)
-    }
-}
-
-impl From<&Running> for Daemon {
-    fn from(running: &Running) -> Daemon {
-        Daemon {
-            pid: running.pid,
-            started: running.started,
-        }
+        format!("stopped {} (pid {}) {how}", old.release, old.daemon.pid)
     }
 }

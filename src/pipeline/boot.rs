@@ -16,7 +16,6 @@ use crate::config::Config;
 use crate::live::handover::start_and_prove;
 use crate::live::slots::Slots;
 use crate::live::workers::Workers;
-use crate::state::record;
 use crate::steps;
 use crate::sys::output;
 
@@ -34,10 +33,8 @@ pub fn start(config: &Config) -> Result<ExitCode> {
             output::say("nothing is live yet: the first deploy starts slot a");
             return Ok(());
         };
-        let made = record::live_record(&session.records, &release);
-        let commit = made.map(|r| r.commit.clone()).unwrap_or_default();
-        let git_ref = made.map(|r| r.git_ref.clone()).unwrap_or_default();
-        let env = steps::release_environment(config, &layout, &release, &commit, None, &git_ref)?;
+        let (commit, env) =
+            steps::live_release_environment(config, &layout, &session.records, &release)?;
         let runs = slots.running(&live).map(|r| r.release);
         if slots.alive(&live).is_ok() && runs.as_deref() == Some(release.as_str()) {
             output::say(format!("slot {} runs {release} already", live.name));

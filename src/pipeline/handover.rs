@@ -141,7 +141,7 @@ pub(super) fn handover(
             if session.previous_release.is_some() {
                 output::say(format!(
                     "no slot ran the previous release: a server that served it outside the slots (the restart model) still runs; stop it once the proxy no longer sends to it (`{}`)",
-                    crate::config::Address::to_string(&stale.addr)
+                    stale.addr
                 ));
             }
         }

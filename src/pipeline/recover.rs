@@ -20,7 +20,6 @@ use crate::live::{handover, proxy, restart};
 use crate::state::layout::Layout;
 use crate::state::lock::Holder;
 use crate::state::record::{self, Action, DeployRecord, State};
-use crate::steps::release_environment;
 use crate::sys::output;
 use crate::sys::output::rfc3339;
 use crate::{release, steps};
@@ -43,20 +42,10 @@ pub fn stop_orphans(layout: &Layout) {
         .canonicalize()
         .unwrap_or_else(|_| layout.root().to_path_buf());
     let mut stopped = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                // After the command's closing parenthesis: state, ppid, pgrp.
-                let rest = stat.rsplit_once(')')?.1.to_string();
-                rest.split_whitespace().nth(2)?.parse::<i32>().ok()
-            });
+    for pid in crate::sys::procs::group_members(pgid) {
         let inside =
             std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&root));
-        if group == Some(pgid) && inside {
+        if inside {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -271,10 +260,7 @@ pub fn restart_put_back(
     if config.restart.is_empty() {
         return Ok(());
     }
-    let made = record::live_record(records, back);
-    let commit = made.map(|r| r.commit.clone()).unwrap_or_default();
-    let git_ref = made.map(|r| r.git_ref.clone()).unwrap_or_default();
-    let env = release_environment(config, layout, back, &commit, None, &git_ref)?;
+    let (_, env) = steps::live_release_environment(config, layout, records, back)?;
     restart::run(
         &config.restart,
         layout,

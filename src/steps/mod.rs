@@ -91,6 +91,21 @@ pub fn release_environment(
     )
 }
 
+/// The environment of `release` as the deploy that made it live had it (its commit and ref
+/// from the history), for starting it again: put back after a failure, or after a boot.
+pub fn live_release_environment(
+    config: &Config,
+    layout: &Layout,
+    records: &[crate::state::record::DeployRecord],
+    release: &str,
+) -> Result<(String, BTreeMap<String, String>)> {
+    let made = crate::state::record::live_record(records, release);
+    let commit = made.map(|r| r.commit.clone()).unwrap_or_default();
+    let git_ref = made.map(|r| r.git_ref.clone()).unwrap_or_default();
+    let env = release_environment(config, layout, release, &commit, None, &git_ref)?;
+    Ok((commit, env))
+}
+
 /// The KEY=VALUE lines of an env file, in order; a malformed one is reported by its line only.
 pub fn read_env_file(file: &Path) -> Result<Vec<(String, String)>> {
     let entries = dotenvy::from_path_iter(file)

@@ -42,7 +42,7 @@ fn first_deploy(server: &Server, proxy_lines: &str, url: &str) -> (Clone, String
 
 /// Deploys a change under four keep-alive clients on `port`: none fails, each sees the
 /// commit change once.
-fn deploy_under_load(server: &Server, clone: &Clone, port: u16, v1: &str) -> String {
+fn deploy_under_load(clone: &Clone, port: u16, v1: &str) -> String {
     let v2 = clone.commit_file("NOTES", "second\n");
     let clients = Clients::start(port, "", 4);
     std::thread::sleep(Duration::from_millis(500));
@@ -54,7 +54,6 @@ fn deploy_under_load(server: &Server, clone: &Clone, port: u16, v1: &str) -> Str
         assert_eq!(seen.failures, Vec::<String>::new(), "client {n}");
         assert_eq!(changes(seen), [v1, v2.as_str()], "client {n}");
     }
-    let _ = server;
     v2
 }
 
@@ -86,7 +85,7 @@ fn caddy_switches_through_its_admin_api_under_load() {
         &format!("caddy = \"{}\"", caddy.admin),
         &caddy.url(""),
     );
-    let v2 = deploy_under_load(&server, &clone, caddy.port, &v1);
+    let v2 = deploy_under_load(&clone, caddy.port, &v1);
     let status = server.ats(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&status.stdout()).unwrap();
     assert_eq!(json["handover"]["live_slot"], "b");
@@ -111,7 +110,7 @@ fn a_command_switches_any_proxy_under_load() {
     );
     let (clone, v1, slots) =
         first_deploy(&server, &format!("command = \"{command}\""), &nginx.url(""));
-    let v2 = deploy_under_load(&server, &clone, nginx.port, &v1);
+    let v2 = deploy_under_load(&clone, nginx.port, &v1);
     assert_eq!(get(&nginx.url("")).unwrap().trim(), v2);
     assert_eq!(nginx.points_at(), slots[1]);
     assert_eq!(server.last_record()["slot"], "b");
@@ -151,7 +150,7 @@ fn unix_socket_slots_hand_over_under_load() {
         .stderr_has("health of slot a: ok after")
         .stderr_has(&format!("ats-hook: deployed {}", &v1[..7]));
     assert_eq!(nginx.points_at(), slots[0]);
-    let v2 = deploy_under_load(&server, &clone, nginx.port, &v1);
+    let v2 = deploy_under_load(&clone, nginx.port, &v1);
     assert_eq!(nginx.points_at(), slots[1]);
     assert_eq!(get(&nginx.url("")).unwrap().trim(), v2);
     // The old slot's server is gone, and its socket with it.

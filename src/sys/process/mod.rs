@@ -157,6 +157,17 @@ impl Cmd {
     }
 
     /// `sh -c <script>`: for commands the config names, never for values that came with a push.
+    /// `systemctl ARGS`, through `sudo -n` when `sudo` (the rule `install` prints allows
+    /// exactly those commands).
+    pub fn systemctl<I: IntoIterator<Item = S>, S: Into<OsString>>(sudo: bool, args: I) -> Cmd {
+        let cmd = if sudo {
+            Cmd::new("sudo").args(["-n", "systemctl"])
+        } else {
+            Cmd::new("systemctl")
+        };
+        cmd.args(args)
+    }
+
     pub fn shell(script: &str) -> Cmd {
         Cmd::new("sh").arg("-c").arg(script)
     }
