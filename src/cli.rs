@@ -186,6 +186,20 @@ pub enum Command {
     /// (contrib/systemd/ats-hook-start.service)
     Start(Location),
 
+    /// With `[compose]`: run `docker compose ARGS` against the live release's project, files and
+    /// environment (`ats-hook compose -- logs -f web`, `-- exec web sh`, `-- ps`)
+    Compose {
+        #[command(flatten)]
+        location: Location,
+        /// What to pass on to `docker compose`
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
+
     /// Run COMMAND with the env file's variables added: for a systemd unit's `ExecStart`, so
     /// the file is read as the unit's `User=`, never by PID 1 as root
     Exec {

@@ -4,6 +4,7 @@
 //! below calls them.
 
 mod check;
+mod compose;
 mod deploy;
 mod docs;
 mod exec;
@@ -198,6 +199,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             &mut stdout,
         ),
         Command::Exec { env_file, command } => exec::run(&env_file, &command),
+        Command::Compose { location, args } => compose::run(&load(&location)?, &args),
         Command::WatchGroups => {
             crate::sys::process::watch_groups(std::io::stdin().lock())?;
             Ok(ExitCode::SUCCESS)

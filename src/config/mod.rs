@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+mod compose;
 mod deploy;
 mod health;
 mod notify;
@@ -20,6 +21,7 @@ mod serve;
 mod step;
 mod values;
 
+pub use compose::Compose;
 pub use deploy::{DeploySection, EnvSection, Queue, SharedSection, UntrackedIsGone};
 pub use health::Health;
 pub use notify::{Notify, NotifyOn};
@@ -49,6 +51,8 @@ pub struct Config {
     pub health: Option<Health>,
     /// The handover: two slots and a proxy; without it, the release goes live by a restart.
     pub serve: Option<Serve>,
+    /// An app run by Docker Compose.
+    pub compose: Option<Compose>,
     pub notify: Option<Notify>,
     /// Where this config was read from.
     #[serde(skip)]
@@ -92,6 +96,10 @@ impl Config {
         config
             .check()
             .with_context(|| format!("invalid config `{}`", path.display()))?;
+        // The slots start the web service's container instead of a server of their own.
+        if let (Some(serve), Some(compose)) = (&mut config.serve, &config.compose) {
+            serve.compose = Some(compose.clone());
+        }
         Ok(config)
     }
 
@@ -105,7 +113,10 @@ impl Config {
             notify.check()?;
         }
         if let Some(serve) = &self.serve {
-            serve.check(self.health.as_ref())?;
+            serve.check(self.health.as_ref(), self.compose.is_some())?;
+        }
+        if let Some(compose) = &self.compose {
+            compose.check(self.serve.as_ref())?;
         }
         self.restart.check()
     }

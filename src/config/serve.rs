@@ -34,6 +34,9 @@ pub struct Serve {
     /// release once it serves the site.
     #[serde(default, rename = "worker")]
     pub workers: Vec<Worker>,
+    /// With `[compose]`: the slots run the web service's container (`compose.web`).
+    #[serde(skip)]
+    pub compose: Option<super::Compose>,
 }
 
 /// `[[serve.worker]]`: one process that serves no HTTP.
@@ -146,7 +149,7 @@ impl<'de> Deserialize<'de> for Address {
 pub const SLOT_NAMES: [&str; 2] = ["a", "b"];
 
 impl Serve {
-    pub(super) fn check(&self, health: Option<&super::Health>) -> Result<()> {
+    pub(super) fn check(&self, health: Option<&super::Health>, compose: bool) -> Result<()> {
         if self.slots.len() != 2 {
             bail!(
                 "`serve.slots` holds {} address(es): give two, one per slot (`[\"127.0.0.1:8001\", \"127.0.0.1:8002\"]`)",
@@ -160,6 +163,8 @@ impl Serve {
             );
         }
         match (&self.unit, &self.start) {
+            // `[compose]` checks that neither is set: its web service runs on the slots.
+            _ if compose => {}
             (Some(_), Some(_)) => bail!("`serve`: set `unit` or `start`, not both"),
             (None, None) => bail!(
                 "`serve`: set `unit` (a systemd template, `app@.service`) or `start` (the command that runs the server on `{{addr}}`)"

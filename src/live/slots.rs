@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::compose::{self, Project};
 use super::daemon::{self, Daemon};
 use crate::config::{Address, Serve, SLOT_NAMES};
 use crate::state::layout::Layout;
@@ -45,6 +46,9 @@ pub struct Running {
     pub daemon: Option<Daemon>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// With `[compose]`: the web service's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub since: String,
 }
 
@@ -180,8 +184,20 @@ impl<'a> Slots<'a> {
             addr: slot.addr.to_string(),
             daemon: None,
             unit: self.unit(slot),
+            container: None,
             since: output::rfc3339(std::time::SystemTime::now()),
         };
+        if let Some(compose) = &self.serve.compose {
+            let project = Project::new(compose, self.layout);
+            running.container = Some(project.container(slot.name));
+            self.record(slot, &running)?;
+            let name = project.start_web((slot.name, &slot.addr), release, dir, &env)?;
+            output::say(format!(
+                "slot {}: started the container `{name}` for {release} on {}",
+                slot.name, slot.addr
+            ));
+            return Ok(());
+        }
         // Recorded before the start: a run killed just after it finds what it left.
         self.record(slot, &running)?;
         if let Some(unit) = self.unit(slot) {
@@ -190,7 +206,7 @@ impl<'a> Slots<'a> {
                 if value.contains('\n') {
                     continue;
                 }
-                file.push_str(&format!("{key}={}\n", quote_env(value)));
+                file.push_str(&format!("{key}={}\n", crate::sys::files::quote_env(value)));
             }
             write_atomically(&self.file(slot.name, "env"), file.as_bytes(), 0o600)?;
             let finished = self
@@ -238,6 +254,9 @@ impl<'a> Slots<'a> {
         let Some(running) = self.running(slot) else {
             return Err(format!("slot {} runs nothing", slot.name));
         };
+        if let Some(container) = &running.container {
+            return compose::container_alive(container);
+        }
         if let Some(unit) = &running.unit {
             // Its control group, read from /proc: no bus, no privilege needed to ask.
             return if procs::of_unit(unit).is_empty() {
@@ -262,7 +281,16 @@ impl<'a> Slots<'a> {
             return Ok(());
         };
         let clock = Instant::now();
-        if let Some(unit) = &running.unit {
+        if let Some(container) = &running.container {
+            if compose::stop_container(container, self.serve.stop_timeout.0)? {
+                output::say(format!(
+                    "slot {}: stopped the container `{container}` ({}) in {}",
+                    slot.name,
+                    running.release,
+                    output::seconds(clock.elapsed())
+                ));
+            }
+        } else if let Some(unit) = &running.unit {
             let finished = self
                 .systemctl(&["stop", unit])
                 .timeout(self.serve.stop_timeout.0 + Duration::from_secs(30))
@@ -326,6 +354,9 @@ impl<'a> Slots<'a> {
 
     /// The last lines the server of `slot` wrote, to show why it failed.
     pub fn last_output(&self, slot: &Slot, lines: usize) -> Vec<String> {
+        if let Some(container) = self.running(slot).and_then(|r| r.container) {
+            return compose::container_logs(&container, lines);
+        }
         if let Some(unit) = self.unit(slot) {
             let n = lines.to_string();
             return Cmd::new("journalctl")
@@ -358,27 +389,6 @@ fn shell_word(text: &str) -> String {
         text.to_string()
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
-    }
-}
-
-/// A value for the slot's env file, as `ats-hook exec` reads it back (dotenv's rules): bare
-/// when plain, else in single quotes (nothing expands there), else in double quotes, escaped.
-fn quote_env(value: &str) -> String {
-    if value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c))
-    {
-        value.to_string()
-    } else if !value.contains('\'') {
-        format!("'{value}'")
-    } else {
-        format!(
-            "\"{}\"",
-            value
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('$', "\\$")
-        )
     }
 }
 
@@ -420,6 +430,7 @@ mod tests {
                 started: Some(7),
             }),
             unit: None,
+            container: None,
             since: "now".into(),
         };
         let text = serde_json::to_string(&running).unwrap();
@@ -451,7 +462,7 @@ mod tests {
         let text: String = values
             .iter()
             .enumerate()
-            .map(|(n, v)| format!("K{n}={}\n", quote_env(v)))
+            .map(|(n, v)| format!("K{n}={}\n", crate::sys::files::quote_env(v)))
             .collect();
         std::fs::write(&file, text).unwrap();
         let read = crate::steps::read_env_file(&file).unwrap();

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::compose::{Project, Up};
 use super::daemon::Daemon;
 use crate::config::{Serve, Worker};
 use crate::state::layout::Layout;
@@ -57,7 +58,7 @@ impl<'a> Workers<'a> {
     /// Restarts every worker from `release` (folder `dir`). Each that fails is said, and the
     /// others still restart: the site is live by now.
     pub fn restart_all(&self, release: &str, dir: &Path, env: &BTreeMap<String, String>) -> bool {
-        let mut all_ok = true;
+        let mut all_ok = self.compose_up(release, dir, env, Up::Update);
         for worker in &self.serve.workers {
             let clock = Instant::now();
             match self.restart(worker, release, dir, env) {
@@ -75,9 +76,47 @@ impl<'a> Workers<'a> {
         all_ok
     }
 
+    /// With `[compose]`: the services other than the web one are brought to `release` (`up
+    /// --wait`: what changed is recreated, what the release dropped is removed).
+    fn compose_up(
+        &self,
+        release: &str,
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+        how: Up,
+    ) -> bool {
+        let Some(compose) = &self.serve.compose else {
+            return true;
+        };
+        let clock = Instant::now();
+        let project = Project::new(compose, self.layout);
+        let done = project
+            .other_services(dir, env)
+            .and_then(|others| match others.is_empty() {
+                true => Ok(others),
+                false => project.up(env, &others, how).map(|()| others),
+            });
+        match done {
+            Ok(others) if others.is_empty() => true,
+            Ok(others) => {
+                output::say(format!(
+                    "compose: {} on {release} in {}",
+                    others.join(", "),
+                    output::seconds(clock.elapsed())
+                ));
+                true
+            }
+            Err(err) => {
+                output::warn(format!("compose: the other services: {err:#}"));
+                false
+            }
+        }
+    }
+
     /// Starts, from `release`, each worker with a command that does not run (after a boot);
     /// those that run are left alone, and units start at boot by themselves.
     pub fn start_missing(&self, release: &str, dir: &Path, env: &BTreeMap<String, String>) {
+        self.compose_up(release, dir, env, Up::Missing);
         for worker in &self.serve.workers {
             if worker.start.is_none() {
                 continue;

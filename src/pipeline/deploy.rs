@@ -194,6 +194,20 @@ fn pipeline(
     if let Some(note) = &session.options.note {
         env.insert("ATS_PUSH_NOTE".to_string(), note.clone());
     }
+    // Compose: the release's images are built (and its override written) before any step, so
+    // that a migration step runs the new image; a failed build changes nothing that runs.
+    if let Some(compose) = &config.compose {
+        let clock = Instant::now();
+        let built = crate::live::compose::Project::new(compose, &layout).prepare(&id, &dir, &env);
+        session.timings.push(("build".into(), clock.elapsed()));
+        if let Err(error) = built {
+            output::error(format!("{error:#}"));
+            return Err(Stop::Unproven {
+                stage: "the Compose build".into(),
+                error,
+            });
+        }
+    }
     let tree = repo
         .find_commit(target.commit)
         .and_then(|commit| commit.tree())

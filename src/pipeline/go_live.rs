@@ -50,6 +50,17 @@ pub(super) fn go_live(
         _ => None,
     };
 
+    if let Some(compose) = &config.compose {
+        // Without `[serve]`, every service is recreated in place: a short outage, which
+        // `check` names; the handover has none.
+        live_stage(config, session, "compose up", "up", |_| {
+            crate::live::compose::Project::new(compose, &layout).up(
+                env,
+                &[],
+                crate::live::compose::Up::Update,
+            )
+        })?;
+    }
     if no_restart && !config.restart.is_empty() {
         output::say("restart skipped: the push asked for `ats.no-restart`");
     } else if !config.restart.is_empty() {

@@ -149,7 +149,7 @@ pub(super) fn handover(
     session.timings.push(("drain".into(), clock.elapsed()));
 
     // Workers and schedulers serve no HTTP: they restart once the web release is live.
-    if !serve.workers.is_empty() {
+    if !serve.workers.is_empty() || serve.compose.is_some() {
         let clock = Instant::now();
         Workers::new(serve, &layout).restart_all(release, &layout.release(release), env);
         session.timings.push(("workers".into(), clock.elapsed()));

@@ -40,6 +40,12 @@ pub fn recycle_candidate(
         if !layout.index_file(&id).is_file() {
             continue;
         }
+        if containers_use(config, layout).contains(&id) {
+            output::say(format!(
+                "not reusing release {id}: a container runs or mounts it"
+            ));
+            continue;
+        }
         let scan = scan.get_or_init(|| Scan::under(&layout.releases()));
         if let Some(users) = scan.describe(&layout.release(&id)) {
             output::say(format!("not reusing release {id}: in use by {users}"));
@@ -87,9 +93,17 @@ pub fn prune(
     let scan = std::cell::OnceCell::new();
     let scan = || scan.get_or_init(|| Scan::under(layout.root()));
     let mut removed = Vec::new();
+    let containers = std::cell::OnceCell::new();
+    let containers = || containers.get_or_init(|| containers_use(config, layout));
     for id in expendable {
         if excess == 0 {
             break;
+        }
+        if containers().contains(&id) {
+            output::say(format!(
+                "kept old release {id}: a container runs or mounts it"
+            ));
+            continue;
         }
         if let Some(users) = scan().describe(&layout.release(&id)) {
             output::say(format!("kept old release {id}: in use by {users}"));
@@ -105,6 +119,18 @@ pub fn prune(
             removed.len(),
             removed.join(", ")
         ));
+    }
+    if let Some(compose) = &config.compose {
+        let kept: std::collections::BTreeSet<String> = layout.release_ids()?.into_iter().collect();
+        match crate::live::compose::Project::new(compose, layout).prune(&kept) {
+            Ok(images) if !images.is_empty() => output::say(format!(
+                "removed {} image(s) of pruned releases: {}",
+                images.len(),
+                images.join(", ")
+            )),
+            Ok(_) => {}
+            Err(err) => output::warn(format!("pruning the releases' images failed: {err:#}")),
+        }
     }
     let store = Store::new(layout);
     let mut used = builds_in_use(config, layout, &store, records)?;
@@ -173,4 +199,25 @@ fn builds_used_by_processes(layout: &Layout, scan: &Scan) -> HashSet<(String, St
             Some((step, build))
         })
         .collect()
+}
+
+/// With `[compose]`: the releases the project's containers run or mount. When Docker cannot be
+/// asked, every release counts as used: none is removed from under a container.
+fn containers_use(config: &Config, layout: &Layout) -> std::collections::BTreeSet<String> {
+    let Some(compose) = &config.compose else {
+        return Default::default();
+    };
+    match crate::live::compose::Project::new(compose, layout).releases_in_use() {
+        Ok(used) => used,
+        Err(err) => {
+            output::warn(format!(
+                "cannot ask Docker which releases its containers use: {err:#}"
+            ));
+            layout
+                .release_ids()
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
+        }
+    }
 }

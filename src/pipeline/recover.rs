@@ -257,10 +257,17 @@ pub fn restart_put_back(
     back: &str,
     left: Option<&str>,
 ) -> Result<()> {
-    if config.restart.is_empty() {
+    if config.restart.is_empty() && config.compose.is_none() {
         return Ok(());
     }
     let (_, env) = steps::live_release_environment(config, layout, records, back)?;
+    if let Some(compose) = &config.compose {
+        crate::live::compose::Project::new(compose, layout).up(
+            &env,
+            &[],
+            crate::live::compose::Up::Update,
+        )?;
+    }
     restart::run(
         &config.restart,
         layout,

@@ -95,6 +95,15 @@ impl Layout {
         self.state().join("index").join(format!("{id}.folders"))
     }
 
+    /// With `[compose]`: a release's files (`<release>.yaml`, its override; `.env`; the
+    /// `.images.json` of its build).
+    pub fn compose_dir(&self) -> PathBuf {
+        self.state().join("compose")
+    }
+    pub fn compose_file(&self, id: &str, ext: &str) -> PathBuf {
+        self.compose_dir().join(format!("{id}.{ext}"))
+    }
+
     /// Creates the folders a deploy writes into.
     pub fn create(&self) -> Result<()> {
         for dir in [

@@ -66,7 +66,73 @@ pub fn environment(config: &Config, vars: &DeployVars<'_>) -> Result<BTreeMap<St
     for (key, value) in ats {
         env.insert(key.to_string(), value);
     }
+    if let Some(compose) = &config.compose {
+        env.extend(compose_variables(
+            compose,
+            &Layout::new(vars.deploy_root),
+            vars.release_id,
+            vars.release_dir,
+        ));
+    }
     Ok(env)
+}
+
+/// The file names Compose looks for, in its order.
+const COMPOSE_DEFAULT_FILES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
+/// With `[compose]`, what every step and Compose command of `release` (its folder `dir`) gets:
+/// the project, its files (the release's, then ats-hook's override) and its env files, so that
+/// `docker compose run --rm web …` in a step runs the new release's image in the one project.
+pub fn compose_variables(
+    compose: &crate::config::Compose,
+    layout: &Layout,
+    release: &str,
+    dir: &Path,
+) -> Vec<(String, String)> {
+    let mut files: Vec<String> = compose_files(compose, dir)
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    files.push(layout.compose_file(release, "yaml").display().to_string());
+    let mut vars = vec![
+        (
+            "COMPOSE_PROJECT_NAME".to_string(),
+            compose.project_name(layout.root()),
+        ),
+        ("COMPOSE_FILE".to_string(), files.join(":")),
+    ];
+    if !compose.env_files.is_empty() {
+        let env_files: Vec<String> = compose
+            .env_files
+            .iter()
+            .map(|f| dir.join(f.as_path()).display().to_string())
+            .collect();
+        vars.push(("COMPOSE_ENV_FILES".to_string(), env_files.join(",")));
+    }
+    vars
+}
+
+/// The release's own Compose files, as absolute paths: those `compose.files` names, else the
+/// first Compose finds by itself.
+pub fn compose_files(compose: &crate::config::Compose, dir: &Path) -> Vec<std::path::PathBuf> {
+    if !compose.files.is_empty() {
+        return compose
+            .files
+            .iter()
+            .map(|f| dir.join(f.as_path()))
+            .collect();
+    }
+    COMPOSE_DEFAULT_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file())
+        .into_iter()
+        .collect()
 }
 
 /// The environment of steps and restart commands for one release.

@@ -30,3 +30,24 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     }
     Ok(())
 }
+
+/// A value for an env file, as `ats-hook exec` (and Compose) read it back (dotenv's rules): bare
+/// when plain, else in single quotes (nothing expands there), else in double quotes, escaped.
+pub fn quote_env(value: &str) -> String {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c))
+    {
+        value.to_string()
+    } else if !value.contains('\'') {
+        format!("'{value}'")
+    } else {
+        format!(
+            "\"{}\"",
+            value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$")
+        )
+    }
+}

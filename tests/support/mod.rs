@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod docker;
 pub mod files;
 mod git;
 mod http;
@@ -42,7 +43,9 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>, home: &Path) -> Command {
         .env("GIT_COMMITTER_NAME", "Test Committer")
         .env("GIT_COMMITTER_EMAIL", "committer@example.com")
         .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z");
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+        // The Compose tests' private engine (tests/docker-up), as a server's own would be.
+        .env("DOCKER_HOST", docker::host());
     cmd
 }
 
