@@ -31,6 +31,9 @@ struct ReleaseInfo {
     rollback_target: bool,
     /// The stored builds its outputs link to.
     outputs: Vec<OutputInfo>,
+    /// With `[compose]`: the images it built, service → image id (a rollback runs these).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    images: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +76,10 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
                         build: output.build.clone(),
                     })
                     .collect(),
+                images: match config.compose {
+                    Some(_) => crate::live::compose::images(&layout, id),
+                    None => Default::default(),
+                },
             }
         })
         .collect();
@@ -127,6 +134,17 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             ));
         }
         previous_schema = release.schema.as_deref();
+        if !release.images.is_empty() {
+            let images: Vec<String> = release
+                .images
+                .iter()
+                .map(|(service, id)| {
+                    let id = id.strip_prefix("sha256:").unwrap_or(id);
+                    format!("{service}={}", crate::sys::output::prefix(id, 12))
+                })
+                .collect();
+            outputs.push_str(&format!("  images {}", images.join(",")));
+        }
         writeln!(
             out,
             "{marker} {:width$}  {:7}  {:12}  {:11}  {:20}  {:by_width$}  {outputs}{note}{}",

@@ -422,3 +422,21 @@ fn the_examples_serve_section_parses_once_uncommented() {
         "sudo -n /usr/bin/systemctl reload nginx"
     );
 }
+
+#[test]
+fn the_examples_compose_section_parses_once_uncommented() {
+    let start = EXAMPLE.find("# [compose]\n").unwrap();
+    let block: String = EXAMPLE[start..]
+        .lines()
+        .filter(|l| l.starts_with("# ") && (l[2..].starts_with('[') || l[2..].contains(" = ")))
+        .filter(|l| !l.starts_with("# web = "))
+        .map(|l| format!("{}\n", &l[2..]))
+        .collect();
+    let config = parse(&(EXAMPLE.to_string() + "\n" + &block)).unwrap();
+    let compose = config.compose.unwrap();
+    assert_eq!(compose.project_name(std::path::Path::new("/srv/x")), "app");
+    assert_eq!(compose.port, Some(8000));
+    // `web` hands over between slots: it needs `[serve]`.
+    let err = parse(&(EXAMPLE.to_string() + "\n" + &block + "web = \"web\"\n")).unwrap_err();
+    assert!(format!("{err:#}").contains("needs `[serve]`"), "{err:#}");
+}

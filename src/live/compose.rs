@@ -482,6 +482,57 @@ fn web_port(model: &Value, web: &str) -> Result<u16> {
     }
 }
 
+/// `health.processes` of a Compose app: each named service has a running container, healthy
+/// when its image has a HEALTHCHECK, and a service the release builds runs `release`'s image
+/// (its label). For the restart model: with `[serve]`, the slot's container is watched itself.
+pub fn probe_services(project: &str, services: &[String], release: &str) -> Result<String, String> {
+    let mut said = Vec::new();
+    for service in services {
+        let text = Cmd::new("docker")
+            .args([
+                "ps",
+                "--all",
+                "--filter",
+                &format!("label=com.docker.compose.project={project}"),
+                "--filter",
+                &format!("label=com.docker.compose.service={service}"),
+                "--format",
+                "{{.Names}}\t{{.State}}\t{{.Status}}\t{{.Label \"ats-hook.release\"}}",
+            ])
+            .timeout(Duration::from_secs(20))
+            .read()
+            .map_err(|err| format!("cannot ask Docker about `{service}`: {err:#}"))?;
+        let mut running = 0;
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [name, state, status, label] = fields[..] else {
+                continue;
+            };
+            if state != "running" {
+                // An old one-off or an exited slot container says nothing of the new release.
+                continue;
+            }
+            if status.contains("(unhealthy)") || status.contains("(health: starting)") {
+                return Err(format!("the container `{name}` of `{service}` is {status}"));
+            }
+            if !label.is_empty() && label != release {
+                return Err(format!(
+                    "the container `{name}` of `{service}` runs release {label}, not {release}"
+                ));
+            }
+            running += 1;
+        }
+        if running == 0 {
+            return Err(format!("the service `{service}` has no running container"));
+        }
+        said.push(format!(
+            "{} of `{service}`",
+            output::count(running, "container")
+        ));
+    }
+    Ok(format!("{} on {release}", said.join(", ")))
+}
+
 /// Whether a container runs (and is not unhealthy); `Err` says what it is instead.
 pub fn container_alive(name: &str) -> Result<(), String> {
     let state = Cmd::new("docker")

@@ -150,7 +150,19 @@ pub fn check(
         // And the processes, when named: all of them in the new release.
         let answer = match answer {
             Ok(said) if !health.processes.is_empty() => {
-                probe_processes(&health.processes, release_dir, deploy_root).map(|procs| {
+                let probed = match env.get("COMPOSE_PROJECT_NAME") {
+                    // A Compose app's processes are its services' containers.
+                    Some(project) => super::compose::probe_services(
+                        project,
+                        &health.processes,
+                        env.get("ATS_RELEASE_ID")
+                            .map(String::as_str)
+                            .unwrap_or_default(),
+                    )
+                    .map_err(Failed::from),
+                    None => probe_processes(&health.processes, release_dir, deploy_root),
+                };
+                probed.map(|procs| {
                     if said.is_empty() {
                         procs
                     } else {

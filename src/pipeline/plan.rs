@@ -135,6 +135,9 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             "confined:  steps run in bubblewrap: they write only their release, its builds and the shared paths, and see no home, repository or other release"
         )?;
     }
+    if let Some(compose) = &config.compose {
+        write_compose(config, compose, out)?;
+    }
     if config.steps_before_switch().next().is_none() {
         writeln!(out, "steps:     none")?;
     }
@@ -147,6 +150,12 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
             step.timeout,
             step.run
         )?;
+        if names_current(&step.run) {
+            writeln!(
+                out,
+                "           it names `current`, which is the live (old) release until the switch: steps run in the new release's folder, so use relative paths or $ATS_RELEASE_DIR"
+            )?;
+        }
         if step.skippable {
             writeln!(
                 out,
@@ -211,6 +220,12 @@ fn write_restart_model(config: &Config, out: &mut dyn Write) -> Result<()> {
         "switch:    {}/current -> releases/<id>",
         deploy.root.display()
     )?;
+    if config.compose.is_some() {
+        writeln!(
+            out,
+            "compose:   `up --wait --remove-orphans`: every service that changed is recreated in place (stopped, then started: requests fail meanwhile); `[serve]` with `compose.web` hands the web service over without that"
+        )?;
+    }
     write_restart_model_actions(config, out)?;
     if let Some(health) = &config.health {
         let (probe, body) = describe_probe(health);
@@ -303,6 +318,19 @@ fn write_handover(
     )?;
     writeln!(out, "slots:     a {a}, b {b}")?;
     match (&serve.unit, &serve.start) {
+        _ if serve.compose.is_some() => {
+            let compose = serve.compose.as_ref().expect("checked");
+            let web = compose.web.as_deref().unwrap_or_default();
+            let project = compose.project_name(&config.deploy.root);
+            writeln!(
+                out,
+                "start:     the container `{project}-{web}-<slot>` of `{web}` (`docker compose run --detach --no-deps`), publishing the slot's address to its port {}; its dependencies first (`up --no-recreate`)",
+                compose
+                    .port
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "(the one its `ports` or `expose` names)".into())
+            )?
+        }
         (Some(unit), _) => writeln!(
             out,
             "start:     {}systemctl start {} (slot a) or {}, reading {}/.ats-hook/slots/<slot>.env",
@@ -386,6 +414,12 @@ fn write_handover(
             worker.stop_timeout.unwrap_or(serve.stop_timeout)
         )?;
     }
+    if serve.compose.is_some() {
+        writeln!(
+            out,
+            "compose:   then the other services from the new release: `up --wait --remove-orphans` (what changed is recreated, what it dropped removed)"
+        )?;
+    }
     if !config.restart.is_empty() {
         writeln!(out, "restart:   once the new release serves:")?;
         write_restart_model_actions(config, out)?;
@@ -427,4 +461,86 @@ pub fn dry_run(
         writeln!(out, "note:      {note}")?;
     }
     Ok(())
+}
+
+/// What a Compose app's deploy does before its steps.
+fn write_compose(
+    config: &Config,
+    compose: &crate::config::Compose,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let project = compose.project_name(&config.deploy.root);
+    let files: Vec<String> = compose.files.iter().map(ToString::to_string).collect();
+    let files = if files.is_empty() {
+        "the one Compose finds (`compose.yaml`, `docker-compose.yml`, …)".to_string()
+    } else {
+        files.join(", ")
+    };
+    writeln!(
+        out,
+        "compose:   project `{project}`, files {files}, then ats-hook's override per release"
+    )?;
+    if !compose.env_files.is_empty() {
+        let env_files: Vec<String> = compose.env_files.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "           `${{…}}` from ats-hook's environment, then {}",
+            env_files.join(", ")
+        )?;
+    }
+    writeln!(
+        out,
+        "build:     `docker compose build` before the steps; each built image is `{project}-<service>:<release>`, kept while its release is"
+    )?;
+    let env_to = match &compose.env_to {
+        Some(names) => names.join(", "),
+        None => {
+            "the services the release builds".to_string()
+                + if compose.web.is_some() {
+                    " and the web service"
+                } else {
+                    ""
+                }
+        }
+    };
+    writeln!(
+        out,
+        "           the deploy's environment reaches {env_to}; steps get COMPOSE_PROJECT_NAME and COMPOSE_FILE (`docker compose run --rm <service> …` runs the new image)"
+    )?;
+    Ok(())
+}
+
+/// Whether a step's command changes into, or reads through, `current`.
+fn names_current(run: &str) -> bool {
+    run.split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == '|' || c == '(')
+        .any(|word| {
+            let word = word.trim_matches(|c| c == '"' || c == '\'');
+            word == "current"
+                || word.starts_with("current/")
+                || word.ends_with("/current")
+                || word.contains("/current/")
+                || word.contains("$ATS_DEPLOY_ROOT/current")
+        })
+}
+
+#[cfg(test)]
+mod compose_tests {
+    #[test]
+    fn a_step_that_names_current_is_noticed() {
+        for run in [
+            "cd current && make",
+            "cd ../../current; ls",
+            "cat \"$ATS_DEPLOY_ROOT/current/x\"",
+            "ls /srv/app/current/",
+        ] {
+            assert!(super::names_current(run), "{run}");
+        }
+        for run in [
+            "make current-version",
+            "echo concurrent",
+            "python3 manage.py migrate",
+        ] {
+            assert!(!super::names_current(run), "{run}");
+        }
+    }
 }

@@ -158,6 +158,15 @@ fn compose_hands_over_under_load_and_rolls_back_to_the_old_images() {
         "GREETING=from-env-file\nFROM_ENV_FILE=\nSECRET_KEY=s3cret\n"
     );
     let v1_release = h.server.live().unwrap();
+    h.server
+        .ats(&["check"])
+        .success()
+        .stdout_has(&format!("compose:   project `{p}`, files compose.yaml"))
+        .stdout_has(&format!("each built image is `{p}-<service>:<release>`"))
+        .stdout_has(&format!(
+            "start:     the container `{p}-web-<slot>` of `web`"
+        ))
+        .stdout_has("compose:   then the other services from the new release");
 
     // A good deploy: built, migrated with the new image, started beside the old one, switched.
     h.clone.write("VERSION", "2\n");
@@ -213,6 +222,22 @@ fn compose_hands_over_under_load_and_rolls_back_to_the_old_images() {
         h.built(&v1_release)["web"]
     );
 
+    // `releases` names each release's images; the live one's are what runs.
+    let releases: serde_json::Value =
+        serde_json::from_str(&h.server.ats(&["releases", "--json"]).stdout()).unwrap();
+    let listed = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == v1_release.as_str())
+        .unwrap();
+    assert_eq!(listed["images"], h.built(&v1_release));
+    let web_id = h.built(&v1_release)["web"].as_str().unwrap()[7..19].to_string();
+    h.server
+        .ats(&["releases"])
+        .success()
+        .stdout_has(&format!("images web={web_id}"));
+
     // `ats-hook compose` reaches the live project: the worker runs v1's commit.
     let mut cmd = command(BIN, h.server.path());
     cmd.args(["compose", "--repo"]).arg(&h.server.bare).args([
@@ -247,6 +272,7 @@ wait = "20s"
 [health]
 url = "http://127.0.0.1:{port}/"
 expect_body = "{{commit}}"
+processes = ["web", "worker", "db"]
 timeout = "10s"
 interval = "200ms"
 "#
@@ -263,7 +289,11 @@ fn compose_without_serve_recreates_in_one_project_and_prunes_images_of_pruned_re
     let port = closed_port();
     server.config(&in_place(&server, &project, port, 2));
     let (clone, v1) = compose_app(&server);
-    clone.push().success().stderr_has("up | ");
+    clone
+        .push()
+        .success()
+        .stderr_has("up | ")
+        .stderr_has("1 container of `web`, 1 container of `worker`, 1 container of `db` on ");
     let url = format!("http://127.0.0.1:{port}/");
     assert_eq!(get(&url).unwrap().trim(), v1);
     let p = &project;
@@ -274,6 +304,10 @@ fn compose_without_serve_recreates_in_one_project_and_prunes_images_of_pruned_re
     ];
     assert_eq!(docker::containers(p), names);
     let first = server.live().unwrap();
+    server
+        .ats(&["check"])
+        .success()
+        .stdout_has("recreated in place (stopped, then started: requests fail meanwhile)");
 
     let v2 = clone.commit_file("VERSION", "2\n");
     clone.push().success();
