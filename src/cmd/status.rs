@@ -55,6 +55,9 @@ struct SlotStatus {
     commit: Option<String>,
     pid: Option<i32>,
     unit: Option<String>,
+    /// With `[compose]`: the web service's container on the slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<String>,
     running: bool,
     /// Why it does not run, when it should.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,6 +81,7 @@ fn handover(config: &crate::config::Config, layout: &Layout) -> Option<Handover>
                 commit: running.as_ref().map(|r| r.commit.clone()),
                 pid: running.as_ref().and_then(|r| r.daemon).map(|d| d.pid),
                 unit: running.as_ref().and_then(|r| r.unit.clone()),
+                container: running.as_ref().and_then(|r| r.container.clone()),
                 running: alive.is_ok(),
                 problem: running.as_ref().and(alive.err()),
             }
@@ -124,6 +128,12 @@ fn print_handover(out: &mut dyn Write, handover: &Handover) -> Result<()> {
         let what = match (&slot.release, slot.running) {
             (Some(release), true) => {
                 let how = match (&slot.unit, slot.pid) {
+                    _ if slot.container.is_some() => {
+                        format!(
+                            " (container {})",
+                            slot.container.as_deref().unwrap_or_default()
+                        )
+                    }
                     (Some(unit), _) => format!(" ({unit})"),
                     (None, Some(pid)) => format!(" (pid {pid})"),
                     _ => String::new(),

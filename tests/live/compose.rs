@@ -238,6 +238,11 @@ fn compose_hands_over_under_load_and_rolls_back_to_the_old_images() {
         .success()
         .stdout_has(&format!("images web={web_id}"));
 
+    h.server
+        .ats(&["status"])
+        .success()
+        .stdout_has(&format!(" live  runs {v1_release} (container {p}-web-a)"));
+
     // `ats-hook compose` reaches the live project: the worker runs v1's commit.
     let mut cmd = command(BIN, h.server.path());
     cmd.args(["compose", "--repo"]).arg(&h.server.bare).args([
