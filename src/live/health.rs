@@ -152,7 +152,7 @@ pub fn check(
             Ok(said) if !health.processes.is_empty() => {
                 let probed = match env.get("COMPOSE_PROJECT_NAME") {
                     // A Compose app's processes are its services' containers.
-                    Some(project) => super::compose::probe_services(
+                    Some(project) => super::containers::probe_services(
                         project,
                         &health.processes,
                         env.get("ATS_RELEASE_ID")

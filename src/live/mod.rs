@@ -3,6 +3,7 @@
 //! `config` and `sys`; knows nothing of the pipeline's order.
 
 pub mod compose;
+pub mod containers;
 pub mod daemon;
 pub mod handover;
 pub mod health;

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::compose::{self, Project};
+use super::compose::Project;
+use super::containers;
 use super::daemon::{self, Daemon};
 use crate::config::{Address, Serve, SLOT_NAMES};
 use crate::state::layout::Layout;
@@ -255,7 +256,7 @@ impl<'a> Slots<'a> {
             return Err(format!("slot {} runs nothing", slot.name));
         };
         if let Some(container) = &running.container {
-            return compose::container_alive(container);
+            return containers::container_alive(container);
         }
         if let Some(unit) = &running.unit {
             // Its control group, read from /proc: no bus, no privilege needed to ask.
@@ -282,7 +283,7 @@ impl<'a> Slots<'a> {
         };
         let clock = Instant::now();
         if let Some(container) = &running.container {
-            if compose::stop_container(container, self.serve.stop_timeout.0)? {
+            if containers::stop_container(container, self.serve.stop_timeout.0)? {
                 output::say(format!(
                     "slot {}: stopped the container `{container}` ({}) in {}",
                     slot.name,
@@ -355,7 +356,7 @@ impl<'a> Slots<'a> {
     /// The last lines the server of `slot` wrote, to show why it failed.
     pub fn last_output(&self, slot: &Slot, lines: usize) -> Vec<String> {
         if let Some(container) = self.running(slot).and_then(|r| r.container) {
-            return compose::container_logs(&container, lines);
+            return containers::container_logs(&container, lines);
         }
         if let Some(unit) = self.unit(slot) {
             let n = lines.to_string();
