@@ -4,7 +4,8 @@
 //! names), so that every mistake comes back from `toml` with the file's line and the key, the
 //! way a user needs it when a push fails on a typo. Unknown keys are errors for the same reason.
 //!
-//! One file per section (`deploy`, `step`, `restart`, `health`, `serve`, `notify`), each with its own
+//! One file per section (`deploy`, `step`, `restart`, `health`, `serve`, `compose`, `notify`,
+//! `jobs`; a release's `schedule.toml` too), each with its own
 //! checks; the value types in `values`; this module reads the file. Uses `sys` only.
 
 use std::path::{Path, PathBuf};
@@ -12,18 +13,22 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+mod calendar;
 mod compose;
 mod deploy;
 mod health;
+mod jobs;
 mod notify;
 mod restart;
 mod serve;
 mod step;
 mod values;
 
+pub use calendar::Calendar;
 pub use compose::Compose;
 pub use deploy::{DeploySection, EnvSection, Queue, SharedSection, UntrackedIsGone};
 pub use health::Health;
+pub use jobs::{Installer, Job, JobName, JobsSection, Overlap, Schedule, SCHEDULE_FILE};
 pub use notify::{Notify, NotifyOn};
 pub use restart::{Restart, RestartEnv, SignalAction, SystemctlAction};
 pub use serve::{Address, Proxy, Serve, Worker, SLOT_NAMES};
@@ -54,6 +59,9 @@ pub struct Config {
     /// An app run by Docker Compose.
     pub compose: Option<Compose>,
     pub notify: Option<Notify>,
+    /// How the release's scheduled jobs are installed.
+    #[serde(default)]
+    pub jobs: JobsSection,
     /// Where this config was read from.
     #[serde(skip)]
     pub path: PathBuf,
