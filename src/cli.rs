@@ -34,6 +34,19 @@ pub struct Location {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// Print the output of a job's last run (or of run RUN)
+    Log {
+        name: String,
+        /// A run id (see `ats-hook jobs --json`)
+        #[arg(long)]
+        run: Option<String>,
+        #[command(flatten)]
+        location: Location,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Hook mode: read git's ref lines on stdin and deploy (what `hooks/post-receive` runs)
     PostReceive(#[command(flatten)] Location),
@@ -120,6 +133,29 @@ pub enum Command {
 
     /// Validate the config and print the plan a push would run
     Check(#[command(flatten)] Location),
+
+    /// The live release's scheduled jobs: schedule, next run, last result (`jobs log NAME`:
+    /// the last run's output)
+    Jobs {
+        #[command(subcommand)]
+        action: Option<JobsAction>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        location: Location,
+    },
+
+    /// Run a scheduled job of the live release now, as its timer or crontab line does
+    RunJob {
+        /// The job's name (see `ats-hook jobs`)
+        name: String,
+        /// Sleep up to the job's `random_delay` first (what the crontab line asks)
+        #[arg(long)]
+        random_delay: bool,
+        #[command(flatten)]
+        location: Location,
+    },
 
     /// Set a server up: the bare repository, the hook, the config, the deploy root, the owners
     Install {

@@ -3,9 +3,10 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::Location;
+use crate::config::{Config, Installer, Schedule};
 use crate::pipeline::plan::{write_outputs_plan, write_plan};
 
 pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
@@ -41,6 +42,7 @@ pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
             )?;
         }
     }
+    write_jobs_plan(&config, location, out)?;
     if config.steps.iter().any(|step| step.has_outputs()) {
         // The repository is only read for this part: `check` also serves an admin who cannot
         // open it.
@@ -63,4 +65,63 @@ pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The scheduled jobs the branch tip declares, as a push would install them, with each one's
+/// next run; a schedule that would not install is an error, as it is for the push.
+fn write_jobs_plan(config: &Config, location: &Location, out: &mut dyn Write) -> Result<()> {
+    let file = config.jobs.file.to_string();
+    let tip = super::repo_dir(location)
+        .ok()
+        .and_then(|dir| git2::Repository::open_bare(dir).ok())
+        .and_then(|repo| {
+            let git_ref = config.default_ref()?;
+            let commit = repo.refname_to_id(&git_ref).ok()?;
+            Some((repo, commit, git_ref))
+        });
+    let Some((repo, commit, git_ref)) = tip else {
+        return Ok(());
+    };
+    let text = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .and_then(|tree| tree.get_path(config.jobs.file.as_path()))
+        .and_then(|entry| repo.find_blob(entry.id()))
+        .ok()
+        .map(|blob| String::from_utf8_lossy(blob.content()).into_owned());
+    let Some(text) = text else {
+        return Ok(());
+    };
+    let short_ref = crate::state::refs::short_ref(&git_ref);
+    let schedule = Schedule::parse(&text, &file, config.jobs.installer)
+        .with_context(|| format!("the jobs at the tip of `{short_ref}` would not install"))?;
+    let installer = config.jobs.installer.resolve();
+    writeln!(
+        out,
+        "jobs:      {} from `{file}` at the tip of `{short_ref}`, installed with {}{}",
+        schedule.jobs.len(),
+        installer.as_str(),
+        match installer {
+            Installer::SystemdUser =>
+                " (user units: `loginctl enable-linger` keeps them running without a login)",
+            _ => "",
+        }
+    )?;
+    for job in &schedule.jobs {
+        let next = job
+            .schedule
+            .next_run()
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S %Z").to_string())
+            .unwrap_or_else(|| "never".into());
+        writeln!(
+            out,
+            "           {} `{}`: `{}` in the live release, timeout {}, overlap {}; next run {next}",
+            job.name,
+            job.schedule,
+            job.run,
+            job.timeout,
+            job.overlap.as_str()
+        )?;
+    }
+    Ok(())
 }

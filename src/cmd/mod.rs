@@ -10,6 +10,7 @@ mod docs;
 mod exec;
 mod hook;
 mod install;
+mod jobs;
 mod keys;
 mod log;
 mod quickstart;
@@ -111,6 +112,31 @@ pub fn run(command: Command) -> Result<ExitCode> {
         } => there(&name, "status", json, None),
         Command::Status { json, location, .. } => status::run(&location, json, &mut stdout),
         Command::Check(location) => check::run(&location, &mut stdout),
+        Command::Jobs {
+            action: None,
+            json,
+            location,
+        } => jobs::list(&load(&location)?, json, &mut stdout),
+        Command::Jobs {
+            action:
+                Some(crate::cli::JobsAction::Log {
+                    name,
+                    run,
+                    location,
+                }),
+            ..
+        } => jobs::log(&load(&location)?, &name, run.as_deref(), &mut stdout),
+        Command::RunJob {
+            name,
+            random_delay,
+            location,
+        } => crate::live::jobs::run::run(
+            &load(&location)?,
+            &crate::live::jobs::run::Request {
+                name: &name,
+                random_delay,
+            },
+        ),
         Command::Start(location) => crate::pipeline::boot::start(&load(&location)?),
         Command::Install {
             repo,

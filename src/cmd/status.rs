@@ -27,6 +27,39 @@ struct Status {
     /// With `[serve]`: which slot is live, what each runs, where the proxy points.
     #[serde(skip_serializing_if = "Option::is_none")]
     handover: Option<Handover>,
+    /// The installed scheduled jobs.
+    jobs: Vec<JobHealth>,
+}
+
+#[derive(Debug, Serialize)]
+struct JobHealth {
+    name: String,
+    schedule: String,
+    last_outcome: Option<&'static str>,
+    last_started_at: Option<String>,
+    /// How many of its last runs in a row failed.
+    failing: usize,
+}
+
+fn jobs(layout: &Layout) -> Result<(String, Vec<JobHealth>)> {
+    use crate::live::jobs::{history, Installed};
+    let installed = Installed::read(layout)?;
+    let runs = history::read_all(layout)?;
+    let list = installed
+        .jobs
+        .iter()
+        .map(|job| {
+            let (last, failing) = history::last_of(&runs, &job.name);
+            JobHealth {
+                name: job.name.clone(),
+                schedule: job.schedule.clone(),
+                last_outcome: last.map(|r| r.outcome.as_str()),
+                last_started_at: last.map(|r| r.started_at.clone()),
+                failing,
+            }
+        })
+        .collect();
+    Ok((installed.installer, list))
 }
 
 #[derive(Debug, Serialize)]
@@ -237,6 +270,12 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         outputs,
         spare: crate::pipeline::spare::state(&layout),
         handover: handover(&config, &layout),
+        jobs: Vec::new(),
+    };
+    let (installer, job_list) = jobs(&layout)?;
+    let status = Status {
+        jobs: job_list,
+        ..status
     };
     if json {
         serde_json::to_writer_pretty(&mut *out, &status).context("failed to write status")?;
@@ -327,6 +366,26 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
             short(commit)
         )?,
         _ => {}
+    }
+    if !status.jobs.is_empty() {
+        writeln!(
+            out,
+            "jobs:        {} installed ({installer}): `ats-hook jobs` lists them",
+            status.jobs.len()
+        )?;
+        for job in status.jobs.iter().filter(|j| j.failing > 0) {
+            writeln!(
+                out,
+                "             job {} is FAILING: its last {} failed (`ats-hook jobs log {}`)",
+                job.name,
+                if job.failing == 1 {
+                    "run".to_string()
+                } else {
+                    format!("{} runs", job.failing)
+                },
+                job.name
+            )?;
+        }
     }
     if status.outputs.builds > 0 || status.outputs.bytes > 0 {
         writeln!(

@@ -43,6 +43,8 @@ pub enum NotifyOn {
     RolledBack,
     /// `ats-hook rollback`, whatever its outcome.
     Rollback,
+    /// A run of a scheduled job that failed or timed out.
+    JobFailed,
 }
 
 impl NotifyOn {
@@ -52,6 +54,7 @@ impl NotifyOn {
             NotifyOn::Failed => "failed",
             NotifyOn::RolledBack => "rolled-back",
             NotifyOn::Rollback => "rollback",
+            NotifyOn::JobFailed => "job-failed",
         }
     }
 }
@@ -62,6 +65,7 @@ fn default_notify_on() -> Vec<NotifyOn> {
         NotifyOn::Failed,
         NotifyOn::RolledBack,
         NotifyOn::Rollback,
+        NotifyOn::JobFailed,
     ]
 }
 

@@ -7,6 +7,7 @@ pub mod containers;
 pub mod daemon;
 pub mod handover;
 pub mod health;
+pub mod jobs;
 pub mod notify;
 pub mod proxy;
 pub mod restart;

@@ -34,10 +34,51 @@ pub fn send(notify: &Notify, root: &Path, record: &DeployRecord, summary: &str) 
     let Some(event) = event(record).filter(|e| notify.on.contains(e)) else {
         return;
     };
+    let payload = serde_json::to_value(record).unwrap_or(Value::Null);
+    deliver(
+        notify,
+        root,
+        (event, payload),
+        summary,
+        &record.about(),
+        what_stands(record),
+    );
+}
+
+/// Tells about a failed or timed-out run of a scheduled job, when `notify.on` has `job-failed`.
+pub fn send_job_failure(
+    notify: &Notify,
+    root: &Path,
+    run: &crate::live::jobs::history::RunRecord,
+    summary: &str,
+) {
+    if !notify.on.contains(&NotifyOn::JobFailed) || !run.outcome.is_failure() {
+        return;
+    }
+    let payload = serde_json::to_value(run).unwrap_or(Value::Null);
+    deliver(
+        notify,
+        root,
+        (NotifyOn::JobFailed, payload),
+        summary,
+        "",
+        "job's outcome",
+    );
+}
+
+/// Runs the command and posts to the webhook: `payload` with the event, host, root and summary
+/// added; `stands` names what a failure here leaves as it is.
+fn deliver(
+    notify: &Notify,
+    root: &Path,
+    (event, mut payload): (NotifyOn, Value),
+    summary: &str,
+    about: &str,
+    stands: &str,
+) {
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut payload = serde_json::to_value(record).unwrap_or(Value::Null);
     if let Value::Object(fields) = &mut payload {
         fields.insert("event".into(), event.as_str().into());
         fields.insert("host".into(), host.clone().into());
@@ -47,15 +88,12 @@ pub fn send(notify: &Notify, root: &Path, record: &DeployRecord, summary: &str) 
     let json = serde_json::to_vec(&payload).unwrap_or_default();
     if let Some(command) = &notify.command {
         if let Err(err) = run_command(command, notify, root, event, &json) {
-            output::warn(format!(
-                "notify: {err:#}; the {} stands",
-                what_stands(record)
-            ));
+            output::warn(format!("notify: {err:#}; the {stands} stands"));
         }
     }
     if let Some(url) = &notify.webhook {
         let body = if notify.slack {
-            let text = format!("{host} ({}): {summary}{}", root.display(), record.about());
+            let text = format!("{host} ({}): {summary}{about}", root.display());
             serde_json::to_vec(&serde_json::json!({ "text": slack_escaped(&text) }))
                 .unwrap_or_default()
         } else {
@@ -68,9 +106,8 @@ pub fn send(notify: &Notify, root: &Path, record: &DeployRecord, summary: &str) 
                 crate::sys::http::redact(url)
             )),
             Err(err) => output::warn(format!(
-                "notify: {}; the {} stands",
+                "notify: {}; the {stands} stands",
                 crate::sys::http::scrub(&format!("{err:#}"), url),
-                what_stands(record)
             )),
         }
     }

@@ -181,6 +181,9 @@ fn pipeline(
     for note in release::link_shared(&layout, &dir, &config.shared.paths)? {
         output::say(note);
     }
+    // A schedule that would not install stops the push before anything runs.
+    crate::live::jobs::schedule_of(config, &dir)
+        .context("the release's scheduled jobs cannot be installed")?;
 
     let previous_commit = session.previous_commit.clone();
     let mut env = steps::release_environment(

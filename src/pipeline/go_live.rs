@@ -26,9 +26,37 @@ pub(super) fn go_live(
     intent: &DeployRecord,
     env: &BTreeMap<String, String>,
 ) -> Result<(), Stop> {
+    // A job starting now waits for the end of this run; one that is finding the live release
+    // is waited for, an instant.
+    let layout = session.layout.clone();
+    session.switching = crate::state::lock::flock(
+        &layout.switch_lock(),
+        true,
+        std::time::Duration::from_secs(60),
+    )?;
     if let (Some(serve), Some(health)) = (&config.serve, &config.health) {
-        return super::handover::handover(config, serve, health, session, intent, env);
+        super::handover::handover(config, serve, health, session, intent, env)?;
+    } else {
+        in_place(config, session, intent, env)?;
     }
+    // The release's scheduled jobs become the installed ones; failing that, the old ones are
+    // put back with the old release.
+    if !crate::live::jobs::concerned(config, &layout, &intent.release) {
+        return Ok(());
+    }
+    live_stage(config, session, "jobs", "jobs", |session| {
+        crate::live::jobs::install(config, &session.layout, Some(&intent.release))
+            .context("installing the scheduled jobs failed")
+    })
+}
+
+/// The older model: switch `current`, restart, check health.
+fn in_place(
+    config: &Config,
+    session: &mut Session,
+    intent: &DeployRecord,
+    env: &BTreeMap<String, String>,
+) -> Result<(), Stop> {
     let layout = session.layout.clone();
     let (release, commit) = (intent.release.as_str(), intent.commit.as_str());
     record::append(
@@ -115,8 +143,18 @@ pub(super) fn live_stage(
 }
 
 /// After a failure once live: `current` goes back to the release that was live before, which
-/// is restarted too.
+/// is restarted too, and its scheduled jobs are installed again.
 pub(super) fn switch_back(config: &Config, session: &mut Session) -> Result<()> {
+    let back = switch_back_release(config, session);
+    if let Err(err) = crate::live::jobs::install_live(config, &session.layout) {
+        output::warn(format!(
+            "scheduled jobs: {err:#}; `ats-hook jobs` shows what is installed"
+        ));
+    }
+    back
+}
+
+fn switch_back_release(config: &Config, session: &mut Session) -> Result<()> {
     let layout = session.layout.clone();
     let layout = &layout;
     let previous = session.previous_release.clone();

@@ -84,6 +84,9 @@ pub(super) struct Session {
     pub(super) slot: Option<String>,
     /// `down` commands run on the way back, recorded with the steps.
     pub(super) down_steps: Vec<StepRecord>,
+    /// The switch lock, held from the switch to the end of the run: no scheduled job starts
+    /// while the release goes live (`live::jobs::run`).
+    pub(super) switching: Option<nix::fcntl::Flock<std::fs::File>>,
     pub(super) _output: Option<output::DeployGuard>,
 }
 
@@ -144,6 +147,10 @@ impl Session {
                 }
                 return Err(err);
             }
+            // The jobs of what is live again: the dead run may have installed its own.
+            if let Err(err) = crate::live::jobs::install_live(config, &layout) {
+                output::warn(format!("scheduled jobs: {err:#}"));
+            }
         }
         process::record_groups_in(Some(layout.group_file()));
         let read = || -> Result<_> {
@@ -195,6 +202,7 @@ impl Session {
             migrated: false,
             slot: None,
             down_steps: Vec::new(),
+            switching: None,
             _output: None,
         })
     }

@@ -104,6 +104,16 @@ impl Layout {
         self.compose_dir().join(format!("{id}.{ext}"))
     }
 
+    /// Scheduled jobs: what is installed, each job's lock, the runs' history and logs.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.state().join("jobs")
+    }
+    /// Held exclusively while a deploy goes live; a job takes it shared to find the live
+    /// release, so it never starts in the middle of a switch.
+    pub fn switch_lock(&self) -> PathBuf {
+        self.state().join("switch.lock")
+    }
+
     /// Creates the folders a deploy writes into.
     pub fn create(&self) -> Result<()> {
         for dir in [

@@ -176,6 +176,42 @@ pub fn current_holder(path: &Path) -> Result<Option<Holder>> {
     }
 }
 
+/// A plain `flock(2)` on `path` (made if missing), shared or exclusive: `None` when `wait` is
+/// zero and another holds it, else waiting up to `wait` (and failing past it, or when
+/// ats-hook is asked to stop).
+pub fn flock(path: &Path, exclusive: bool, wait: Duration) -> Result<Option<Flock<File>>> {
+    let started = Instant::now();
+    let mut file = open(path)?;
+    let arg = if exclusive {
+        FlockArg::LockExclusiveNonblock
+    } else {
+        FlockArg::LockSharedNonblock
+    };
+    loop {
+        match Flock::lock(file, arg) {
+            Ok(locked) => return Ok(Some(locked)),
+            Err((back, Errno::EWOULDBLOCK)) => file = back,
+            Err((_, errno)) => {
+                return Err(errno).with_context(|| format!("failed to lock `{}`", path.display()))
+            }
+        }
+        if wait.is_zero() {
+            return Ok(None);
+        }
+        if crate::sys::process::stop_requested() {
+            bail!("stopped while waiting for `{}`", path.display());
+        }
+        if started.elapsed() >= wait {
+            bail!(
+                "gave up after {} waiting for `{}`",
+                humantime::format_duration(wait),
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

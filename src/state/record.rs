@@ -174,8 +174,8 @@ fn clip(text: &str, max: usize) -> String {
 /// Appends one record and makes it durable before returning, so that whatever the pusher reads
 /// next is already in the history. A last line left torn (a power loss or a full disk during an
 /// earlier append) is closed first: the new record starts on a line of its own.
-pub fn append(path: &Path, record: &DeployRecord) -> Result<()> {
-    let mut line = serde_json::to_string(record).context("failed to encode the deploy record")?;
+pub fn append<T: Serialize>(path: &Path, record: &T) -> Result<()> {
+    let mut line = serde_json::to_string(record).context("failed to encode the record")?;
     line.push('\n');
     let mut file = OpenOptions::new()
         .create(true)
