@@ -8,6 +8,7 @@ mod apps;
 mod deps;
 mod faults;
 mod fleet;
+mod jobs;
 mod layers;
 mod live;
 mod push;

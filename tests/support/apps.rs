@@ -178,6 +178,7 @@ impl Systemd {
             "basic",
             "sockets",
             "network",
+            "timers",
             "multi-user",
             "shutdown",
         ] {

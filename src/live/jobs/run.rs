@@ -25,7 +25,7 @@ use crate::config::{Config, Job, Overlap};
 use crate::state::layout::Layout;
 use crate::state::lock;
 use crate::steps;
-use crate::sys::output::{self, rfc3339, seconds};
+use crate::sys::output::{self, seconds};
 use crate::sys::process::{self, Cmd, Exit};
 
 /// How long a run waits for a deploy's switch to end.
@@ -98,7 +98,7 @@ pub fn run(config: &Config, request: &Request<'_>) -> Result<ExitCode> {
         outcome: Outcome::Skipped,
         release: None,
         commit: None,
-        started_at: rfc3339(SystemTime::now()),
+        started_at: now(),
         finished_at: String::new(),
         duration_ms: 0,
         exit_code: None,
@@ -120,7 +120,7 @@ pub fn run(config: &Config, request: &Request<'_>) -> Result<ExitCode> {
     let Some((release, job)) = live_job(config, &layout, name)? else {
         return not_declared(&layout, record);
     };
-    record.started_at = rfc3339(SystemTime::now());
+    record.started_at = now();
     record.release = Some(release.clone());
     write_running(&layout, name, &record, &release)?;
 
@@ -140,7 +140,12 @@ pub fn run(config: &Config, request: &Request<'_>) -> Result<ExitCode> {
         .timeout(job.timeout.0)
         .stream(&mut |line| log.line(line));
     log.finish();
-    let finished = finished.with_context(|| format!("job `{name}` could not start"))?;
+    let mut finished = finished.with_context(|| format!("job `{name}` could not start"))?;
+    // A stop (systemd's `restart` of a replacing run, a shutdown) signals the whole unit at
+    // once: the job may die of it before ats-hook has passed it on.
+    if process::stop_requested() && !finished.exit.success() {
+        finished.exit = Exit::Interrupted;
+    }
     (record.outcome, record.exit_code, record.note) = match finished.exit {
         Exit::Code(0) => (Outcome::Succeeded, Some(0), None),
         Exit::Code(code) => (Outcome::Failed, Some(code), None),
@@ -259,7 +264,7 @@ fn finish(
     mut record: RunRecord,
     took: Duration,
 ) -> Result<ExitCode> {
-    record.finished_at = rfc3339(SystemTime::now());
+    record.finished_at = now();
     record.duration_ms = took.as_millis() as u64;
     history::append(layout, &record)?;
     let name = &record.job;
@@ -302,6 +307,11 @@ fn finish(
         Outcome::Succeeded | Outcome::Skipped | Outcome::NotDeclared => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
+}
+
+/// Now, to the millisecond: runs a second apart are told apart, and overlaps seen.
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 /// `cron` (its line asks for the random delay), `timer` under systemd, else who ran it.

@@ -79,7 +79,7 @@ fn service(
         name = job.name,
         root = unit_value(&layout.root().display().to_string()),
         marker = unit_value(&marker(layout)),
-        root_arg = exec_arg(&layout.root().display().to_string()),
+        root_arg = unit_value(&layout.root().display().to_string()),
         exe = exec_arg(&launcher.exe.to_string_lossy()),
         config = exec_arg(&launcher.config.to_string_lossy()),
     );
@@ -357,10 +357,7 @@ mod tests {
         let service = &files[0].1;
         assert!(service.contains("Type=oneshot\n"), "{service}");
         assert!(service.contains("ExecStart=\"/usr/bin/ats-hook\" run-job --config \"/srv/app.git/ats-hook.toml\" report\n"), "{service}");
-        assert!(
-            service.contains("WorkingDirectory=\"/srv/app\"\n"),
-            "{service}"
-        );
+        assert!(service.contains("WorkingDirectory=/srv/app\n"), "{service}");
         assert!(service.contains("TimeoutStartSec=660\n"), "{service}");
         assert!(service.contains("X-AtsHook-Root=/srv/app\n"), "{service}");
         // A user manager runs its units as its user: no `User=`, and the command stays in the
