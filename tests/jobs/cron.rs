@@ -171,7 +171,10 @@ fn each_deploy_installs_its_jobs_and_keeps_the_users_lines() {
         ]
     );
     run_as_cron(&line_of(&server, "report")).success();
-    assert_eq!(lines_of(&server, "report.out"), [first.clone()]);
+    assert_eq!(
+        lines_of(&server, "report.out"),
+        std::slice::from_ref(&first)
+    );
     let ran = runs_of(&server, "report", "succeeded");
     assert_eq!(ran.len(), 1);
     assert_eq!(ran[0]["by"], "cron");
