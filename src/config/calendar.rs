@@ -107,8 +107,11 @@ impl Calendar {
             );
         }
         let list = |field: &Field, all: std::ops::RangeInclusive<u8>| -> String {
+            let (first, span) = (*all.start(), all.end() - all.start() + 1);
             if field.star && field.values.iter().copied().eq(all) {
                 "*".into()
+            } else if field.star {
+                step_form(&field.values, first, span)
             } else {
                 join(&field.values, |v| v.to_string())
             }
@@ -411,7 +414,7 @@ mod tests {
         let c = Calendar::parse("*/15 9-17 * * 1-5").unwrap();
         assert_eq!(
             c.cron_fields().unwrap(),
-            "0,15,30,45 9,10,11,12,13,14,15,16,17 * * 1,2,3,4,5"
+            "*/15 9,10,11,12,13,14,15,16,17 * * 1,2,3,4,5"
         );
         assert_eq!(
             c.on_calendar(),

@@ -400,15 +400,23 @@ fn serve_mistakes_are_named() {
     }
 }
 
-#[test]
-fn the_examples_serve_section_parses_once_uncommented() {
-    let start = EXAMPLE.find("# [serve]\n").unwrap();
-    let end = EXAMPLE.find("# [notify]").unwrap();
-    let block: String = EXAMPLE[start..end]
+/// The commented-out section of the example from the line `# [from]` to `# [to]` (or the
+/// end), uncommented: its table headers and keys.
+fn example_section(from: &str, to: Option<&str>) -> String {
+    let start = EXAMPLE.find(&format!("# [{from}]\n")).unwrap();
+    let end = to.map_or(EXAMPLE.len(), |to| {
+        EXAMPLE.find(&format!("# [{to}]")).unwrap()
+    });
+    EXAMPLE[start..end]
         .lines()
         .filter(|l| l.starts_with("# ") && (l[2..].starts_with('[') || l[2..].contains(" = ")))
         .map(|l| format!("{}\n", &l[2..]))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_examples_serve_section_parses_once_uncommented() {
+    let block = example_section("serve", Some("notify"));
     let text = EXAMPLE.replace(
         "url = \"http://127.0.0.1:8000/\"",
         "url = \"http://{addr}/\"",
@@ -425,12 +433,10 @@ fn the_examples_serve_section_parses_once_uncommented() {
 
 #[test]
 fn the_examples_compose_section_parses_once_uncommented() {
-    let start = EXAMPLE.find("# [compose]\n").unwrap();
-    let block: String = EXAMPLE[start..]
+    let block: String = example_section("compose", None)
         .lines()
-        .filter(|l| l.starts_with("# ") && (l[2..].starts_with('[') || l[2..].contains(" = ")))
-        .filter(|l| !l.starts_with("# web = "))
-        .map(|l| format!("{}\n", &l[2..]))
+        .filter(|l| !l.starts_with("web = "))
+        .map(|l| format!("{l}\n"))
         .collect();
     let config = parse(&(EXAMPLE.to_string() + "\n" + &block)).unwrap();
     let compose = config.compose.unwrap();
@@ -439,4 +445,17 @@ fn the_examples_compose_section_parses_once_uncommented() {
     // `web` hands over between slots: it needs `[serve]`.
     let err = parse(&(EXAMPLE.to_string() + "\n" + &block + "web = \"web\"\n")).unwrap_err();
     assert!(format!("{err:#}").contains("needs `[serve]`"), "{err:#}");
+}
+
+#[test]
+fn the_examples_jobs_section_parses_once_uncommented() {
+    let block = example_section("jobs", Some("compose"));
+    let config = parse(&(EXAMPLE.to_string() + "\n" + &block)).unwrap();
+    assert_eq!(config.jobs.file.to_string(), "schedule.toml");
+    assert_eq!(config.jobs.installer, crate::config::Installer::Auto);
+    let err = parse(&(EXAMPLE.to_string() + "\n[jobs]\ninstaller = \"at\"\n")).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("unknown variant `at`"),
+        "{err:#}"
+    );
 }

@@ -168,6 +168,11 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         for host in &self.hosts {
+            let _ = Command::new("crontab")
+                .args(["-u", &host.user, "-r"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
             let _ = Command::new("userdel")
                 .args(["-r", "-f", &host.user])
                 .stdout(std::process::Stdio::null())
@@ -206,6 +211,7 @@ fn app_vars(fleet: &Fleet, push_key: &Path) -> String {
     format!(
         "ats_hook_config: |\n  [[step]]\n  name = \"migrate\"\n  run = 'echo \"$ATS_DEPLOY_ROOT $ATS_COMMIT\" >> {ran}'\n  skippable = true\n  \
          [[step]]\n  name = \"build\"\n  run = 'test ! -e \"$ATS_DEPLOY_ROOT/fail-here\" && printf \"%s\\\\n\" \"$ATS_COMMIT\" > version.txt'\n\
+         ats_hook_jobs_installer: cron\n\
          ats_hook_keys:\n  - name: ci\n    public_key: \"{}\"\n    allow_rollback: true\n",
         public_key.trim(),
         ran = ran.display()

@@ -62,6 +62,12 @@ fn a_wrong_key_or_a_host_never_set_up_stops_the_roll_by_name_before_any_change()
 #[test]
 fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure() {
     let (mut fleet, source, ssh) = fleet_with_app(3);
+    // The role's `ats_hook_jobs_installer: cron`: each deploy user's own crontab gets the
+    // release's jobs, written by the hook as that user.
+    source.write(
+        "schedule.toml",
+        "[[job]]\nname = \"nightly\"\nschedule = \"30 2 * * *\"\nrun = \"true\"\n",
+    );
     let v1 = source.commit_file("app.py", "1\n");
     let ran_file = fleet.public.path().join("migrations-ran");
     let migrations = || {
@@ -74,6 +80,20 @@ fn deploy_yml_rolls_a_commit_host_by_host_migrating_once_and_stops_at_a_failure(
     fleet_roll(&fleet, &source, &v1, &ssh).success();
     for host in &fleet.hosts {
         assert_eq!(version(&fleet, host), v1, "{}", host.name);
+        let table = Command::new("crontab")
+            .args(["-u", &host.user, "-l"])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            table.contains(&format!(
+                "# BEGIN ats-hook {}",
+                fleet.home(host).join("app").display()
+            )) && table.contains("30 2 * * * cd ")
+                && table.contains(" nightly\n"),
+            "{}: {table}",
+            host.name
+        );
     }
     // Once per roll, on the first host.
     let ran = migrations();

@@ -165,10 +165,7 @@ fn each_deploy_installs_its_jobs_and_keeps_the_users_lines() {
     let fields: Vec<String> = block(&server).into_iter().map(|(f, _)| f).collect();
     assert_eq!(
         fields,
-        [
-            "0,15,30,45 9,10,11,12,13,14,15,16,17 * * 1,2,3,4,5",
-            "0 0 * * *"
-        ]
+        ["*/15 9,10,11,12,13,14,15,16,17 * * 1,2,3,4,5", "0 0 * * *"]
     );
     run_as_cron(&line_of(&server, "report")).success();
     assert_eq!(

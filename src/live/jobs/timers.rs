@@ -42,6 +42,14 @@ fn units_dir(config: &Config, installer: Installer) -> Result<PathBuf> {
 fn systemctl(installer: Installer) -> Cmd {
     let cmd = Cmd::systemctl(false, std::iter::empty::<&str>());
     let cmd = match installer {
+        // A hook run over SSH without a login session may lack the variable that leads
+        // `systemctl --user` to the user's manager (which lingering keeps running).
+        Installer::SystemdUser if std::env::var_os("XDG_RUNTIME_DIR").is_none() => cmd
+            .env(
+                "XDG_RUNTIME_DIR",
+                format!("/run/user/{}", nix::unistd::getuid()),
+            )
+            .arg("--user"),
         Installer::SystemdUser => cmd.arg("--user"),
         _ => cmd,
     };
