@@ -417,3 +417,69 @@ fn a_schedule_that_cannot_be_installed_stops_the_push_before_the_switch() {
         .stdout_has("jobs:      1 from `schedule.toml` at the tip of `main`, installed with cron")
         .stdout_has("ok `30 2 * * *`: `true` in the live release");
 }
+
+#[test]
+fn a_run_waits_out_a_switch_and_a_deploy_waits_for_no_run() {
+    let _saved = Crontab::save();
+    let server = Server::new();
+    // The restart holds the deploy in its switch for a while, `current` already switched.
+    server.config(&format!(
+        "{}\n[restart]\ncommand = 'touch \"$ATS_DEPLOY_ROOT/in-switch\"; sleep 3; rm \"$ATS_DEPLOY_ROOT/in-switch\"'\n",
+        CONFIG.replace("keep_releases = 5", "keep_releases = 5\nlog_limit = \"1 KiB\"")
+    ));
+    let clone = server.clone("work");
+    let job = r#"echo "$ATS_COMMIT" >> "$ATS_DEPLOY_ROOT/ran"; test ! -e "$ATS_DEPLOY_ROOT/in-switch" || echo DURING >> "$ATS_DEPLOY_ROOT/ran""#;
+    clone.write(
+        "schedule.toml",
+        &schedule(&[
+            ("short", "hourly", job),
+            ("long", "hourly", "sleep 8"),
+            ("chatty", "hourly", "seq 1 2000"),
+        ]),
+    );
+    clone.commit("v1");
+    clone.push().success();
+
+    // A deploy while `long` runs finishes while it still runs.
+    let long = server.ats_child(&["run-job", "long"]);
+    wait_for("long to run", Duration::from_secs(10), || {
+        runs(&server).is_empty()
+            && std::fs::read_to_string(server.root.join(".ats-hook/jobs/long.lock"))
+                .is_ok_and(|t| t.contains("\"pid\""))
+    });
+    clone.commit_file("app.txt", "v2");
+    let second = clone.head();
+    clone.push().success().stderr_has("deployed");
+    assert!(
+        runs_of(&server, "long", "succeeded").is_empty(),
+        "the deploy waited for the job"
+    );
+
+    // A run started while the next deploy is in its switch waits for its end, and runs the
+    // release that is live then.
+    clone.commit_file("app.txt", "v3");
+    let third = clone.head();
+    let push = clone.spawn_push(&["main"]);
+    wait_for(
+        "the deploy to be in its switch",
+        Duration::from_secs(20),
+        || server.root.join("in-switch").exists(),
+    );
+    server.ats(&["run-job", "short"]).success();
+    let pushed = push.wait_with_output().unwrap();
+    assert!(pushed.status.success());
+    assert_eq!(lines_of(&server, "ran"), [third.clone()], "after {second}");
+    let long = long.wait_with_output().unwrap();
+    assert!(long.status.success());
+    assert_eq!(runs_of(&server, "long", "succeeded").len(), 1);
+
+    // The run's log keeps `deploy.log_limit` and says what it cut.
+    server.ats(&["run-job", "chatty"]).success();
+    let log = server.ats(&["jobs", "log", "chatty"]).success().stdout();
+    assert!(log.contains("\n1\n2\n"), "{log}");
+    assert!(!log.contains("\n2000\n"), "{log}");
+    assert!(
+        log.contains("not kept: the log keeps 1.0 KiB (`deploy.log_limit`)"),
+        "{log}"
+    );
+}

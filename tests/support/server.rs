@@ -75,6 +75,19 @@ impl Server {
         run(&mut cmd, format!("ats-hook {}", args.join(" ")))
     }
 
+    /// Starts `ats-hook ARGS --repo app.git` without waiting.
+    pub fn ats_child(&self, args: &[&str]) -> std::process::Child {
+        command(BIN, self.path())
+            .args(args)
+            .arg("--repo")
+            .arg(&self.bare)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// `ats-hook post-receive` with `stdin` as git would feed it, in git's hook environment.
     pub fn hook_with_stdin(&self, stdin: &[u8]) -> Run {
         use std::io::Write;
