@@ -468,7 +468,11 @@ fn a_run_waits_out_a_switch_and_a_deploy_waits_for_no_run() {
     server.ats(&["run-job", "short"]).success();
     let pushed = push.wait_with_output().unwrap();
     assert!(pushed.status.success());
-    assert_eq!(lines_of(&server, "ran"), [third.clone()], "after {second}");
+    assert_eq!(
+        lines_of(&server, "ran"),
+        std::slice::from_ref(&third),
+        "after {second}"
+    );
     let long = long.wait_with_output().unwrap();
     assert!(long.status.success());
     assert_eq!(runs_of(&server, "long", "succeeded").len(), 1);
