@@ -176,15 +176,28 @@ fn timers_follow_each_deploy_a_failed_one_and_a_rollback() {
         "{listed}"
     );
 
-    // No schedule: no timers.
+    // A lost record of what is installed: the units' marker still tells which are ats-hook's.
+    std::fs::remove_file(t.server.root.join(".ats-hook/jobs/installed.json")).unwrap();
     std::fs::remove_file(t.clone.dir.join("FAIL")).unwrap();
+    t.schedule(&tick("tack"));
+    t.push()
+        .success()
+        .stderr_has("jobs: installed tack (systemd)");
+    let timers = t.timers();
+    assert!(
+        timers.contains("ats-hook-app-tack.timer") && !timers.contains("ats-hook-app-tick.timer"),
+        "{timers}"
+    );
+    assert!(!t.unit_exists("ats-hook-app-tick.service"));
+
+    // No schedule: no timers.
     t.clone.git(&["rm", "--quiet", "schedule.toml"]).success();
     t.clone.commit("no jobs");
     t.push()
         .success()
-        .stderr_has("jobs: none installed; removed tick");
+        .stderr_has("jobs: none installed; removed tack");
     assert!(!t.timers().contains("ats-hook-app-"), "{}", t.timers());
-    assert!(!t.unit_exists("ats-hook-app-tick.timer"));
+    assert!(!t.unit_exists("ats-hook-app-tack.timer"));
 }
 
 #[test]

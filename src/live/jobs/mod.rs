@@ -98,7 +98,8 @@ pub fn concerned(config: &Config, layout: &Layout, release: &str) -> bool {
         .release(release)
         .join(config.jobs.file.as_path())
         .exists()
-        || Installed::read(layout).map_or(true, |installed| !installed.jobs.is_empty())
+        || installed_file(layout).exists()
+            && Installed::read(layout).map_or(true, |installed| !installed.jobs.is_empty())
 }
 
 /// How a run is started: this binary with the config, from the deploy root.
@@ -128,7 +129,12 @@ pub fn install(config: &Config, layout: &Layout, release: Option<&str>) -> Resul
         Some(id) => schedule_of(config, &layout.release(id))?,
         None => Schedule::default(),
     };
-    let before = Installed::read(layout)?;
+    // What was installed is also found on the server itself (the crontab's block, the units'
+    // marker): a lost or damaged record only costs its list.
+    let before = Installed::read(layout).unwrap_or_else(|err| {
+        output::warn(format!("{err:#}; writing it again"));
+        Installed::default()
+    });
     let installer = config.jobs.installer.resolve();
     if schedule.jobs.is_empty() && before.jobs.is_empty() {
         return Ok(());

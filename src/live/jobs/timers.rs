@@ -249,14 +249,15 @@ pub(super) fn install(
             changed_timers.push(format!("{unit}.timer"));
         }
     }
-    // What the last install put there and this one does not want.
-    let gone: Vec<&InstalledJob> = before
-        .jobs
-        .iter()
-        .filter(|old| !old.unit.is_empty() && !jobs.iter().any(|new| new.unit == old.unit))
-        .collect();
+    // What the last install put there (as recorded, and as the units' marker says) and this
+    // one does not want.
+    let mut gone: Vec<String> = before.jobs.iter().map(|old| old.unit.clone()).collect();
+    gone.extend(marked_timers(&dir, layout, &prefix));
+    gone.sort();
+    gone.dedup();
+    gone.retain(|old| !old.is_empty() && !jobs.iter().any(|new| &new.unit == old));
     for old in &gone {
-        stop_and_remove(&dir, layout, installer, &old.unit)?;
+        stop_and_remove(&dir, layout, installer, old)?;
     }
     if written.is_empty() && gone.is_empty() && before.jobs == jobs {
         return Ok(jobs);
@@ -284,6 +285,24 @@ pub(super) fn install(
             .with_context(|| format!("failed to start `{timer}`"))?;
     }
     Ok(jobs)
+}
+
+/// The timers in `dir` that are ats-hook's for this root, by unit name (without `.timer`).
+fn marked_timers(dir: &Path, layout: &Layout, prefix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let unit = name.strip_suffix(".timer")?.to_string();
+            let ours = unit.starts_with(&format!("{prefix}-"))
+                && std::fs::read_to_string(entry.path())
+                    .is_ok_and(|text| text.lines().any(|l| l == unit_value(&marker(layout))));
+            ours.then_some(unit)
+        })
+        .collect()
 }
 
 /// Stops a job's timer (a run under way finishes), disables it and removes its files.
