@@ -107,6 +107,10 @@ pub fn deploy(
         session.previous_commit.clone()
     };
     let layout = session.layout.clone();
+    // The next push must find the spare's preparation under way, not yet to start.
+    let reserved = live_commit
+        .as_ref()
+        .and_then(|_| spare::reserve(config, &layout));
     let mut code = session.finish(config, &entry, "deploy", summary)?;
     // Overtaken, a post-receive push did nothing wrong; in gate mode the push is rejected, so
     // that the branch moves only with what deploys.
@@ -114,7 +118,7 @@ pub fn deploy(
         code = ExitCode::SUCCESS;
     }
     if let Some(live) = live_commit {
-        spare::after_deploy(config, &layout, repo.path(), &live);
+        spare::after_deploy(config, &layout, repo.path(), &live, reserved);
     }
     Ok(code)
 }
@@ -314,7 +318,9 @@ fn make_release(
     // last push (held under its lock until it is this release).
     let base = match prune::recycle_candidate(config, &layout, &session.records)? {
         Some(old) => Some(Base::Old(old)),
-        None => spare::take(config, &layout)?.map(|lock| Base::Spare { _lock: lock }),
+        None => {
+            spare::take(config, &layout, &session.records)?.map(|lock| Base::Spare { _lock: lock })
+        }
     };
     let submodules = config.deploy.submodules;
     if submodules {

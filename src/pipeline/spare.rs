@@ -7,8 +7,12 @@
 //! target). It is prepared as `releases/.spare-new` by a detached `ats-hook prepare-spare` and
 //! renamed to `.spare` only once whole and on disk; a preparation that is killed or fails
 //! leaves `.spare-new`, which the next preparation removes, and nothing uses. Preparing holds
-//! `.ats-hook/spare.lock`, not the deploy lock: a push never waits for it. A push that finds it
-//! busy asks the preparer to stop and checks its tree out whole, as it would without a spare.
+//! `.ats-hook/spare.lock`, not the deploy lock. A push that finds it busy waits for the
+//! preparer as long as a whole checkout of this root took when last measured (the history's
+//! `checkout_ms`): the preparer started earlier on the same work, so it nearly always ends
+//! first, and the push then writes only what changed. Past that, or with nothing measured, the
+//! push asks it to stop and checks its tree out whole. The spare is stamped (see `stamps`)
+//! before it is named ready, so the push that takes it lists only the folders that moved.
 //! A failure is kept in `.ats-hook/spare.json` for `status`.
 
 use std::fs::{self, File, OpenOptions};
@@ -105,25 +109,73 @@ fn try_lock(layout: &Layout, ask_to_stop: bool) -> Result<Option<SpareLock>> {
 }
 
 impl SpareLock {
-    fn note_pid(&mut self) -> Result<()> {
+    /// Writes who holds the lock and since when (`<pid> <unix ms>`), for a push that waits.
+    fn note_pid(&mut self, since_ms: u128) -> Result<()> {
         self.0.set_len(0)?;
         self.0.rewind()?;
-        write!(self.0, "{}", std::process::id())?;
+        write!(self.0, "{} {since_ms}", std::process::id())?;
         Ok(())
     }
 }
 
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// Since when the holder of the spare lock has held it, as it wrote.
+fn held_since_ms(layout: &Layout) -> Option<u128> {
+    let text = fs::read_to_string(lock_file(layout)).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Takes the spare lock for the preparer a deploy is about to start, while the deploy lock is
+/// still held: the next push, which needs that lock first, then finds the preparation under
+/// way and waits for it, instead of finding no spare and checking out whole.
+pub fn reserve(config: &Config, layout: &Layout) -> Option<SpareLock> {
+    if !wanted(config, layout).unwrap_or(false) {
+        return None;
+    }
+    let mut lock = try_lock(layout, false).ok().flatten()?;
+    lock.note_pid(unix_ms()).ok()?;
+    Some(lock)
+}
+
+/// The spare lock, when this process was started holding it on its stdin (`reserve`).
+fn inherited(layout: &Layout) -> Option<SpareLock> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let stdin = File::from(std::io::stdin().as_fd().try_clone_to_owned().ok()?);
+    let held = stdin.metadata().ok()?;
+    let file = fs::metadata(lock_file(layout)).ok()?;
+    if (held.dev(), held.ino()) != (file.dev(), file.ino()) {
+        return None;
+    }
+    // The open file holds the lock already: taking it again on it cannot block.
+    Flock::lock(stdin, FlockArg::LockExclusiveNonblock)
+        .ok()
+        .map(SpareLock)
+}
+
 /// The spare, for a new release to be built from, with the lock that keeps it from a
-/// preparer until the release has taken it; `None` when there is no whole spare, or it is
-/// being prepared (the preparer is asked to stop).
-pub fn take(config: &Config, layout: &Layout) -> Result<Option<SpareLock>> {
+/// preparer until the release has taken it; `None` when there is no whole spare, or its
+/// preparation outlasts what a whole checkout costs (the preparer is then asked to stop).
+pub fn take(
+    config: &Config,
+    layout: &Layout,
+    records: &[crate::state::record::DeployRecord],
+) -> Result<Option<SpareLock>> {
     if !config.deploy.recycle_releases {
         return Ok(None);
     }
-    // Asked even when no spare is ready: a preparation racing this push's checkout for the
-    // disk only slows it.
-    let Some(lock) = try_lock(layout, true)? else {
-        return Ok(None);
+    let lock = match try_lock(layout, false)? {
+        Some(lock) => lock,
+        None => match wait_for_preparer(layout, records)? {
+            Some(lock) => lock,
+            None => return Ok(None),
+        },
     };
     // Whole only if still there under the lock.
     let ready = layout.release(SPARE).is_dir() && layout.index_file(SPARE).is_file();
@@ -136,6 +188,53 @@ pub fn take(config: &Config, layout: &Layout) -> Result<Option<SpareLock>> {
     }
 }
 
+/// How long the last whole checkout of this root took, as the history measured it.
+fn whole_checkout_cost(
+    records: &[crate::state::record::DeployRecord],
+) -> Option<std::time::Duration> {
+    records
+        .iter()
+        .rev()
+        .find(|r| r.built_from.is_none() && r.checkout_ms.is_some())
+        .and_then(|r| r.checkout_ms)
+        .map(std::time::Duration::from_millis)
+}
+
+/// Waits for the preparer at work until it is due to end (half as long again as a whole
+/// checkout took here, from when it started): that is cheaper than checking out whole. Past
+/// that (or with no measure of it), asks it to stop.
+fn wait_for_preparer(
+    layout: &Layout,
+    records: &[crate::state::record::DeployRecord],
+) -> Result<Option<SpareLock>> {
+    let Some(cost) = whole_checkout_cost(records) else {
+        try_lock(layout, true)?;
+        return Ok(None);
+    };
+    let working = held_since_ms(layout)
+        .map(|since| std::time::Duration::from_millis(unix_ms().saturating_sub(since) as u64))
+        .unwrap_or_default();
+    let budget = (cost * 3 / 2).saturating_sub(working);
+    crate::sys::output::say(format!(
+        "waiting for the spare release being prepared (up to {}: a whole checkout took {} here)",
+        crate::sys::output::seconds(budget),
+        crate::sys::output::seconds(cost)
+    ));
+    let started = std::time::Instant::now();
+    while started.elapsed() < budget && !process::stop_requested() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        if let Some(lock) = try_lock(layout, false)? {
+            return Ok(Some(lock));
+        }
+    }
+    // Slower than checking out: this push will not wait longer.
+    if let Some(lock) = try_lock(layout, true)? {
+        return Ok(Some(lock));
+    }
+    crate::sys::output::say("the spare release is not ready: checking the tree out whole");
+    Ok(None)
+}
+
 /// Whether the next push would find no old release to build from: then a spare saves it a
 /// full checkout.
 fn wanted(config: &Config, layout: &Layout) -> Result<bool> {
@@ -145,22 +244,42 @@ fn wanted(config: &Config, layout: &Layout) -> Result<bool> {
 /// After a deploy, with the deploy lock released: starts a detached preparer of a spare for
 /// `commit` (the live one) when the next push would need it and none holds that commit yet;
 /// removes a spare that is no longer needed. Never fails the deploy.
-pub fn after_deploy(config: &Config, layout: &Layout, repo: &Path, commit: &str) {
+pub fn after_deploy(
+    config: &Config,
+    layout: &Layout,
+    repo: &Path,
+    commit: &str,
+    reserved: Option<SpareLock>,
+) {
     let outcome = (|| -> Result<()> {
         if !wanted(config, layout)? {
+            drop(reserved);
             return discard(layout);
         }
         if state(layout).commit.as_deref() == Some(commit) && layout.release(SPARE).is_dir() {
             return Ok(());
         }
-        let pid = Cmd::ats_hook()?
+        let cmd = Cmd::ats_hook()?
             .arg("prepare-spare")
             .arg("--repo")
             .arg(repo)
             .arg("--config")
             .arg(&config.path)
-            .arg(commit)
-            .spawn_detached()?;
+            .arg(commit);
+        let pid = match reserved {
+            Some(lock) => {
+                let handed = lock
+                    .0
+                    .try_clone()
+                    .context("failed to share the spare lock")?;
+                let pid = cmd.spawn_detached_holding(handed)?;
+                // Letting go of it here would unlock it for the preparer too: this process
+                // only closes its copy, when it exits.
+                std::mem::forget(lock);
+                pid
+            }
+            None => cmd.spawn_detached()?,
+        };
         tracing::debug!(
             pid,
             "preparing a spare release of {commit} in the background"
@@ -204,16 +323,23 @@ pub fn prepare(repo_dir: &Path, config: &Config, commit: &str) -> Result<()> {
     let layout = Layout::new(&config.deploy.root);
     // A preparer for an older commit may still be finishing (a push asked it to stop).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let mut lock = loop {
-        if let Some(lock) = try_lock(&layout, false)? {
-            break lock;
+    let mut since = unix_ms();
+    let mut lock = if let Some(lock) = inherited(&layout) {
+        // Held since the deploy reserved it: a waiting push counts from then.
+        since = held_since_ms(&layout).unwrap_or(since);
+        lock
+    } else {
+        loop {
+            if let Some(lock) = try_lock(&layout, false)? {
+                break lock;
+            }
+            if std::time::Instant::now() > deadline || process::stop_requested() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        if std::time::Instant::now() > deadline || process::stop_requested() {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    lock.note_pid()?;
+    lock.note_pid(since)?;
     // Only for what is live now: a later push started a preparer of its own.
     if !is_live(&layout, commit)? {
         return Ok(());
@@ -234,12 +360,18 @@ pub fn prepare(repo_dir: &Path, config: &Config, commit: &str) -> Result<()> {
     stamp_when_settled(&layout, commit)
 }
 
-/// Stamps the spare's folders once their times are old enough to be trusted (see `stamps`), so
-/// that the push that takes the spare lists only the folders that moved. Nothing waits for
-/// this: a push that takes the spare before lists every folder, and one that comes during the
-/// wait finds the spare free.
+/// The longest pause for stamps that a preparer takes while holding the spare lock.
+const SHORT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// On a filesystem of coarse times, stamps the spare's folders once their times are old enough
+/// to be trusted (see `stamps`), without the lock held meanwhile: a push that takes the spare
+/// before lists every folder, and one that comes during the wait finds the spare free.
 fn stamp_when_settled(layout: &Layout, commit: &str) -> Result<()> {
-    let settled = std::time::Instant::now() + crate::release::stamps::RACY;
+    let racy = crate::release::stamps::racy_window(layout);
+    if racy <= SHORT_PAUSE || layout.stamps_file(SPARE).is_file() {
+        return Ok(());
+    }
+    let settled = std::time::Instant::now() + racy;
     while std::time::Instant::now() < settled {
         if process::stop_requested() {
             return Ok(());
@@ -260,6 +392,7 @@ fn stamp_when_settled(layout: &Layout, commit: &str) -> Result<()> {
         &layout.release(SPARE),
         index.folders().iter().map(Vec::as_slice),
         &layout.stamps_file(SPARE),
+        racy,
     )
 }
 
@@ -318,6 +451,19 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
     }
     // Whole on disk before it is called ready.
     release::make_durable(&layout.release(PREPARING))?;
+    // Stamped before it is named ready when the filesystem's tick allows a short pause: the
+    // push that takes it then lists only the folders that moved.
+    let racy = crate::release::stamps::racy_window(layout);
+    if racy <= SHORT_PAUSE {
+        std::thread::sleep(racy);
+        let index = ReleaseIndex::load(&layout.index_file(PREPARING))?;
+        Stamps::record(
+            &layout.release(PREPARING),
+            index.folders().iter().map(Vec::as_slice),
+            &layout.stamps_file(PREPARING),
+            racy,
+        )?;
+    }
     fs::rename(layout.index_file(PREPARING), layout.index_file(SPARE))
         .context("failed to name the spare's index")?;
     let _ = fs::rename(layout.stamps_file(PREPARING), layout.stamps_file(SPARE));

@@ -155,6 +155,7 @@ pub fn update(
         &dir,
         folders.iter().map(Vec::as_slice),
         &layout.stamps_file(new_id),
+        crate::release::stamps::racy_window(layout),
     )?;
     lap("index and stamps written");
     Ok(update)

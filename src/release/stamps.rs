@@ -7,9 +7,11 @@
 //! files: the cost follows what changed, not the size of the tree (git's untracked cache rests
 //! on the same rule). Without stamps (an older release, a damaged file), every folder is listed.
 //!
-//! File times are coarse (a clock tick, a whole second on some filesystems): an entry added in
-//! the same tick as the stamp would not move it. So a folder changed less than `RACY` before
-//! its stamp is taken is left unstamped, and listed next time.
+//! File times are coarse (the kernel's clock tick, a few milliseconds; a whole second or two on
+//! some filesystems): an entry added in the same tick as the stamp would not move it. So a
+//! folder changed less than the racy window before its stamp is taken is left unstamped, and
+//! listed next time. The window is the filesystem's real granularity, probed once per deploy
+//! root (`racy_window`) and kept in `.ats-hook/timestamps.json`: two ticks, at least 10 ms.
 
 use std::collections::HashMap;
 use std::fs;
@@ -32,8 +34,87 @@ pub struct Stamp {
 #[derive(Debug, Default)]
 pub struct Stamps(HashMap<Vec<u8>, Stamp>);
 
-/// How recent a folder's change may be for its stamp to be trusted.
+/// The window when the granularity cannot be measured: as coarse as any filesystem's (FAT's 2 s).
 pub const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+/// The smallest window, whatever the probe finds.
+const MIN_RACY: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long the probe may take: a filesystem of whole seconds shows its tick within this.
+const PROBE_FOR: std::time::Duration = std::time::Duration::from_millis(4500);
+
+/// What the probe found, for the filesystem of `releases/`.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Granularity {
+    /// The filesystem's device number: a deploy root moved elsewhere is probed again.
+    device: u64,
+    nanoseconds: u64,
+}
+
+/// How recent a folder's change may be for its stamp to be trusted, on the filesystem that
+/// holds the releases: twice its timestamps' granularity (measured once, then remembered).
+pub fn racy_window(layout: &crate::state::layout::Layout) -> std::time::Duration {
+    let releases = layout.releases();
+    let Ok(device) = fs::metadata(&releases).map(|m| m.dev()) else {
+        return RACY;
+    };
+    let file = layout.state().join("timestamps.json");
+    let known = fs::read(&file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Granularity>(&bytes).ok())
+        .filter(|g| g.device == device);
+    let granularity = match known {
+        Some(known) => known.nanoseconds,
+        None => match probe(&releases) {
+            Some(nanoseconds) => {
+                let found = Granularity {
+                    device,
+                    nanoseconds,
+                };
+                if let Ok(json) = serde_json::to_vec(&found) {
+                    let _ = crate::sys::files::write_atomically(&file, &json, 0o600);
+                }
+                nanoseconds
+            }
+            None => return RACY,
+        },
+    };
+    (std::time::Duration::from_nanos(granularity) * 2).clamp(MIN_RACY, RACY)
+}
+
+/// The smallest step between the modification times a folder of `dir` takes as entries are
+/// added to it, in nanoseconds; `None` when no two differ within `PROBE_FOR`.
+fn probe(dir: &Path) -> Option<u64> {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&probe);
+    fs::create_dir(&probe).ok()?;
+    let started = std::time::Instant::now();
+    let mut times: Vec<(i64, i64)> = Vec::new();
+    let mut steps: Vec<u64> = Vec::new();
+    let mut n = 0u32;
+    while steps.len() < 3 && started.elapsed() < PROBE_FOR {
+        n += 1;
+        if fs::write(probe.join(n.to_string()), b"").is_err() {
+            break;
+        }
+        let Some(stamp) = stamp_of(&probe) else { break };
+        let time = (stamp.seconds, stamp.nanoseconds);
+        if let Some(&last) = times.last() {
+            if time != last {
+                let step = (time.0 - last.0) as i128 * 1_000_000_000 + (time.1 - last.1) as i128;
+                if step > 0 {
+                    steps.push(step as u64);
+                }
+            }
+        }
+        times.push(time);
+        // Past the first few, a pause: the tick is measured, not the speed of `write`.
+        if n > 8 {
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+    let _ = fs::remove_dir_all(&probe);
+    // The first step may be a partial tick: the smallest is the tick, or a multiple of it.
+    steps.into_iter().min()
+}
 
 fn stamp_of(path: &Path) -> Option<Stamp> {
     let meta = fs::symlink_metadata(path).ok()?;
@@ -51,12 +132,13 @@ impl Stamps {
         release: &Path,
         folders: impl Iterator<Item = &'a [u8]>,
         file: &Path,
+        racy: std::time::Duration,
     ) -> Result<()> {
         let mut text = Vec::new();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let settled = now.saturating_sub(RACY);
+        let settled = now.saturating_sub(racy);
         for folder in std::iter::once(&b""[..]).chain(folders) {
             // A name with a newline cannot be written on a line: left unstamped, it is listed.
             if folder.contains(&b'\n') {
@@ -135,12 +217,12 @@ mod tests {
         let file = dir.path().join("stamps");
         let folders: Vec<&[u8]> = vec![b"a", b"a/b"];
         // Just changed: not stamped, so listed.
-        Stamps::record(&release, folders.iter().copied(), &file).unwrap();
+        Stamps::record(&release, folders.iter().copied(), &file, RACY).unwrap();
         assert!(Stamps::load(&file).unwrap().moved(&release, b"a/b"));
         for folder in ["", "a", "a/b"] {
             age(&release.join(folder));
         }
-        Stamps::record(&release, folders.iter().copied(), &file).unwrap();
+        Stamps::record(&release, folders.iter().copied(), &file, RACY).unwrap();
         let stamps = Stamps::load(&file).unwrap();
         assert!(!stamps.moved(&release, b""));
         assert!(!stamps.moved(&release, b"a"));
@@ -154,7 +236,7 @@ mod tests {
         fs::write(release.join("a/b/untracked"), "").unwrap();
         assert!(stamps.moved(&release, b"a/b"));
         age(&release.join("a/b"));
-        Stamps::record(&release, folders.iter().copied(), &file).unwrap();
+        Stamps::record(&release, folders.iter().copied(), &file, RACY).unwrap();
         let stamps = Stamps::load(&file).unwrap();
         fs::rename(release.join("a/b/untracked"), release.join("a/b/renamed")).unwrap();
         assert!(stamps.moved(&release, b"a/b"));

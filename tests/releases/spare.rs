@@ -1,6 +1,7 @@
 //! The spare release a new server's next push builds from: used when it is whole, never when its
-//! preparation was killed, never waited for, and a failure to prepare it shows in `status`
-//! while the live release stays untouched.
+//! preparation was killed, waited for while it is prepared (no longer than a whole checkout
+//! would take), and a failure to prepare it shows in `status` while the live release stays
+//! untouched.
 
 use std::path::Path;
 use std::time::Duration;
@@ -22,7 +23,7 @@ fn preparer(server: &Server) -> i32 {
     wait_for("a spare being prepared", Duration::from_secs(20), || {
         pid = std::fs::read_to_string(server.root.join(".ats-hook/spare.lock"))
             .ok()
-            .and_then(|t| t.trim().parse().ok())
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
         pid > 0 && alive(pid) && server.root.join("releases/.spare-new").exists()
     });
@@ -129,17 +130,47 @@ fn a_preparer_killed_half_way_leaves_nothing_the_next_push_uses() {
 }
 
 #[test]
-fn a_push_during_the_preparation_does_not_wait_for_it() {
-    let (server, clone, pid) = preparing();
+fn a_push_during_the_preparation_waits_for_it_and_builds_from_the_spare() {
+    let (server, clone, _pid) = preparing();
 
     clone.commit_file("app.py", "2\n");
     let push = clone.push();
-    // Checked out whole, as without a spare; the preparer was asked to stop.
     push.success()
         .stderr_lacks("waiting for the deploy lock")
-        .stderr_lacks("built from the spare");
-    push.stderr_has("checked out");
+        .stderr_has("waiting for the spare release being prepared")
+        .stderr_has("built from the spare release: 1 file written");
+    push.stderr_lacks("checked out");
     assert_live_is(&server, &clone);
+    assert_eq!(server.last_record()["built_from"], "spare");
+    let v2 = clone.head();
+    wait_for("a spare of the new commit", Duration::from_secs(30), || {
+        spare_ready(&server, &v2)
+    });
+}
+
+#[test]
+fn a_preparer_slower_than_a_checkout_is_not_waited_for_past_that() {
+    let (server, clone, pid) = preparing();
+    // Stopped in its tracks: it can never finish in time.
+    send_signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let checkout_ms = server.last_record()["checkout_ms"].as_u64().unwrap();
+
+    clone.commit_file("app.py", "2\n");
+    let started = std::time::Instant::now();
+    let push = clone.push();
+    let took = started.elapsed();
+    push.success()
+        .stderr_has("waiting for the spare release being prepared")
+        .stderr_has("the spare release is not ready: checking the tree out whole")
+        .stderr_has("checked out");
+    assert_live_is(&server, &clone);
+    // The wait was bounded by what the first checkout cost, not by the stopped preparer.
+    assert!(
+        took < Duration::from_millis(checkout_ms * 3 / 2) + Duration::from_secs(20),
+        "{took:?}"
+    );
+    // Asked to stop, it does once it runs again.
+    send_signal(pid, nix::sys::signal::Signal::SIGCONT);
     wait_for("the preparer to stop", Duration::from_secs(30), || {
         !alive(pid)
     });

@@ -270,6 +270,20 @@ impl Cmd {
     /// Like `spawn_detached`, with its output (stdout and stderr) appended to `log`: a server
     /// that outlives ats-hook must not hold the pusher's pipes, or `git push` would wait for it.
     pub fn spawn_detached_to(&self, log: Option<std::fs::File>) -> Result<u32> {
+        self.spawn_detached_with(log, None)
+    }
+
+    /// Like `spawn_detached`, its stdin the open file `stdin`: how a lock the caller holds is
+    /// handed to the child (a `flock` belongs to the open file, which the child then shares).
+    pub fn spawn_detached_holding(&self, stdin: std::fs::File) -> Result<u32> {
+        self.spawn_detached_with(None, Some(stdin))
+    }
+
+    fn spawn_detached_with(
+        &self,
+        log: Option<std::fs::File>,
+        stdin: Option<std::fs::File>,
+    ) -> Result<u32> {
         use std::os::unix::process::CommandExt;
         use std::process::Stdio;
         let (stdout, stderr) = match log {
@@ -284,7 +298,7 @@ impl Cmd {
             .args(&self.args)
             .env_clear()
             .envs(&self.env)
-            .stdin(Stdio::null())
+            .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
