@@ -18,15 +18,11 @@
 //! Everything happens under one temporary folder, removed at the end.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod support;
 use support::*;
-
-#[path = "../tests/support/rng.rs"]
-mod rng;
-use rng::Rng;
 
 /// `git checkout -f SHA -- .` of the bare repository into `worktree`, with `index` as its
 /// index: how a hand-written hook checks out.
@@ -40,69 +36,6 @@ fn git_checkout(bare: &Path, worktree: &Path, index: &Path, sha: &str) -> Durati
             .args(["checkout", "-f", sha, "--", "."])
             .env("GIT_INDEX_FILE", index),
     )
-}
-
-/// The app's tree: nested folders of source-like files, and a few large files.
-fn generate(work: &Path, rng: &mut Rng) -> (usize, u64) {
-    let (mut files, mut bytes) = (0, 0u64);
-    for app in 0..12 {
-        for module in 0..8 {
-            for kind in ["models", "views", "templates", "static", "tests"] {
-                let dir = work.join(format!("apps/app{app}/module{module}/{kind}"));
-                std::fs::create_dir_all(&dir).unwrap();
-                for n in 0..10 {
-                    let len = 2_000 + (rng.next() % 18_000) as usize;
-                    std::fs::write(dir.join(format!("file{n}.py")), rng.text(len)).unwrap();
-                    files += 1;
-                    bytes += len as u64;
-                }
-            }
-        }
-    }
-    std::fs::create_dir_all(work.join("assets/media")).unwrap();
-    for n in 0..12 {
-        let len = 400_000 + (rng.next() % 200_000) as usize;
-        std::fs::write(
-            work.join(format!("assets/media/bundle{n}.js")),
-            rng.text(len),
-        )
-        .unwrap();
-        files += 1;
-        bytes += len as u64;
-    }
-    std::fs::write(work.join("requirements.txt"), "django==5.0\ngunicorn\n").unwrap();
-    (files + 1, bytes)
-}
-
-/// Peak resident memory of a command, in KiB: run from a child of ours that has no other
-/// children, so `RUSAGE_CHILDREN` is that command's (and its own children's) alone.
-fn peak_rss(cmd_line: &[&str], dir: &Path) -> u64 {
-    let out = hermetic(Command::new(std::env::current_exe().unwrap()))
-        .arg("--measure-rss")
-        .args(cmd_line)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-fn measure_rss(args: &[String]) -> ! {
-    let status = Command::new(&args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{args:?} failed");
-    let usage =
-        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
-    println!("{}", usage.max_rss());
-    std::process::exit(0)
 }
 
 /// `git archive | tar -x` of `sha` into a fresh `dir` (Capistrano's way), timed; `dir` goes
@@ -272,13 +205,7 @@ fn new_servers(base: &Path, quick: bool) {
 
     // 60,000 small files: 600 folders of 100.
     let wide = base.join("wide-work");
-    for d in 0..600 {
-        let dir = wide.join(format!("d{}/sub{d}", d / 100));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in 0..100 {
-            std::fs::write(dir.join(format!("f{f}.txt")), format!("{d} {f}\n")).unwrap();
-        }
-    }
+    wide_tree(&wide);
     git(&wide, &["init", "-q", "-b", "main"]);
     git(&wide, &["add", "-A"]);
     git(&wide, &["commit", "-q", "-m", "initial"]);

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ats-hook");
 
+#[path = "../../tests/support/rng.rs"]
+pub mod rng;
+pub use rng::Rng;
+
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = hermetic(Command::new("git"))
         .args(args)
@@ -44,6 +48,11 @@ pub fn hermetic(mut cmd: Command) -> Command {
 pub fn time(cmd: &mut Command) -> Duration {
     let synced = Command::new("sync").status().expect("sync");
     assert!(synced.success());
+    time_unsettled(cmd)
+}
+
+/// Runs a command, returning its wall time, with whatever the disk has yet to write.
+pub fn time_unsettled(cmd: &mut Command) -> Duration {
     let start = Instant::now();
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");
     let took = start.elapsed();
@@ -87,5 +96,79 @@ pub fn verdict(met: bool) -> &'static str {
         "met"
     } else {
         "MISSED"
+    }
+}
+
+/// The app's tree: nested folders of source-like files, and a few large files.
+pub fn generate(work: &Path, rng: &mut Rng) -> (usize, u64) {
+    let (mut files, mut bytes) = (0, 0u64);
+    for app in 0..12 {
+        for module in 0..8 {
+            for kind in ["models", "views", "templates", "static", "tests"] {
+                let dir = work.join(format!("apps/app{app}/module{module}/{kind}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for n in 0..10 {
+                    let len = 2_000 + (rng.next() % 18_000) as usize;
+                    std::fs::write(dir.join(format!("file{n}.py")), rng.text(len)).unwrap();
+                    files += 1;
+                    bytes += len as u64;
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(work.join("assets/media")).unwrap();
+    for n in 0..12 {
+        let len = 400_000 + (rng.next() % 200_000) as usize;
+        std::fs::write(
+            work.join(format!("assets/media/bundle{n}.js")),
+            rng.text(len),
+        )
+        .unwrap();
+        files += 1;
+        bytes += len as u64;
+    }
+    std::fs::write(work.join("requirements.txt"), "django==5.0\ngunicorn\n").unwrap();
+    (files + 1, bytes)
+}
+
+/// Peak resident memory of a command, in KiB: run from a child of ours that has no other
+/// children, so `RUSAGE_CHILDREN` is that command's (and its own children's) alone.
+pub fn peak_rss(cmd_line: &[&str], dir: &Path) -> u64 {
+    let out = hermetic(Command::new(std::env::current_exe().unwrap()))
+        .arg("--measure-rss")
+        .args(cmd_line)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+pub fn measure_rss(args: &[String]) -> ! {
+    let status = Command::new(&args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{args:?} failed");
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    println!("{}", usage.max_rss());
+    std::process::exit(0)
+}
+
+/// 60,000 small files: 600 folders of 100, under six top folders.
+pub fn wide_tree(wide: &Path) {
+    for d in 0..600 {
+        let dir = wide.join(format!("d{}/sub{d}", d / 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("f{f}.txt")), format!("{d} {f}\n")).unwrap();
+        }
     }
 }

@@ -188,7 +188,8 @@ pub fn take(
     }
 }
 
-/// How long the last whole checkout of this root took, as the history measured it.
+/// How long the last whole checkout of this root took, making it durable included (what a
+/// preparation does, and what a push does instead of waiting), as the history measured it.
 fn whole_checkout_cost(
     records: &[crate::state::record::DeployRecord],
 ) -> Option<std::time::Duration> {
@@ -196,7 +197,7 @@ fn whole_checkout_cost(
         .iter()
         .rev()
         .find(|r| r.built_from.is_none() && r.checkout_ms.is_some())
-        .and_then(|r| r.checkout_ms)
+        .map(|r| r.checkout_ms.unwrap_or(0) + r.sync_ms.unwrap_or(0))
         .map(std::time::Duration::from_millis)
 }
 
@@ -216,7 +217,7 @@ fn wait_for_preparer(
         .unwrap_or_default();
     let budget = (cost * 3 / 2).saturating_sub(working);
     crate::sys::output::say(format!(
-        "waiting for the spare release being prepared (up to {}: a whole checkout took {} here)",
+        "waiting for the spare release being prepared (up to {}: a whole checkout and its sync took {} here)",
         crate::sys::output::seconds(budget),
         crate::sys::output::seconds(cost)
     ));
