@@ -247,6 +247,38 @@ mod tests {
     }
 
     #[test]
+    fn the_racy_window_is_measured_once_per_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = crate::state::layout::Layout::new(dir.path());
+        layout.create().unwrap();
+        let window = racy_window(&layout);
+        assert!((MIN_RACY..=RACY).contains(&window), "{window:?}");
+        let file = layout.state().join("timestamps.json");
+        let found: Granularity = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        assert!(found.nanoseconds > 0 && found.nanoseconds <= 2_000_000_000);
+        // Remembered: a value written there is what the next deploy uses.
+        let coarse = Granularity {
+            device: found.device,
+            nanoseconds: 400_000_000,
+        };
+        fs::write(&file, serde_json::to_vec(&coarse).unwrap()).unwrap();
+        assert_eq!(racy_window(&layout), std::time::Duration::from_millis(800));
+        // Another filesystem (a device number that is not this one's) is probed again.
+        let moved = Granularity {
+            device: found.device + 1,
+            nanoseconds: 400_000_000,
+        };
+        fs::write(&file, serde_json::to_vec(&moved).unwrap()).unwrap();
+        racy_window(&layout);
+        let again: Granularity = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        assert_eq!(again.device, found.device);
+        assert!(!layout
+            .releases()
+            .join(format!(".probe-{}", std::process::id()))
+            .exists());
+    }
+
+    #[test]
     fn damaged_stamps_are_not_trusted_line_by_line() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("stamps");
