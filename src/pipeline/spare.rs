@@ -15,8 +15,8 @@
 //! before it is named ready, so the push that takes it lists only the folders that moved.
 //! A failure is kept in `.ats-hook/spare.json` for `status`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::fs::{self, File};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -29,6 +29,7 @@ use crate::release;
 use crate::release::index::ReleaseIndex;
 use crate::release::stamps::Stamps;
 use crate::state::layout::Layout;
+use crate::state::lock;
 use crate::sys::process::{self, Cmd};
 
 /// The spare's id in `releases/` and `.ats-hook/index/`.
@@ -79,33 +80,17 @@ pub struct SpareLock(Flock<File>);
 /// Takes the spare lock if nobody holds it; when a preparer holds it and `ask_to_stop`, asks
 /// it to stop.
 fn try_lock(layout: &Layout, ask_to_stop: bool) -> Result<Option<SpareLock>> {
-    let path = lock_file(layout);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("failed to open `{}`", path.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(locked) => Ok(Some(SpareLock(locked))),
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            // Someone prepares: ask them to stop, since this push will not wait for them.
-            let mut text = String::new();
-            if ask_to_stop && file.read_to_string(&mut text).is_ok() {
-                if let Ok(pid) = text.trim().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                }
-            }
-            Ok(None)
-        }
-        Err((_, errno)) => {
-            Err(errno).with_context(|| format!("failed to lock `{}`", path.display()))
-        }
+    if let Some(locked) = lock::flock(&lock_file(layout), true, std::time::Duration::ZERO)? {
+        return Ok(Some(SpareLock(locked)));
     }
+    // Someone prepares: ask them to stop, since this push will not wait for them.
+    if let Some(pid) = ask_to_stop.then(|| holder(layout).map(|h| h.0)).flatten() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    Ok(None)
 }
 
 impl SpareLock {
@@ -125,10 +110,17 @@ fn unix_ms() -> u128 {
         .as_millis()
 }
 
-/// Since when the holder of the spare lock has held it, as it wrote.
-fn held_since_ms(layout: &Layout) -> Option<u128> {
+/// Who holds the spare lock and since when (unix ms), as it wrote (`note_pid`).
+fn holder(layout: &Layout) -> Option<(i32, Option<u128>)> {
     let text = fs::read_to_string(lock_file(layout)).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse().ok()?;
+    Some((pid, words.next().and_then(|w| w.parse().ok())))
+}
+
+/// Since when the holder of the spare lock has held it.
+fn held_since_ms(layout: &Layout) -> Option<u128> {
+    holder(layout)?.1
 }
 
 /// Takes the spare lock for the preparer a deploy is about to start, while the deploy lock is

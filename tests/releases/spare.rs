@@ -169,7 +169,15 @@ fn a_preparer_slower_than_a_checkout_is_not_waited_for_past_that() {
         took < Duration::from_millis(checkout_ms * 3 / 2) + Duration::from_secs(20),
         "{took:?}"
     );
-    // Asked to stop, it does once it runs again.
+    // Asked to stop: the SIGTERM waits for it, pending, while it is stopped.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let pending = status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(pending & (1 << (15 - 1)), 0, "no SIGTERM pending: {status}");
+    // It stops once it runs again.
     send_signal(pid, nix::sys::signal::Signal::SIGCONT);
     wait_for("the preparer to stop", Duration::from_secs(30), || {
         !alive(pid)
