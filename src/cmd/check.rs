@@ -42,18 +42,13 @@ pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
             )?;
         }
     }
-    write_jobs_plan(&config, location, out)?;
+    // The repository is only read for these parts: `check` also serves an admin who cannot
+    // open it.
+    let tip = branch_tip(&config, location);
+    if let Some((repo, commit, git_ref)) = &tip {
+        write_jobs_plan(&config, repo, *commit, git_ref, out)?;
+    }
     if config.steps.iter().any(|step| step.has_outputs()) {
-        // The repository is only read for this part: `check` also serves an admin who cannot
-        // open it.
-        let tip = super::repo_dir(location)
-            .ok()
-            .and_then(|dir| git2::Repository::open_bare(dir).ok())
-            .and_then(|repo| {
-                let git_ref = config.default_ref()?;
-                let commit = repo.refname_to_id(&git_ref).ok()?;
-                Some((repo, commit, git_ref))
-            });
         match tip {
             Some((repo, commit, git_ref)) => {
                 write_outputs_plan(&config, &repo, commit, &git_ref, out)?
@@ -67,21 +62,27 @@ pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The bare repository and the tip of the branch a push deploys, when both can be read.
+fn branch_tip(
+    config: &Config,
+    location: &Location,
+) -> Option<(git2::Repository, git2::Oid, String)> {
+    let repo = git2::Repository::open_bare(super::repo_dir(location).ok()?).ok()?;
+    let git_ref = config.default_ref()?;
+    let commit = repo.refname_to_id(&git_ref).ok()?;
+    Some((repo, commit, git_ref))
+}
+
 /// The scheduled jobs the branch tip declares, as a push would install them, with each one's
 /// next run; a schedule that would not install is an error, as it is for the push.
-fn write_jobs_plan(config: &Config, location: &Location, out: &mut dyn Write) -> Result<()> {
+fn write_jobs_plan(
+    config: &Config,
+    repo: &git2::Repository,
+    commit: git2::Oid,
+    git_ref: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
     let file = config.jobs.file.to_string();
-    let tip = super::repo_dir(location)
-        .ok()
-        .and_then(|dir| git2::Repository::open_bare(dir).ok())
-        .and_then(|repo| {
-            let git_ref = config.default_ref()?;
-            let commit = repo.refname_to_id(&git_ref).ok()?;
-            Some((repo, commit, git_ref))
-        });
-    let Some((repo, commit, git_ref)) = tip else {
-        return Ok(());
-    };
     let text = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
@@ -92,7 +93,7 @@ fn write_jobs_plan(config: &Config, location: &Location, out: &mut dyn Write) ->
     let Some(text) = text else {
         return Ok(());
     };
-    let short_ref = crate::state::refs::short_ref(&git_ref);
+    let short_ref = crate::state::refs::short_ref(git_ref);
     let schedule = Schedule::parse(&text, &file, config.jobs.installer)
         .with_context(|| format!("the jobs at the tip of `{short_ref}` would not install"))?;
     let installer = config.jobs.installer.resolve();

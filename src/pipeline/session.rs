@@ -36,23 +36,6 @@ impl Trigger {
     }
 }
 
-/// Who pushed: set by the SSH gate when known, else who ran `sudo` (`sudo -u deployer
-/// ats-hook rollback` is the admin's), else the account running the hook.
-pub fn pusher() -> String {
-    for key in ["ATS_PUSHER", "SUDO_USER", "USER", "LOGNAME"] {
-        if let Ok(value) = std::env::var(key) {
-            if !value.is_empty() {
-                return value;
-            }
-        }
-    }
-    nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|user| user.name)
-        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
-}
-
 /// One run under the deploy lock: its id, log, history and timings.
 pub(super) struct Session {
     pub(super) layout: Layout,
@@ -115,7 +98,7 @@ impl Session {
             git_ref: git_ref.to_string(),
             release: String::new(),
             since: rfc3339(SystemTime::now()),
-            pusher: pusher(),
+            pusher: record::pusher(),
         };
         let mut lock = lock::acquire(
             &layout.lock_file(),

@@ -171,6 +171,23 @@ fn clip(text: &str, max: usize) -> String {
     }
 }
 
+/// Who pushed: set by the SSH gate when known, else who ran `sudo` (`sudo -u deployer
+/// ats-hook rollback` is the admin's), else the account running the hook.
+pub fn pusher() -> String {
+    for key in ["ATS_PUSHER", "SUDO_USER", "USER", "LOGNAME"] {
+        if let Ok(value) = std::env::var(key) {
+            if !value.is_empty() {
+                return value;
+            }
+        }
+    }
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+}
+
 /// Appends one record and makes it durable before returning, so that whatever the pusher reads
 /// next is already in the history. A last line left torn (a power loss or a full disk during an
 /// earlier append) is closed first: the new record starts on a line of its own.

@@ -487,3 +487,54 @@ fn a_run_waits_out_a_switch_and_a_deploy_waits_for_no_run() {
         "{log}"
     );
 }
+
+#[test]
+fn a_release_a_run_still_works_in_is_neither_reused_nor_pruned() {
+    let _saved = Crontab::save();
+    let server = Server::new();
+    server.config(&CONFIG.replace("keep_releases = 5", "keep_releases = 2"));
+    let clone = server.clone("work");
+    clone.write(
+        "schedule.toml",
+        &schedule(&[(
+            "long",
+            "hourly",
+            r#"sleep 6; cat app.txt > "$ATS_DEPLOY_ROOT/long.out""#,
+        )]),
+    );
+    clone.commit_file("app.txt", "v1\n");
+    clone.push().success();
+    let first = server.live().unwrap();
+    let long = server.ats_child(&["run-job", "long"]);
+    wait_for("long to run", Duration::from_secs(10), || {
+        std::fs::read_to_string(server.root.join(".ats-hook/jobs/long.lock"))
+            .is_ok_and(|t| t.contains(&first))
+    });
+    for v in ["v2\n", "v3\n", "v4\n"] {
+        clone.commit_file("app.txt", v);
+        clone.push().success();
+    }
+    assert!(
+        server.releases().contains(&first),
+        "{:?}",
+        server.releases()
+    );
+    let long = long.wait_with_output().unwrap();
+    assert!(
+        long.status.success(),
+        "{}",
+        String::from_utf8_lossy(&long.stderr)
+    );
+    // It ran to its end in its own release, unchanged under it.
+    assert_eq!(
+        std::fs::read_to_string(server.root.join("long.out")).unwrap(),
+        "v1\n"
+    );
+    clone.commit_file("app.txt", "v5\n");
+    clone.push().success();
+    assert!(
+        !server.releases().contains(&first),
+        "{:?}",
+        server.releases()
+    );
+}

@@ -6,8 +6,9 @@
 //! the release's folder with the steps' environment, in a process group of its own that its
 //! timeout stops whole; its output goes to the run's log, up to `deploy.log_limit`; the run is
 //! recorded; a failure is told to `[notify]`. The release is the one live when the run
-//! started: a deploy during the run does not change its code, and the job's lock file names
-//! the release so that pruning keeps it while the run lasts.
+//! started: a deploy during the run does not change its code, and pruning keeps the release
+//! while the run lasts, as it keeps any release a process works in (`sys::procs::Scan`
+//! reads /proc: the job runs from the release's folder).
 
 use std::fs::File;
 use std::io::Write;
@@ -66,21 +67,6 @@ pub fn running(layout: &Layout, job: &str) -> Option<Running> {
             .and_then(|text| serde_json::from_str(text.trim()).ok()),
         Err(_) => None,
     }
-}
-
-/// The releases runs under way are using (pruning keeps them).
-pub fn releases_in_use(layout: &Layout) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(layout.jobs_dir()) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let job = name.strip_suffix(".lock")?.to_string();
-            running(layout, &job).map(|r| r.release)
-        })
-        .collect()
 }
 
 /// Runs the job; the exit status is the run's (0 for a skip).
@@ -322,10 +308,7 @@ fn who_started(request: &Request<'_>) -> String {
     if std::env::var_os("INVOCATION_ID").is_some() {
         return "timer".into();
     }
-    ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|key| std::env::var(key).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+    crate::state::record::pusher()
 }
 
 /// A run's id: its UTC start to the millisecond, which orders the logs, and the pid.

@@ -40,7 +40,7 @@ fn units_dir(config: &Config, installer: Installer) -> Result<PathBuf> {
 }
 
 fn systemctl(installer: Installer) -> Cmd {
-    let cmd = Cmd::systemctl(false, std::iter::empty::<&str>());
+    let cmd = Cmd::new("systemctl");
     let cmd = match installer {
         // A hook run over SSH without a login session may lack the variable that leads
         // `systemctl --user` to the user's manager (which lingering keeps running).
