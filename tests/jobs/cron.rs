@@ -538,3 +538,63 @@ fn a_release_a_run_still_works_in_is_neither_reused_nor_pruned() {
         server.releases()
     );
 }
+
+#[test]
+fn wait_queues_one_run_and_replace_stops_the_running_one() {
+    let _saved = Crontab::save();
+    let server = Server::new();
+    server.config(CONFIG);
+    let clone = server.clone("work");
+    clone.write(
+        "schedule.toml",
+        "[[job]]\nname = \"waiter\"\nschedule = \"* * * * *\"\noverlap = \"wait\"\nrun = 'sleep 2'\n\
+         [[job]]\nname = \"replacer\"\nschedule = \"* * * * *\"\noverlap = \"replace\"\nrun = 'sleep 4'\n",
+    );
+    clone.commit("jobs");
+    clone.push().success();
+
+    // Three starts at once: one runs, one waits for it, the third finds one waiting.
+    let waiter = line_of(&server, "waiter");
+    let first = as_cron(&waiter);
+    wait_for("the first run", Duration::from_secs(10), || {
+        std::fs::read_to_string(server.root.join(".ats-hook/jobs/waiter.lock"))
+            .is_ok_and(|t| t.contains("\"pid\""))
+    });
+    let second = as_cron(&waiter);
+    std::thread::sleep(Duration::from_millis(500));
+    let third = as_cron(&waiter).wait_with_output().unwrap();
+    assert!(third.status.success());
+    for run in [first, second] {
+        assert!(run.wait_with_output().unwrap().status.success());
+    }
+    let done = runs_of(&server, "waiter", "succeeded");
+    assert_eq!(done.len(), 2, "{:?}", runs(&server));
+    assert_eq!(overlapping(&done), None, "{done:?}");
+    let skipped = runs_of(&server, "waiter", "skipped");
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        skipped[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("a run already waits"),
+        "{skipped:?}"
+    );
+
+    // A start while one runs stops it (its group) and runs anew.
+    let replacer = line_of(&server, "replacer");
+    let old = as_cron(&replacer);
+    wait_for("the first run", Duration::from_secs(10), || {
+        std::fs::read_to_string(server.root.join(".ats-hook/jobs/replacer.lock"))
+            .is_ok_and(|t| t.contains("\"pid\""))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    run_as_cron(&replacer).success().stderr_has("stopping run");
+    assert!(!old.wait_with_output().unwrap().status.success());
+    assert_eq!(
+        runs_of(&server, "replacer", "interrupted").len(),
+        1,
+        "{:?}",
+        runs(&server)
+    );
+    assert_eq!(runs_of(&server, "replacer", "succeeded").len(), 1);
+}
