@@ -11,6 +11,7 @@ mod fleet;
 mod jobs;
 mod layers;
 mod live;
+mod monorepo;
 mod push;
 mod releases;
 mod security;

@@ -68,6 +68,7 @@ fn branch_tip(
     location: &Location,
 ) -> Option<(git2::Repository, git2::Oid, String)> {
     let repo = git2::Repository::open_bare(super::repo_dir(location).ok()?).ok()?;
+    crate::release::view::in_memory_writes(&repo).ok()?;
     let git_ref = config.default_ref()?;
     let commit = repo.refname_to_id(&git_ref).ok()?;
     Some((repo, commit, git_ref))
@@ -83,12 +84,11 @@ fn write_jobs_plan(
     out: &mut dyn Write,
 ) -> Result<()> {
     let file = config.jobs.file.to_string();
-    let text = repo
-        .find_commit(commit)
-        .and_then(|c| c.tree())
-        .and_then(|tree| tree.get_path(config.jobs.file.as_path()))
-        .and_then(|entry| repo.find_blob(entry.id()))
+    let text = crate::release::view::View::of(&config.deploy)
+        .tree(repo, commit)
         .ok()
+        .and_then(|tree| tree.get_path(config.jobs.file.as_path()).ok())
+        .and_then(|entry| repo.find_blob(entry.id()).ok())
         .map(|blob| String::from_utf8_lossy(blob.content()).into_owned());
     let Some(text) = text else {
         return Ok(());

@@ -54,6 +54,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 no_restart,
                 dry_run,
                 note: None,
+                // By hand, a deploy is always asked for.
+                force: true,
             };
             if let Some(note) = note {
                 options.set_note(&note)?;
@@ -350,6 +352,7 @@ fn open(location: &Location) -> Result<(Repository, Config)> {
             repo_dir(location).unwrap_or_default().display()
         )
     })?;
+    crate::release::view::in_memory_writes(&repo)?;
     let config = Config::load(&Config::locate(location.config.as_deref(), repo.path()))?;
     Ok((repo, config))
 }

@@ -14,6 +14,14 @@ use super::{Duration, Pattern, RelPath, Size};
 pub struct DeploySection {
     /// The deploy root; a relative path is taken from the config file's folder.
     pub root: PathBuf,
+    /// The app's folder in the repository (`backend`): a release holds that folder's tree as
+    /// its root, and a push that leaves it unchanged deploys nothing. None: the whole tree.
+    #[serde(default)]
+    pub path: Option<RelPath>,
+    /// More folders of the repository the app uses (`libs`), with `path`: each is in every
+    /// release at its own path, and a push that changes one deploys the app too.
+    #[serde(default)]
+    pub paths: Vec<RelPath>,
     #[serde(default = "default_branches")]
     pub branches: Vec<Pattern>,
     pub tags: Option<Pattern>,
@@ -168,6 +176,19 @@ impl DeploySection {
                 "`deploy.keep_releases` is {}: keep at least 2 (the live release and the one to roll back to)",
                 self.keep_releases
             );
+        }
+        if self.path.is_none() && !self.paths.is_empty() {
+            bail!(
+                "`deploy.paths` needs `deploy.path`: without it a release holds the whole repository already"
+            );
+        }
+        for (n, extra) in self.paths.iter().enumerate() {
+            if let Some(path) = self.path.as_ref().filter(|p| p.overlaps(extra)) {
+                bail!("`deploy.paths` names `{extra}`, which overlaps the app's folder `{path}`");
+            }
+            if let Some(other) = self.paths[..n].iter().find(|p| p.overlaps(extra)) {
+                bail!("`deploy.paths` names `{other}` and `{extra}`, which overlap");
+            }
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ pub fn event(record: &DeployRecord) -> Option<NotifyOn> {
         (_, State::Succeeded) => Some(NotifyOn::Succeeded),
         (_, State::Failed | State::Interrupted | State::FailedForward) => Some(NotifyOn::Failed),
         (_, State::RolledBack) => Some(NotifyOn::RolledBack),
-        (_, State::Switching | State::Superseded) => None,
+        (_, State::Switching | State::Superseded | State::Unchanged) => None,
     }
 }
 

@@ -52,16 +52,22 @@ pub fn deploy(
         return Err(session.abandon(err));
     }
     let id = session.id.clone();
-    output::say(format!(
-        "deploying {} ({}) as {id}",
-        short(&commit),
-        short_ref(&target.git_ref)
-    ));
-    if let Some(asked) = options.describe() {
-        output::say(format!("the push asks: {asked}"));
-    }
-    if let Some(note) = &options.note {
-        output::say(format!("note: {note}"));
+    // With nothing to deploy, the summary is the one line the pusher reads.
+    let nothing = (trigger != Trigger::Manual && !options.force)
+        .then(|| unchanged(repo, config, &session, target))
+        .flatten();
+    if nothing.is_none() {
+        output::say(format!(
+            "deploying {} ({}) as {id}",
+            short(&commit),
+            short_ref(&target.git_ref)
+        ));
+        if let Some(asked) = options.describe() {
+            output::say(format!("the push asks: {asked}"));
+        }
+        if let Some(note) = &options.note {
+            output::say(format!("note: {note}"));
+        }
     }
 
     let mut steps = Vec::new();
@@ -82,6 +88,9 @@ pub fn deploy(
         }
         _ => Ok(()),
     };
+    if let Some(nothing) = nothing.filter(|_| outcome.is_ok()) {
+        outcome = Err(nothing);
+    }
     if outcome.is_ok() {
         outcome = pipeline(repo, config, &mut session, target, trigger, &mut steps);
     }
@@ -114,7 +123,9 @@ pub fn deploy(
     let mut code = session.finish(config, &entry, "deploy", summary)?;
     // Overtaken, a post-receive push did nothing wrong; in gate mode the push is rejected, so
     // that the branch moves only with what deploys.
-    if entry.state == State::Superseded && trigger != Trigger::PreReceive {
+    if entry.state == State::Superseded && trigger != Trigger::PreReceive
+        || entry.state == State::Unchanged
+    {
         code = ExitCode::SUCCESS;
     }
     if let Some(live) = live_commit {
@@ -126,6 +137,34 @@ pub fn deploy(
 /// In gate mode, git updates the ref only after the hook succeeds, so a push that waited for
 /// the lock may be based on a commit that is no longer the branch's: deploying it would leave
 /// the branch and what is live apart. Refuse it instead.
+/// With `deploy.path`: the stop of a push whose commit holds the app's folder (and its
+/// `deploy.paths`) as the live release holds them, tree for tree.
+fn unchanged(
+    repo: &Repository,
+    config: &Config,
+    session: &Session,
+    target: &Target,
+) -> Option<Stop> {
+    let view = release::view::View::of(&config.deploy);
+    if view.is_whole() {
+        return None;
+    }
+    let live = session.previous_release.as_deref()?;
+    let index = release::index::ReleaseIndex::load(&session.layout.index_file(live)).ok()?;
+    if index.view != view.spec() {
+        return None;
+    }
+    let tree = match view.tree(repo, target.commit) {
+        Ok(tree) => tree.id(),
+        // The checkout says what is wrong, and fails the deploy.
+        Err(_) => return None,
+    };
+    (index.tree == tree).then(|| Stop::Unchanged {
+        what: view.folders(),
+        commit: target.commit.to_string(),
+    })
+}
+
 fn check_gate_base(repo: &Repository, records: &[DeployRecord], target: &Target) -> Result<()> {
     // A gate deploy that just finished may still be waiting for git to move the ref.
     if let Some(last) = records.last().filter(|r| {
@@ -215,10 +254,7 @@ fn pipeline(
             });
         }
     }
-    let tree = repo
-        .find_commit(target.commit)
-        .and_then(|commit| commit.tree())
-        .with_context(|| format!("failed to read the tree of `{commit}`"))?;
+    let tree = release::view::View::of(&config.deploy).tree(repo, target.commit)?;
     let store = Store::new(&layout);
     let mut before = steps::BeforeSwitch {
         config,
@@ -331,10 +367,15 @@ fn make_release(
             target.commit,
         )?;
     }
-    let trees = release::Trees { repo, submodules };
+    let view = release::view::View::of(&config.deploy);
+    let trees = release::Trees {
+        repo,
+        submodules,
+        view: &view,
+    };
     // Its index says what it holds; without a readable one, it is not built from.
-    let base = base.and_then(|base| {
-        match release::readable_index(repo, &layout, base.folder(), submodules) {
+    let base = base.and_then(
+        |base| match release::readable_index(trees, &layout, base.folder()) {
             Ok(index) => Some((base, index)),
             Err(err) => {
                 output::say(format!(
@@ -343,8 +384,8 @@ fn make_release(
                 ));
                 None
             }
-        }
-    });
+        },
+    );
     let (base, index) = match base {
         Some((base, index)) => (Some(base), Some(index)),
         None => (None, None),

@@ -29,7 +29,7 @@ pub fn write_outputs_plan(
 ) -> Result<()> {
     let layout = Layout::new(&config.deploy.root);
     let store = Store::new(&layout);
-    let tree = repo.find_commit(commit).and_then(|c| c.tree())?;
+    let tree = crate::release::view::View::of(&config.deploy).tree(repo, commit)?;
     let dir = if layout.current().is_dir() {
         layout.current()
     } else {
@@ -100,6 +100,20 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "config {} is valid", config.path.display())?;
     writeln!(out, "deploys:   {}", config.describe_selection())?;
     writeln!(out, "root:      {}", deploy.root.display())?;
+    let view = crate::release::view::View::of(deploy);
+    if let Some(path) = &view.path {
+        let with: Vec<String> = view.paths.iter().map(|p| format!("`{p}`")).collect();
+        writeln!(
+            out,
+            "app:       the folder `{path}` is each release's root{}; a push that leaves {} unchanged deploys nothing (`-o ats.force` deploys anyway)",
+            if with.is_empty() {
+                String::new()
+            } else {
+                format!(", with {} at {}", with.join(", "), if with.len() == 1 { "its own path" } else { "their own paths" })
+            },
+            if with.is_empty() { "it" } else { "them" }
+        )?;
+    }
     writeln!(
         out,
         "releases:  keep {}; a push waits up to {} for another deploy",

@@ -406,6 +406,7 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
     let id = Oid::from_str(commit).with_context(|| format!("`{commit}` is not a commit id"))?;
     let repo = Repository::open_bare(repo_dir)
         .with_context(|| format!("failed to open `{}`", repo_dir.display()))?;
+    release::view::in_memory_writes(&repo)?;
     // In gate mode, git moves the pushed objects out of quarantine only once the hook is done.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while repo.find_commit(id).is_err() {
@@ -418,14 +419,16 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
     if submodules {
         crate::release::submodules::attach(&repo, layout, &config.deploy.submodule_urls, id)?;
     }
+    let view = release::view::View::of(&config.deploy);
     let trees = release::Trees {
         repo: &repo,
         submodules,
+        view: &view,
     };
     let old = layout
         .release(SPARE)
         .is_dir()
-        .then(|| release::readable_index(&repo, layout, SPARE, submodules).ok())
+        .then(|| release::readable_index(trees, layout, SPARE).ok())
         .flatten();
     if let Some(old) = old {
         // The old spare, brought to the new commit: only what changed is written.

@@ -24,6 +24,12 @@ pub enum Stop {
     },
     /// A newer push of the same ref came while this one waited for the lock.
     Superseded(crate::state::queue::Newer),
+    /// The push left what the release would hold as it is live (`deploy.path`): `what` names
+    /// the folders.
+    Unchanged {
+        what: String,
+        commit: String,
+    },
     /// Something failed once the release was live, and it stays live: going back would put old
     /// code on the schema its migrations changed.
     FailedForward {
@@ -80,6 +86,11 @@ impl Stop {
                 State::Superseded,
                 None,
                 Some(format!("superseded by {}", output::short(&newer.commit))),
+            ),
+            Stop::Unchanged { what, .. } => (
+                State::Unchanged,
+                None,
+                Some(format!("{what} unchanged: nothing to deploy")),
             ),
             Stop::AfterSwitch {
                 stage,
@@ -140,6 +151,14 @@ impl Stop {
             Stop::Superseded(newer) => format!(
                 "superseded by {}, which deploys next: a newer push of this branch came while this one waited; {still_live}",
                 output::short(&newer.commit)
+            ),
+            Stop::Unchanged { what, commit } => format!(
+                "{what} unchanged at {}: nothing to deploy; {}",
+                output::short(&commit),
+                match was_live {
+                    Some(live) => format!("{live} stays live (push with `-o ats.force` to deploy anyway)"),
+                    None => "nothing is live".to_string(),
+                }
             ),
             Stop::AfterSwitch {
                 stage,

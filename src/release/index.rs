@@ -8,11 +8,13 @@
 //! push, and on a 60,000-file tree git's format through libgit2 cost about 40 ms to read and
 //! 30 ms to write, where this one costs a few.
 //!
-//! Layout (little-endian): `MAGIC`, the commit (20 bytes), flags (u32: 1 = submodules checked
+//! Layout (little-endian): `MAGIC`, the commit (20 bytes), the tree the release holds (20
+//! bytes), its view (`view::View::spec`: length u32, text), flags (u32: 1 = submodules checked
 //! out), the number of entries (u32), the
 //! entries in path order (mode u32, blob 20 bytes, size u64, mtime seconds i64, mtime
 //! nanoseconds u32, inode u64, path length u32, path), and a CRC-32 of all that. A file that
-//! does not read back whole is refused, never half-trusted.
+//! does not read back whole is refused, never half-trusted. An index of the first version
+//! (`MAGIC_V1`: no tree, no view) is read as the whole tree of its commit.
 
 use std::collections::HashSet;
 use std::fs;
@@ -22,7 +24,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use git2::Oid;
 
-const MAGIC: &[u8; 8] = b"ATSIDX\x00\x01";
+const MAGIC: &[u8; 8] = b"ATSIDX\x00\x02";
+const MAGIC_V1: &[u8; 8] = b"ATSIDX\x00\x01";
 
 /// One tracked file, symlink or submodule of a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +77,11 @@ impl Entry {
 #[derive(Debug)]
 pub struct ReleaseIndex {
     pub commit: Oid,
+    /// The tree the release holds (the commit's, or a folder's: `view`); zero when an index of
+    /// the first version did not say.
+    pub tree: Oid,
+    /// What the release holds of its commit, as `View::spec` writes it.
+    pub view: String,
     /// Whether the release holds its submodules' files (`deploy.submodules`), or leaves each
     /// submodule an empty folder.
     pub submodules: bool,
@@ -82,10 +90,18 @@ pub struct ReleaseIndex {
 
 impl ReleaseIndex {
     /// The index of `commit` with `entries`, in any order.
-    pub fn new(commit: Oid, submodules: bool, mut entries: Vec<Entry>) -> ReleaseIndex {
+    pub fn new(
+        commit: Oid,
+        tree: Oid,
+        view: String,
+        submodules: bool,
+        mut entries: Vec<Entry>,
+    ) -> ReleaseIndex {
         entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         ReleaseIndex {
             commit,
+            tree,
+            view,
             submodules,
             entries,
         }
@@ -104,7 +120,13 @@ impl ReleaseIndex {
 
     /// This index for `commit`: without the entries at `removed` (or, for a removed folder,
     /// under it), with `added` (which replace entries at the same paths).
-    pub fn changed(self, commit: Oid, removed: &HashSet<&[u8]>, added: Vec<Entry>) -> Self {
+    pub fn changed(
+        self,
+        commit: Oid,
+        tree: Oid,
+        removed: &HashSet<&[u8]>,
+        added: Vec<Entry>,
+    ) -> Self {
         let replaced: HashSet<&[u8]> = added.iter().map(|e| e.path.as_slice()).collect();
         let folders: Vec<Vec<u8>> = removed
             .iter()
@@ -120,7 +142,7 @@ impl ReleaseIndex {
         let mut entries: Vec<Entry> = self.entries.into_iter().filter(|e| keep(&e.path)).collect();
         drop(replaced);
         entries.extend(added);
-        ReleaseIndex::new(commit, submodules, entries)
+        ReleaseIndex::new(commit, tree, self.view, submodules, entries)
     }
 
     /// Every folder that holds a tracked entry, at any depth (`a`, `a/b` for `a/b/f`).
@@ -156,7 +178,8 @@ impl ReleaseIndex {
     }
 
     fn parse(bytes: &[u8]) -> Result<ReleaseIndex> {
-        if bytes.len() < MAGIC.len() + 20 + 4 + 4 + 4 || !bytes.starts_with(MAGIC) {
+        let v1 = bytes.starts_with(MAGIC_V1);
+        if bytes.len() < MAGIC.len() + 20 + 4 + 4 + 4 || !(v1 || bytes.starts_with(MAGIC)) {
             bail!("not an index of this version of ats-hook");
         }
         let (body, sum) = bytes.split_at(bytes.len() - 4);
@@ -165,6 +188,16 @@ impl ReleaseIndex {
         }
         let mut r = Reader(&body[MAGIC.len()..]);
         let commit = r.oid()?;
+        let (tree, view) = if v1 {
+            (Oid::ZERO_SHA1, String::new())
+        } else {
+            let tree = r.oid()?;
+            let len = r.u32()? as usize;
+            let view = std::str::from_utf8(r.take(len)?)
+                .context("its view is not text")?
+                .to_string();
+            (tree, view)
+        };
         let flags = r.u32()?;
         let count = r.u32()? as usize;
         let mut entries = Vec::with_capacity(count.min(body.len() / 60));
@@ -195,6 +228,8 @@ impl ReleaseIndex {
         }
         Ok(ReleaseIndex {
             commit,
+            tree,
+            view,
             submodules: flags & 1 != 0,
             entries,
         })
@@ -203,9 +238,12 @@ impl ReleaseIndex {
     /// Writes the index to `path`, replacing what was there in one `rename(2)`.
     pub fn save(&self, path: &Path) -> Result<()> {
         let size: usize = self.entries.iter().map(|e| 60 + e.path.len()).sum();
-        let mut out = Vec::with_capacity(MAGIC.len() + 28 + size + 4);
+        let mut out = Vec::with_capacity(MAGIC.len() + 52 + self.view.len() + size + 4);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(self.commit.as_bytes());
+        out.extend_from_slice(self.tree.as_bytes());
+        out.extend_from_slice(&(self.view.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.view.as_bytes());
         out.extend_from_slice(&u32::from(self.submodules).to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
@@ -271,14 +309,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id");
         let commit = Oid::from_bytes(&[7; 20]).unwrap();
+        let tree = Oid::from_bytes(&[8; 20]).unwrap();
         let index = ReleaseIndex::new(
             commit,
+            tree,
+            "backend\nlibs".into(),
             true,
             vec![entry("b/c", 2), entry("a", 1), entry("b/d/e", 3)],
         );
         index.save(&path).unwrap();
         let back = ReleaseIndex::load(&path).unwrap();
         assert_eq!(back.commit, commit);
+        assert_eq!(back.tree, tree);
+        assert_eq!(back.view, "backend\nlibs");
         assert!(back.submodules);
         assert_eq!(back.entries(), index.entries());
         assert_eq!(
@@ -307,6 +350,20 @@ mod tests {
         fs::write(&path, b"DIRC\x00\x00\x00\x02\x00\x00\x00\x00").unwrap();
         let err = format!("{:#}", ReleaseIndex::load(&path).unwrap_err());
         assert!(err.contains("not an index of this version"), "{err}");
+        // The first version: no tree, no view; read as the whole tree of its commit.
+        let mut v1 = MAGIC_V1.to_vec();
+        v1.extend_from_slice(commit.as_bytes());
+        v1.extend_from_slice(&0u32.to_le_bytes());
+        v1.extend_from_slice(&0u32.to_le_bytes());
+        let sum = crc32fast::hash(&v1);
+        v1.extend_from_slice(&sum.to_le_bytes());
+        fs::write(&path, &v1).unwrap();
+        let back = ReleaseIndex::load(&path).unwrap();
+        assert_eq!(
+            (back.commit, back.tree, back.view.as_str()),
+            (commit, Oid::ZERO_SHA1, "")
+        );
+        assert!(back.entries().is_empty());
     }
 
     #[test]
@@ -314,6 +371,8 @@ mod tests {
         let commit = Oid::from_bytes(&[1; 20]).unwrap();
         let index = ReleaseIndex::new(
             commit,
+            Oid::ZERO_SHA1,
+            String::new(),
             false,
             ["a", "b", "c", "d/x", "d/y/z", "dx"]
                 .iter()
@@ -324,8 +383,9 @@ mod tests {
         // `d` is no entry but a folder: what is under it goes too.
         let removed: HashSet<&[u8]> = [&b"b"[..], b"d"].into_iter().collect();
         let next = Oid::from_bytes(&[2; 20]).unwrap();
-        let changed = index.changed(next, &removed, vec![entry("c", 9), entry("0", 4)]);
-        assert_eq!(changed.commit, next);
+        let tree = Oid::from_bytes(&[3; 20]).unwrap();
+        let changed = index.changed(next, tree, &removed, vec![entry("c", 9), entry("0", 4)]);
+        assert_eq!((changed.commit, changed.tree), (next, tree));
         let got: Vec<_> = changed
             .entries()
             .iter()

@@ -28,6 +28,7 @@ mod recycle;
 pub mod stamps;
 pub mod submodules;
 mod trees;
+pub mod view;
 
 pub use recycle::{update, Update};
 pub use trees::Trees;
@@ -92,12 +93,7 @@ pub fn materialize(
     index_path: &Path,
 ) -> Result<Checkout> {
     let repo = trees.repo;
-    let commit = repo
-        .find_commit(commit)
-        .with_context(|| format!("failed to find commit `{commit}`"))?;
-    let tree = commit
-        .tree()
-        .with_context(|| format!("failed to read the tree of `{}`", commit.id()))?;
+    let tree = trees.of(commit)?;
     fs::create_dir(dir).with_context(|| format!("failed to create release `{}`", dir.display()))?;
     trust_received_objects();
     let started = std::time::Instant::now();
@@ -131,7 +127,14 @@ pub fn materialize(
         entries.push(entry);
     }
     tracing::debug!("wrote the files in {:?}", started.elapsed());
-    ReleaseIndex::new(commit.id(), trees.submodules, entries).save(index_path)?;
+    ReleaseIndex::new(
+        commit,
+        tree.id(),
+        trees.view.spec(),
+        trees.submodules,
+        entries,
+    )
+    .save(index_path)?;
     tracing::debug!("wrote the index in {:?}", started.elapsed());
     Ok(stats)
 }
@@ -359,15 +362,19 @@ pub fn expendable<'a>(
 }
 
 /// The index of release `id`, when a new release can be built from it: it reads back whole,
-/// the commit it holds is still in the repository, and it was checked out with submodules as
-/// `submodules` says.
-pub fn readable_index(
-    repo: &Repository,
-    layout: &Layout,
-    id: &str,
-    submodules: bool,
-) -> Result<ReleaseIndex> {
+/// the commit it holds is still in the repository, and it holds what `trees` reads of a commit
+/// (the same view, submodules as `deploy.submodules` says).
+pub fn readable_index(trees: Trees<'_>, layout: &Layout, id: &str) -> Result<ReleaseIndex> {
+    let (repo, submodules) = (trees.repo, trees.submodules);
     let index = ReleaseIndex::load(&layout.index_file(id))?;
+    let view = view::View::from_spec(&index.view)?;
+    if &view != trees.view {
+        bail!(
+            "it holds {} of its commit, and the config now says {}",
+            view.describe(),
+            trees.view.describe()
+        );
+    }
     if index.submodules != submodules {
         bail!(
             "it was checked out {} submodules, and `deploy.submodules` is now {submodules}",

@@ -51,12 +51,7 @@ pub fn update(
     let clock = std::time::Instant::now();
     let lap = |what: &str| tracing::trace!("update: {what} at {:?}", clock.elapsed());
     // Both trees are read before anything is touched.
-    let tree_of = |id: Oid| {
-        repo.find_commit(id)
-            .and_then(|c| c.tree())
-            .with_context(|| format!("failed to read the tree of `{id}`"))
-    };
-    let (old_tree, new_tree) = (tree_of(old.commit)?, tree_of(commit)?);
+    let (old_tree, new_tree) = (trees.of(old.commit)?, trees.of(commit)?);
     trust_received_objects();
     let mut changes = Changes::default();
     trees.compare(&old_tree, &new_tree, "", &mut changes)?;
@@ -133,7 +128,7 @@ pub fn update(
     update.written = changes.written.len() + repairs.len();
     let old_folders = old.folders();
     let dropped: std::collections::HashSet<&[u8]> = gone.iter().copied().collect();
-    let index = old.changed(commit, &dropped, added);
+    let index = old.changed(commit, new_tree.id(), &dropped, added);
     let folders = index.folders();
     lap("writes");
     for name in generated {

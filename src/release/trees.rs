@@ -79,11 +79,18 @@ pub(super) struct Changes {
 pub struct Trees<'r> {
     pub repo: &'r Repository,
     pub submodules: bool,
+    /// What a release holds of its commit.
+    pub view: &'r super::view::View,
 }
 
 pub(super) const TREE: u32 = 0o040000;
 
-impl Trees<'_> {
+impl<'r> Trees<'r> {
+    /// The tree a release of `commit` holds.
+    pub fn of(&self, commit: Oid) -> Result<Tree<'r>> {
+        self.view.tree(self.repo, commit)
+    }
+
     fn subtree(&self, id: Oid, rel: &str) -> Result<Tree<'_>> {
         self.repo
             .find_tree(id)

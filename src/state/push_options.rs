@@ -4,7 +4,8 @@
 //! - `ats.skip=<step>`: skip a step the config marks `skippable` (repeatable);
 //! - `ats.no-restart`: switch without restarting the app;
 //! - `ats.dry-run`: show the plan and deploy nothing (in gate mode, reject the push);
-//! - `ats.note=<text>`: a note kept in the history and shown by `log` and `status`.
+//! - `ats.note=<text>`: a note kept in the history and shown by `log` and `status`;
+//! - `ats.force`: deploy even when the app's folder (`deploy.path`) is unchanged.
 //!
 //! Options outside the `ats.` namespace belong to other hooks and are left alone. An unknown or
 //! malformed `ats.` option is an error before anything runs: the push deploys nothing, and in
@@ -26,6 +27,8 @@ pub struct PushOptions {
     pub no_restart: bool,
     pub dry_run: bool,
     pub note: Option<String>,
+    /// Deploy even when what the release would hold is what is live.
+    pub force: bool,
 }
 
 impl PushOptions {
@@ -71,13 +74,14 @@ impl PushOptions {
                 ("skip", _) => bail!("push option `{option}` needs a step: `-o ats.skip=<step>`"),
                 ("no-restart", None) => parsed.no_restart = true,
                 ("dry-run", None) => parsed.dry_run = true,
-                ("no-restart" | "dry-run", Some(_)) => {
+                ("force", None) => parsed.force = true,
+                ("no-restart" | "dry-run" | "force", Some(_)) => {
                     bail!("push option `{option}` takes no value: `-o ats.{name}`")
                 }
                 ("note", Some(note)) => parsed.set_note(note)?,
                 ("note", None) => bail!("push option `{option}` needs a text: `-o ats.note=\"…\"`"),
                 _ => bail!(
-                    "unknown push option `{option}`: ats-hook takes `ats.skip=<step>`, `ats.no-restart`, `ats.dry-run` and `ats.note=<text>`"
+                    "unknown push option `{option}`: ats-hook takes `ats.skip=<step>`, `ats.no-restart`, `ats.dry-run`, `ats.force` and `ats.note=<text>`"
                 ),
             }
         }
@@ -142,6 +146,9 @@ impl PushOptions {
         if self.dry_run {
             parts.push("dry run".into());
         }
+        if self.force {
+            parts.push("force".into());
+        }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
 }
@@ -172,9 +179,11 @@ mod tests {
                 no_restart: true,
                 dry_run: false,
                 note: Some("hotfix for #12 = urgent".into()),
+                force: false,
             }
         );
         assert!(parse(&["ats.dry-run"]).unwrap().dry_run);
+        assert!(parse(&["ats.force"]).unwrap().force);
         assert_eq!(parse(&[]).unwrap(), PushOptions::default());
     }
 
@@ -185,6 +194,7 @@ mod tests {
             (vec!["ats.skip="], "needs a step"),
             (vec!["ats.no-restart=yes"], "takes no value"),
             (vec!["ats.dry-run=1"], "takes no value"),
+            (vec!["ats.force=yes"], "takes no value"),
             (vec!["ats.note"], "needs a text"),
             (vec!["ats.note=  "], "the note is empty"),
             (vec!["ats.note=a", "ats.note=b"], "more than one note"),

@@ -67,11 +67,12 @@ pub fn overtaken_by(
     if arrival.commit == commit || arrival.pid == std::process::id() {
         return None;
     }
-    // Live from this ref now: the last deploy of the ref that succeeded.
+    // Live from this ref now: the last deploy of the ref that succeeded (or found its commit
+    // held what was live already).
     let deployed = records
         .iter()
         .rev()
-        .find(|r| r.git_ref == git_ref && r.state == State::Succeeded)
+        .find(|r| r.git_ref == git_ref && matches!(r.state, State::Succeeded | State::Unchanged))
         .is_some_and(|r| r.commit == arrival.commit);
     let waiting = crate::sys::procs::alive(arrival.pid as i32);
     (deployed || waiting).then_some(Newer {

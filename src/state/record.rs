@@ -25,6 +25,9 @@ pub enum State {
     /// Overtaken while it waited for the lock by a newer push of the same ref, which deploys
     /// instead (`deploy.queue = "newest"`); nothing was changed.
     Superseded,
+    /// A push that left the app's folder (`deploy.path`, `deploy.paths`) as the live release
+    /// holds it: nothing was deployed, nothing changed.
+    Unchanged,
     /// Written just before `current` is switched; the deploy's final record replaces it. Found
     /// as the last word of a deploy, it means the deploy died after the switch.
     Switching,
@@ -39,6 +42,7 @@ impl State {
             State::RolledBack => "rolled-back",
             State::Interrupted => "interrupted",
             State::Superseded => "superseded",
+            State::Unchanged => "unchanged",
             State::Switching => "switching",
         }
     }

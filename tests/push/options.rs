@@ -27,11 +27,7 @@ command = 'echo "$ATS_RELEASE_ID" >> restarts'
 /// A server whose repository advertises push options, as `ats-hook install` leaves it.
 fn server() -> Server {
     let server = Server::new();
-    server.config(CONFIG);
-    let mut cmd = command("git", server.path());
-    cmd.args(["config", "receive.advertisePushOptions", "true"])
-        .current_dir(&server.bare);
-    run(&mut cmd, "git config").success();
+    server.config(CONFIG).advertise_push_options();
     server
 }
 

@@ -19,7 +19,7 @@ use pretty_assertions::assert_eq;
 use crate::support::rng::Rng;
 
 /// Tracked paths of the work tree (files and symlinks), relative.
-fn tracked(dir: &Path) -> Vec<String> {
+pub fn tracked(dir: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let entry = entry.unwrap();

@@ -53,6 +53,15 @@ impl Server {
         self
     }
 
+    /// Lets pushes pass `-o` options, as `ats-hook install` leaves the repository.
+    pub fn advertise_push_options(&self) -> &Self {
+        let mut cmd = command("git", self.path());
+        cmd.args(["config", "receive.advertisePushOptions", "true"])
+            .current_dir(&self.bare);
+        run(&mut cmd, "git config").success();
+        self
+    }
+
     /// A new clone with the remote `staging`.
     pub fn clone(&self, name: &str) -> Clone {
         let dir = self.tmp.path().join(name);
