@@ -31,6 +31,10 @@ pub struct Location {
     /// The config file (default: `ats-hook.toml` in the bare repository)
     #[arg(long, value_name = "FILE", env = "ATS_HOOK_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// The app, when the config holds several (`[apps.NAME]`)
+    #[arg(long, value_name = "NAME", env = "ATS_HOOK_APP")]
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +274,8 @@ pub enum Command {
         repo: PathBuf,
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        app: Option<String>,
         commit: String,
     },
 

@@ -21,11 +21,13 @@ pub struct AtsRequest {
     pub id: Option<String>,
     pub skip: Vec<String>,
     pub no_restart: bool,
+    /// `--app NAME`, for a repository of several apps.
+    pub app: Option<String>,
 }
 
 /// `ats-hook status|releases|log|rollback|deploy` with `--repo PATH` (quoted as git quotes
 /// paths), `--json` for the reading ones, an id for `log` and `rollback`, and for `deploy` a
-/// commit (hex), `--skip STEP` and `--no-restart`; nothing else.
+/// commit (hex), `--skip STEP` and `--no-restart`, and `--app NAME` for any; nothing else.
 pub fn parse_ats_request(request: &str) -> Result<AtsRequest> {
     if request.chars().any(|c| c.is_control()) {
         bail!("the command holds control characters");
@@ -47,6 +49,7 @@ pub fn parse_ats_request(request: &str) -> Result<AtsRequest> {
         id: None,
         skip: Vec::new(),
         no_restart: false,
+        app: None,
     };
     let name = |word: &str| {
         !word.is_empty()
@@ -68,6 +71,12 @@ pub fn parse_ats_request(request: &str) -> Result<AtsRequest> {
                 _ => bail!("`--skip` needs a step's name"),
             },
             "--no-restart" if command == "deploy" && !parsed.no_restart => parsed.no_restart = true,
+            "--app" if parsed.app.is_none() => match words.next() {
+                Some(app) if crate::config::plain_name("app", &app).is_ok() => {
+                    parsed.app = Some(app)
+                }
+                _ => bail!("`--app` needs an app's name"),
+            },
             id if matches!(command, "log" | "rollback") && parsed.id.is_none() && name(id) => {
                 parsed.id = Some(id.to_string());
             }
@@ -270,6 +279,7 @@ mod tests {
                 id: None,
                 skip: Vec::new(),
                 no_restart: false,
+                app: None,
             }
         );
         assert_eq!(
@@ -281,6 +291,7 @@ mod tests {
                 id: Some("6aeda4b".into()),
                 skip: Vec::new(),
                 no_restart: false,
+                app: None,
             }
         );
         assert_eq!(
@@ -302,6 +313,7 @@ mod tests {
                 id: Some("3f2a9c81d0e4b5a6978877665544332211009988".into()),
                 skip: vec!["migrate".into(), "db-seed".into()],
                 no_restart: true,
+                app: None,
             }
         );
         assert_eq!(

@@ -9,9 +9,89 @@ use crate::cli::Location;
 use crate::config::{Config, Installer, Schedule};
 use crate::pipeline::plan::{write_outputs_plan, write_plan};
 
+/// How many of the branch's last commits `check` shows the apps of.
+const SAMPLE: usize = 8;
+
 pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
-    let config = super::load(location)?;
-    write_plan(&config, out)?;
+    let apps = super::load_apps(location)?;
+    if !apps.several() || location.app.is_some() {
+        let config = apps.pick(location.app.as_deref())?;
+        one(&config, location, out)?;
+        if !crate::release::view::View::of(&config.deploy).is_whole() {
+            write_pushes(&[&config], location, out)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "config {} is valid: {} apps, deployed in this order: {}",
+        apps.path.display(),
+        apps.list.len(),
+        apps.names()
+    )?;
+    for app in &apps.list {
+        writeln!(out)?;
+        writeln!(out, "app {}:", app.name.as_deref().unwrap_or_default())?;
+        one(&app.config, location, out)?;
+    }
+    writeln!(out)?;
+    let configs: Vec<&Config> = apps.list.iter().map(|app| &app.config).collect();
+    write_pushes(&configs, location, out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// For the branch's last commits, each pushed alone on top of its parent: which apps it would
+/// have deployed (an app of the whole repository deploys with every push).
+fn write_pushes(configs: &[&Config], location: &Location, out: &mut dyn Write) -> Result<()> {
+    let Some((repo, tip, git_ref)) = branch_tip(configs[0], location) else {
+        return Ok(());
+    };
+    let short_ref = crate::state::refs::short_ref(&git_ref);
+    writeln!(
+        out,
+        "pushes:    what each of the last commits of `{short_ref}` would deploy, pushed alone:"
+    )?;
+    let mut walk = repo.revwalk()?;
+    walk.push(tip)?;
+    walk.simplify_first_parent()?;
+    for commit in walk.take(SAMPLE) {
+        let commit = repo.find_commit(commit?)?;
+        let parent = commit.parent_id(0).ok();
+        let mut deploys = Vec::new();
+        for config in configs {
+            let view = crate::release::view::View::of(&config.deploy);
+            let changed = view.is_whole()
+                || match parent {
+                    None => true,
+                    Some(parent) => {
+                        let tree = |c| view.tree(&repo, c).ok().map(|t| t.id());
+                        tree(commit.id()) != tree(parent)
+                    }
+                };
+            if changed {
+                deploys.push(config.app.clone().unwrap_or_else(|| view.folders()));
+            }
+        }
+        let subject =
+            String::from_utf8_lossy(commit.summary_bytes().unwrap_or_default()).into_owned();
+        writeln!(
+            out,
+            "  {}  {:<40}  {}",
+            crate::sys::output::short(&commit.id().to_string()),
+            crate::sys::output::prefix(&crate::sys::output::printable(&subject), 40),
+            if deploys.is_empty() {
+                "nothing".to_string()
+            } else {
+                deploys.join(", ")
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// Validates one app's config and prints its plan.
+fn one(config: &Config, location: &Location, out: &mut dyn Write) -> Result<()> {
+    write_plan(config, out)?;
     if let Ok(repo) = super::repo_dir(location) {
         let is_repo = repo.join("objects").is_dir() && repo.join("config").is_file();
         if is_repo && !super::install::has_setting(&repo, super::install::PUSH_OPTIONS) {
@@ -44,14 +124,14 @@ pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
     }
     // The repository is only read for these parts: `check` also serves an admin who cannot
     // open it.
-    let tip = branch_tip(&config, location);
+    let tip = branch_tip(config, location);
     if let Some((repo, commit, git_ref)) = &tip {
-        write_jobs_plan(&config, repo, *commit, git_ref, out)?;
+        write_jobs_plan(config, repo, *commit, git_ref, out)?;
     }
     if config.steps.iter().any(|step| step.has_outputs()) {
         match tip {
             Some((repo, commit, git_ref)) => {
-                write_outputs_plan(&config, &repo, commit, &git_ref, out)?
+                write_outputs_plan(config, &repo, commit, &git_ref, out)?
             }
             None => writeln!(
                 out,
@@ -59,7 +139,7 @@ pub fn run(location: &Location, out: &mut dyn Write) -> Result<ExitCode> {
             )?,
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The bare repository and the tip of the branch a push deploys, when both can be read.

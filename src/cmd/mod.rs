@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use git2::Repository;
 
 use crate::cli::{Command, KeysAction, Location, RemoteAction};
-use crate::config::Config;
+use crate::config::{Apps, Config};
 use crate::pipeline::Trigger;
 use crate::state::push_options::PushOptions;
 use crate::sys::owner;
@@ -71,8 +71,15 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Rollback {
             remote: Some(name),
             release,
+            location,
             ..
-        } => there(&name, "rollback", false, release.as_deref()),
+        } => there(
+            &name,
+            "rollback",
+            false,
+            release.as_deref(),
+            location.app.as_deref(),
+        ),
         Command::Rollback {
             release,
             force,
@@ -95,23 +102,26 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Releases {
             remote: Some(name),
             json,
+            location,
             ..
-        } => there(&name, "releases", json, None),
+        } => there(&name, "releases", json, None, location.app.as_deref()),
         Command::Releases { json, location, .. } => releases::run(&location, json, &mut stdout),
         Command::Log {
             remote: Some(name),
             id,
             json,
+            location,
             ..
-        } => there(&name, "log", json, id.as_deref()),
+        } => there(&name, "log", json, id.as_deref(), location.app.as_deref()),
         Command::Log {
             id, json, location, ..
         } => log::run(&location, id.as_deref(), json, &mut stdout),
         Command::Status {
             remote: Some(name),
             json,
+            location,
             ..
-        } => there(&name, "status", json, None),
+        } => there(&name, "status", json, None, location.app.as_deref()),
         Command::Status { json, location, .. } => status::run(&location, json, &mut stdout),
         Command::Check(location) => check::run(&location, &mut stdout),
         Command::Jobs {
@@ -236,9 +246,13 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::PrepareSpare {
             repo,
             config,
+            app,
             commit,
         } => {
-            let config = Config::load(&config)?;
+            // An app of its own file is the one app there.
+            let apps = Apps::load(&config)?;
+            let app = app.filter(|_| apps.several());
+            let config = apps.pick(app.as_deref())?;
             crate::pipeline::spare::prepare(&repo, &config, &commit)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -248,8 +262,22 @@ pub fn run(command: Command) -> Result<ExitCode> {
 }
 
 /// Runs the command on the server behind a git remote.
-fn there(name: &str, command: &str, json: bool, id: Option<&str>) -> Result<ExitCode> {
-    remote::run_there(name, &remote::Request { command, json, id })
+fn there(
+    name: &str,
+    command: &str,
+    json: bool,
+    id: Option<&str>,
+    app: Option<&str>,
+) -> Result<ExitCode> {
+    remote::run_there(
+        name,
+        &remote::Request {
+            command,
+            json,
+            id,
+            app,
+        },
+    )
 }
 
 /// The bare repository's folder: `--repo`, else `$GIT_DIR` (in a hook), else the current
@@ -292,27 +320,47 @@ fn install_handover(
     let config = load(&Location {
         repo: Some(repo.to_path_buf()),
         config,
+        app: None,
     })?;
     let exe = std::env::current_exe().context("failed to find the ats-hook binary")?;
     install::handover::print(&config, &user, &exe, out)?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// The config of the app a command works on (`--app`, or the one of a file of one app).
 fn load(location: &Location) -> Result<Config> {
-    let dir = repo_dir(location)?;
-    let path = Config::locate(location.config.as_deref(), &dir);
-    if location.config.is_some() && owner::is_root() && owner::other_owner(&path)?.is_none() {
-        let config = Config::load(&path)?;
-        owner::act_as_owner_of(&[&dir, &config.deploy.root])?;
-        return Ok(config);
-    }
-    owner::act_as_owner_of(&[&dir, &path])?;
-    let config = locate_and_load(location, &dir, &path)?;
-    owner::act_as_owner_of(&[&config.deploy.root])?;
-    Ok(config)
+    load_apps(location)?.pick(location.app.as_deref())
 }
 
-fn locate_and_load(location: &Location, dir: &Path, path: &Path) -> Result<Config> {
+/// Every app of the config, acting as the owner of the repository and their deploy roots.
+fn load_apps(location: &Location) -> Result<Apps> {
+    let dir = repo_dir(location)?;
+    let path = Config::locate(location.config.as_deref(), &dir);
+    let roots = |apps: &Apps| -> Vec<PathBuf> {
+        apps.list
+            .iter()
+            .map(|app| app.config.deploy.root.clone())
+            .collect()
+    };
+    if location.config.is_some() && owner::is_root() && owner::other_owner(&path)?.is_none() {
+        let apps = Apps::load(&path)?;
+        let mut paths = vec![dir.clone()];
+        paths.extend(roots(&apps));
+        owner::act_as_owner_of(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+        return Ok(apps);
+    }
+    owner::act_as_owner_of(&[&dir, &path])?;
+    let apps = locate_and_load(location, &dir, &path)?;
+    owner::act_as_owner_of(
+        &roots(&apps)
+            .iter()
+            .map(PathBuf::as_path)
+            .collect::<Vec<_>>(),
+    )?;
+    Ok(apps)
+}
+
+fn locate_and_load(location: &Location, dir: &Path, path: &Path) -> Result<Apps> {
     if location.config.is_none() && !path.exists() {
         if let Some(clone) = clone_around(dir) {
             let remotes = remote::names(&clone);
@@ -327,7 +375,7 @@ fn locate_and_load(location: &Location, dir: &Path, path: &Path) -> Result<Confi
             );
         }
     }
-    Config::load(path)
+    Apps::load(path)
 }
 
 /// The working copy `dir` is in, if it is in one.
@@ -340,8 +388,8 @@ fn clone_around(dir: &Path) -> Option<PathBuf> {
     repo.workdir().map(|dir| dir.components().collect())
 }
 
-/// Opens the repository (from git's environment in a hook) and loads its config.
-fn open(location: &Location) -> Result<(Repository, Config)> {
+/// Opens the repository (from git's environment in a hook) and loads every app's config.
+fn open_apps(location: &Location) -> Result<(Repository, Apps)> {
     let repo = match &location.repo {
         Some(path) => Repository::open_bare(path),
         None => Repository::open_from_env(),
@@ -353,8 +401,8 @@ fn open(location: &Location) -> Result<(Repository, Config)> {
         )
     })?;
     crate::release::view::in_memory_writes(&repo)?;
-    let config = Config::load(&Config::locate(location.config.as_deref(), repo.path()))?;
-    Ok((repo, config))
+    let apps = Apps::load(&Config::locate(location.config.as_deref(), repo.path()))?;
+    Ok((repo, apps))
 }
 
 /// What a path holds, judged the way git judges a git folder (no repository config is read).

@@ -25,6 +25,8 @@ pub struct Request<'a> {
     pub command: &'a str,
     pub json: bool,
     pub id: Option<&'a str>,
+    /// `--app`, for a repository of several apps.
+    pub app: Option<&'a str>,
 }
 
 /// Runs `ats-hook` on the server behind the git remote `name` of the clone this runs in,
@@ -57,6 +59,11 @@ pub fn run_there(name: &str, request: &Request<'_>) -> Result<ExitCode> {
     );
     if request.json {
         remote_command.push_str(" --json");
+    }
+    if let Some(app) = request.app {
+        crate::config::plain_name("app", app)?;
+        remote_command.push_str(" --app ");
+        remote_command.push_str(app);
     }
     if let Some(id) = request.id {
         let plain = !id.is_empty()

@@ -104,6 +104,9 @@ fn run_ats(
     if parsed.no_restart {
         cmd = cmd.arg("--no-restart");
     }
+    if let Some(app) = &parsed.app {
+        cmd = cmd.arg("--app").arg(app);
+    }
     if let Some(name) = key_name {
         // A rollback's or a deploy's record names the key that asked for it.
         cmd = cmd.env("ATS_PUSHER", name);

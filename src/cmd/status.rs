@@ -238,7 +238,39 @@ struct Live {
 }
 
 pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
-    let config = super::load(location)?;
+    let apps = super::load_apps(location)?;
+    if !apps.several() || location.app.is_some() {
+        return one(&apps.pick(location.app.as_deref())?, json, out);
+    }
+    // Every app, one after the other; as JSON, `{"apps": [{"app": NAME, …status}]}`.
+    let mut all = Vec::new();
+    for (n, app) in apps.list.iter().enumerate() {
+        let name = app.name.as_deref().unwrap_or_default();
+        if json {
+            let mut text = Vec::new();
+            one(&app.config, true, &mut text)?;
+            let mut status: serde_json::Value =
+                serde_json::from_slice(&text).context("failed to read the status back")?;
+            status["app"] = name.into();
+            all.push(status);
+        } else {
+            if n > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "app {name}:")?;
+            one(&app.config, false, out)?;
+        }
+    }
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "apps": all }))
+            .context("failed to write status")?;
+        writeln!(out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status of one app.
+fn one(config: &crate::config::Config, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
     let layout = Layout::new(&config.deploy.root);
     let records = record::read_all(&layout.deploys_file())?;
     let live = layout.live_release()?.map(|release| {
@@ -269,7 +301,7 @@ pub fn run(location: &Location, json: bool, out: &mut dyn Write) -> Result<ExitC
         releases,
         outputs,
         spare: crate::pipeline::spare::state(&layout),
-        handover: handover(&config, &layout),
+        handover: handover(config, &layout),
         jobs: Vec::new(),
     };
     let (installer, job_list) = jobs(&layout)?;

@@ -148,17 +148,7 @@ pub struct JobName(String);
 
 impl JobName {
     pub fn new(text: &str) -> Result<JobName> {
-        let valid = !text.is_empty()
-            && text.len() <= 40
-            && text.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && text
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
-        if !valid {
-            bail!(
-                "invalid job name `{text}`: use 1 to 40 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
-            );
-        }
+        super::values::plain_name("job", text)?;
         Ok(JobName(text.to_string()))
     }
 

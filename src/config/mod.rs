@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+mod apps;
 mod calendar;
 mod compose;
 mod deploy;
@@ -24,6 +25,7 @@ mod serve;
 mod step;
 mod values;
 
+pub use apps::{App, Apps};
 pub use calendar::Calendar;
 pub use compose::Compose;
 pub use deploy::{DeploySection, EnvSection, Queue, SharedSection, UntrackedIsGone};
@@ -33,7 +35,7 @@ pub use notify::{Notify, NotifyOn};
 pub use restart::{Restart, RestartEnv, SignalAction, SystemctlAction};
 pub use serve::{Address, Proxy, Serve, Worker, SLOT_NAMES};
 pub use step::Step;
-pub use values::{Duration, Pattern, RelPath, SignalName, Size, StepName};
+pub use values::{plain_name, Duration, Pattern, RelPath, SignalName, Size, StepName};
 
 /// The file name looked up in the bare repository when no other config is named.
 pub const FILE_NAME: &str = "ats-hook.toml";
@@ -65,6 +67,9 @@ pub struct Config {
     /// Where this config was read from.
     #[serde(skip)]
     pub path: PathBuf,
+    /// The app's name, when the file holds several (`[apps.NAME]`).
+    #[serde(skip)]
+    pub app: Option<String>,
 }
 
 impl Config {
@@ -77,25 +82,21 @@ impl Config {
         }
     }
 
+    /// The config of a file of one app (see `Apps` for a file of several).
     pub fn load(path: &Path) -> Result<Config> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
-                "no config at `{}`: copy `config.example.toml` there, or run `ats-hook install`",
-                path.display()
-            ),
-            Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("failed to read config `{}`", path.display()))
-            }
-        };
-        Config::parse(&text, path)
+        Config::parse(&read(path)?, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let mut config: Config = toml::from_str(text)
+        let config: Config = toml::from_str(text)
             .map_err(|err| anyhow::anyhow!("{}", err.to_string().trim_end()))
             .with_context(|| format!("invalid config `{}`", path.display()))?;
+        config.finish(path)
+    }
+
+    /// A config as read from `path`, its paths resolved and its values checked.
+    fn finish(self, path: &Path) -> Result<Config> {
+        let mut config = self;
         config.path = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new("."));
         if config.deploy.root.is_relative() {
@@ -176,6 +177,18 @@ impl Config {
             text.push_str(&format!("; tags {}", tags.as_str()));
         }
         text
+    }
+}
+
+/// A config file's text.
+fn read(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no config at `{}`: copy `config.example.toml` there, or run `ats-hook install`",
+            path.display()
+        ),
+        Err(err) => Err(err).with_context(|| format!("failed to read config `{}`", path.display())),
     }
 }
 

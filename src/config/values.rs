@@ -105,6 +105,23 @@ impl<'de> Deserialize<'de> for Pattern {
     }
 }
 
+/// Refuses a name that is not short and plain: one that names units, folders and locks (a job,
+/// an app).
+pub fn plain_name(kind: &str, text: &str) -> Result<()> {
+    let valid = !text.is_empty()
+        && text.len() <= 40
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+    if !valid {
+        bail!(
+            "invalid {kind} name `{text}`: use 1 to 40 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
 /// A path inside a release: relative, without `..`, never the release itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelPath(PathBuf);

@@ -111,3 +111,38 @@ pub(super) fn reverse_schema(
     }
     Ok(records)
 }
+
+/// A release that migrated the schema but never went live (another app of its push failed):
+/// its migrations are reversed with their `down`, so that the live release keeps the schema
+/// it knows. Says why not when they cannot be.
+pub(super) fn reverse_held(
+    config: &Config,
+    session: &mut super::session::Session,
+) -> Result<(), String> {
+    let (Some(to), true) = (session.previous_release.clone(), session.migrated) else {
+        return Ok(());
+    };
+    let layout = session.layout.clone();
+    let to_schema =
+        crate::state::record::live_record(&session.records, &to).and_then(|r| r.schema.clone());
+    let env = steps::release_environment(
+        config,
+        &layout,
+        &session.id,
+        &session.holder.commit,
+        session.previous_commit.as_deref(),
+        &session.holder.git_ref,
+    )
+    .map_err(|err| format!("{err:#}"))?;
+    let from = session.id.clone();
+    let mut downs = reverse_schema(
+        config,
+        &layout,
+        (&from, session.schema.as_deref()),
+        (&to, to_schema.as_deref()),
+        &env,
+    )
+    .map_err(|why| format!("{why}: {to} runs on the schema {from} migrated to"))?;
+    session.down_steps.append(&mut downs);
+    Ok(())
+}

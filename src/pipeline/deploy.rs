@@ -25,6 +25,7 @@ use crate::sys::output::{self, seconds, short};
 use crate::sys::process;
 use anyhow::{bail, Context, Result};
 use git2::{Oid, Repository};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,106 +38,192 @@ pub fn deploy(
     trigger: Trigger,
     options: &PushOptions,
 ) -> Result<ExitCode> {
-    let commit = target.commit.to_string();
-    // Pushes announce themselves, so that the newest of several waiting ones deploys.
-    let push = trigger != Trigger::Manual;
-    let newest_wins = push && config.deploy.queue == crate::config::Queue::Newest;
-    let mut session = Session::lock(config, &commit, &target.git_ref, push)?;
-    session.options = options.clone();
-    session.subject = repo.find_commit(target.commit).ok().and_then(|c| {
-        c.summary_bytes()
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-    });
-    let id = release::new_id(&session.layout, target.commit, SystemTime::now());
-    if let Err(err) = session.start(id) {
-        return Err(session.abandon(err));
-    }
-    let id = session.id.clone();
-    // With nothing to deploy, the summary is the one line the pusher reads.
-    let nothing = (trigger != Trigger::Manual && !options.force)
-        .then(|| unchanged(repo, config, &session, target))
-        .flatten();
-    if nothing.is_none() {
-        output::say(format!(
-            "deploying {} ({}) as {id}",
-            short(&commit),
-            short_ref(&target.git_ref)
-        ));
-        if let Some(asked) = options.describe() {
-            output::say(format!("the push asks: {asked}"));
-        }
-        if let Some(note) = &options.note {
-            output::say(format!("note: {note}"));
-        }
-    }
-
-    let mut steps = Vec::new();
-    let overtaken = newest_wins
-        .then(|| {
-            crate::state::queue::overtaken_by(
-                &session.layout,
-                &target.git_ref,
-                &commit,
-                &session.records,
-            )
-        })
-        .flatten();
-    let mut outcome = match (overtaken, trigger) {
-        (Some(newer), _) => Err(Stop::Superseded(newer)),
-        (None, Trigger::PreReceive) => {
-            check_gate_base(repo, &session.records, target).map_err(Stop::Error)
-        }
-        _ => Ok(()),
-    };
-    if let Some(nothing) = nothing.filter(|_| outcome.is_ok()) {
-        outcome = Err(nothing);
-    }
-    if outcome.is_ok() {
-        outcome = pipeline(repo, config, &mut session, target, trigger, &mut steps);
-    }
-
-    let mut entry = session.record(Action::Deploy, trigger, &id, target.old);
-    entry.steps = steps;
-    entry.steps.append(&mut session.down_steps);
-    if let Err(stop) = &outcome {
-        (entry.state, entry.failed_step, entry.error) = stop.describe();
-    }
-    let summary = outcome.map(|()| {
-        format!(
-            "deployed {} ({}) as {id} in {} — {}",
-            short(&commit),
-            short_ref(&target.git_ref),
-            seconds(session.clock.elapsed()),
-            session.stages()
-        )
-    });
-    let live_commit = if entry.state == State::Succeeded {
-        Some(commit.clone())
-    } else {
-        session.previous_commit.clone()
-    };
-    let layout = session.layout.clone();
-    // The next push must find the spare's preparation under way, not yet to start.
-    let reserved = live_commit
-        .as_ref()
-        .and_then(|_| spare::reserve(config, &layout));
-    let mut code = session.finish(config, &entry, "deploy", summary)?;
-    // Overtaken, a post-receive push did nothing wrong; in gate mode the push is rejected, so
-    // that the branch moves only with what deploys.
-    if entry.state == State::Superseded && trigger != Trigger::PreReceive
-        || entry.state == State::Unchanged
-    {
-        code = ExitCode::SUCCESS;
-    }
-    if let Some(live) = live_commit {
-        spare::after_deploy(config, &layout, repo.path(), &live, reserved);
-    }
-    Ok(code)
+    let mut run = Run::begin(repo, config, target, trigger, options)?;
+    run.prepare();
+    run.go_live();
+    run.finish()
 }
 
-/// In gate mode, git updates the ref only after the hook succeeds, so a push that waited for
-/// the lock may be based on a commit that is no longer the branch's: deploying it would leave
-/// the branch and what is live apart. Refuse it instead.
+/// One deploy in its stages: `begin` (the lock, and whether there is anything to deploy),
+/// `prepare` (the release and the steps before the switch), `go_live`, `finish` (record,
+/// summary, spare). A push of several apps takes each through a stage before the next stage
+/// starts (`apps`); the outcome so far says whether a stage still runs.
+pub(super) struct Run<'a> {
+    repo: &'a Repository,
+    pub(super) config: &'a Config,
+    target: &'a Target,
+    trigger: Trigger,
+    pub(super) session: Session,
+    steps: Vec<StepRecord>,
+    env: BTreeMap<String, String>,
+    pub(super) outcome: Result<(), Stop>,
+    /// Whether `go_live` ran to its end.
+    pub(super) live: bool,
+}
+
+impl<'a> Run<'a> {
+    pub(super) fn begin(
+        repo: &'a Repository,
+        config: &'a Config,
+        target: &'a Target,
+        trigger: Trigger,
+        options: &PushOptions,
+    ) -> Result<Run<'a>> {
+        let commit = target.commit.to_string();
+        // Pushes announce themselves, so that the newest of several waiting ones deploys.
+        let push = trigger != Trigger::Manual;
+        let newest_wins = push && config.deploy.queue == crate::config::Queue::Newest;
+        let mut session = Session::lock(config, &commit, &target.git_ref, push)?;
+        session.options = options.clone();
+        session.subject = repo.find_commit(target.commit).ok().and_then(|c| {
+            c.summary_bytes()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+        });
+        let id = release::new_id(&session.layout, target.commit, SystemTime::now());
+        if let Err(err) = session.start(id) {
+            return Err(session.abandon(err));
+        }
+        let id = session.id.clone();
+        // With nothing to deploy, the summary is the one line the pusher reads.
+        let nothing = (trigger != Trigger::Manual && !options.force)
+            .then(|| unchanged(repo, config, &session, target))
+            .flatten();
+        if nothing.is_none() {
+            output::say(format!(
+                "deploying {} ({}) as {id}",
+                short(&commit),
+                short_ref(&target.git_ref)
+            ));
+            if let Some(asked) = options.describe() {
+                output::say(format!("the push asks: {asked}"));
+            }
+            if let Some(note) = &options.note {
+                output::say(format!("note: {note}"));
+            }
+        }
+        let overtaken = newest_wins
+            .then(|| {
+                crate::state::queue::overtaken_by(
+                    &session.layout,
+                    &target.git_ref,
+                    &commit,
+                    &session.records,
+                )
+            })
+            .flatten();
+        let mut outcome = match (overtaken, trigger) {
+            (Some(newer), _) => Err(Stop::Superseded(newer)),
+            (None, Trigger::PreReceive) => {
+                check_gate_base(repo, &session.records, target).map_err(Stop::Error)
+            }
+            _ => Ok(()),
+        };
+        if let Some(nothing) = nothing.filter(|_| outcome.is_ok()) {
+            outcome = Err(nothing);
+        }
+        Ok(Run {
+            repo,
+            config,
+            target,
+            trigger,
+            session,
+            steps: Vec::new(),
+            env: BTreeMap::new(),
+            outcome,
+            live: false,
+        })
+    }
+
+    /// The release, and the steps before the switch.
+    pub(super) fn prepare(&mut self) {
+        if self.outcome.is_ok() {
+            match prepare(
+                self.repo,
+                self.config,
+                &mut self.session,
+                self.target,
+                &mut self.steps,
+            ) {
+                Ok(env) => self.env = env,
+                Err(stop) => self.outcome = Err(stop),
+            }
+        }
+    }
+
+    /// The switch, and what runs once live.
+    pub(super) fn go_live(&mut self) {
+        if self.outcome.is_ok() {
+            self.outcome = live(
+                self.config,
+                &mut self.session,
+                self.target,
+                self.trigger,
+                &mut self.steps,
+                &self.env,
+            );
+            self.live = self.outcome.is_ok();
+        }
+    }
+
+    /// Whether it stopped short of going live (and had something to deploy).
+    pub(super) fn failed(&self) -> bool {
+        matches!(&self.outcome, Err(stop) if !matches!(stop, Stop::Unchanged { .. }))
+    }
+
+    /// Records the deploy, says how it ended, and prepares the spare. Returns the exit code.
+    pub(super) fn finish(self) -> Result<ExitCode> {
+        let Run {
+            repo,
+            config,
+            target,
+            trigger,
+            mut session,
+            steps,
+            outcome,
+            ..
+        } = self;
+        let id = session.id.clone();
+        let commit = target.commit.to_string();
+        let mut entry = session.record(Action::Deploy, trigger, &id, target.old);
+        entry.steps = steps;
+        entry.steps.append(&mut session.down_steps);
+        if let Err(stop) = &outcome {
+            (entry.state, entry.failed_step, entry.error) = stop.describe();
+        }
+        let summary = outcome.map(|()| {
+            format!(
+                "deployed {} ({}) as {id} in {} — {}",
+                short(&commit),
+                short_ref(&target.git_ref),
+                seconds(session.clock.elapsed()),
+                session.stages()
+            )
+        });
+        let live_commit = if entry.state == State::Succeeded {
+            Some(commit.clone())
+        } else {
+            session.previous_commit.clone()
+        };
+        let layout = session.layout.clone();
+        // The next push must find the spare's preparation under way, not yet to start.
+        let reserved = live_commit
+            .as_ref()
+            .and_then(|_| spare::reserve(config, &layout));
+        let mut code = session.finish(config, &entry, "deploy", summary)?;
+        // Overtaken, a post-receive push did nothing wrong; in gate mode the push is rejected,
+        // so that the branch moves only with what deploys.
+        if entry.state == State::Superseded && trigger != Trigger::PreReceive
+            || entry.state == State::Unchanged
+        {
+            code = ExitCode::SUCCESS;
+        }
+        if let Some(live) = live_commit {
+            spare::after_deploy(config, &layout, repo.path(), &live, reserved);
+        }
+        Ok(code)
+    }
+}
+
 /// With `deploy.path`: the stop of a push whose commit holds the app's folder (and its
 /// `deploy.paths`) as the live release holds them, tree for tree.
 fn unchanged(
@@ -146,22 +233,12 @@ fn unchanged(
     target: &Target,
 ) -> Option<Stop> {
     let view = release::view::View::of(&config.deploy);
-    if view.is_whole() {
-        return None;
-    }
     let live = session.previous_release.as_deref()?;
-    let index = release::index::ReleaseIndex::load(&session.layout.index_file(live)).ok()?;
-    if index.view != view.spec() {
-        return None;
-    }
-    let tree = match view.tree(repo, target.commit) {
-        Ok(tree) => tree.id(),
-        // The checkout says what is wrong, and fails the deploy.
-        Err(_) => return None,
-    };
-    (index.tree == tree).then(|| Stop::Unchanged {
-        what: view.folders(),
-        commit: target.commit.to_string(),
+    release::holds_already(repo, &session.layout, live, &view, target.commit).then(|| {
+        Stop::Unchanged {
+            what: view.folders(),
+            commit: target.commit.to_string(),
+        }
     })
 }
 
@@ -169,7 +246,7 @@ fn check_gate_base(repo: &Repository, records: &[DeployRecord], target: &Target)
     // A gate deploy that just finished may still be waiting for git to move the ref.
     if let Some(last) = records.last().filter(|r| {
         r.hook.as_deref() == Some("pre-receive")
-            && r.state == State::Succeeded
+            && matches!(r.state, State::Succeeded | State::Unchanged)
             && r.git_ref == target.git_ref
     }) {
         let landed = Oid::from_str(&last.commit).ok();
@@ -195,14 +272,14 @@ fn check_gate_base(repo: &Repository, records: &[DeployRecord], target: &Target)
     Ok(())
 }
 
-fn pipeline(
+/// Makes the release and runs the steps before the switch; returns the steps' environment.
+fn prepare(
     repo: &Repository,
     config: &Config,
     session: &mut Session,
     target: &Target,
-    trigger: Trigger,
     steps: &mut Vec<StepRecord>,
-) -> Result<(), Stop> {
+) -> Result<BTreeMap<String, String>, Stop> {
     let layout = session.layout.clone();
     let id = session.id.clone();
     let dir = layout.release(&id);
@@ -291,6 +368,20 @@ fn pipeline(
     release::make_durable(&dir)?;
     session.sync = Some(clock.elapsed());
     session.timings.push(("sync".into(), clock.elapsed()));
+    Ok(env)
+}
+
+/// Switches to the release and runs what comes once it is live.
+fn live(
+    config: &Config,
+    session: &mut Session,
+    target: &Target,
+    trigger: Trigger,
+    steps: &mut Vec<StepRecord>,
+    env: &BTreeMap<String, String>,
+) -> Result<(), Stop> {
+    let layout = session.layout.clone();
+    let id = session.id.clone();
     if process::stop_requested() {
         return Err(Stop::Interrupted {
             during: "the switch".into(),
@@ -299,7 +390,7 @@ fn pipeline(
 
     let mut intent = session.record(Action::Deploy, trigger, &id, target.old);
     intent.steps = steps.clone();
-    go_live(config, session, &intent, &env)?;
+    go_live(config, session, &intent, env)?;
 
     let width = steps::prefix_width(config);
     let sandbox = match config.steps_after_switch().next() {
@@ -311,7 +402,7 @@ fn pipeline(
             steps.push(steps::skipped(step));
             continue;
         }
-        let (record, exit) = steps::run(step, &layout.current(), &env, width, sandbox.as_ref())?;
+        let (record, exit) = steps::run(step, &layout.current(), env, width, sandbox.as_ref())?;
         session.timings.push((
             step.name.to_string(),
             Duration::from_millis(record.duration_ms),

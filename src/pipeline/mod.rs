@@ -3,6 +3,7 @@
 //! back, recovering what a killed run left, pruning what no release needs, the spare release
 //! and the plan `check` prints. Uses every part below it; only the commands use it.
 
+pub mod apps;
 mod back;
 pub mod boot;
 pub mod deploy;

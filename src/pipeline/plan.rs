@@ -452,6 +452,18 @@ pub fn dry_run(
     let layout = Layout::new(&config.deploy.root);
     let live = layout.live_release()?;
     let id = release::new_id(&layout, target.commit, SystemTime::now());
+    let view = release::view::View::of(&config.deploy);
+    if let Some(live) = live.as_deref().filter(|live| {
+        !options.force && release::holds_already(repo, &layout, live, &view, target.commit)
+    }) {
+        writeln!(
+            out,
+            "would deploy nothing: {} unchanged at {}; {live} stays live (`-o ats.force` deploys anyway)",
+            view.folders(),
+            short(&target.commit.to_string())
+        )?;
+        return Ok(());
+    }
     writeln!(
         out,
         "would deploy {} ({}) as {}",

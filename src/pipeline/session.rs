@@ -70,6 +70,8 @@ pub(super) struct Session {
     /// The switch lock, held from the switch to the end of the run: no scheduled job starts
     /// while the release goes live (`live::jobs::run`).
     pub(super) switching: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// With several apps to a push: this one's name, and its voice while others speak.
+    pub(super) app: Option<String>,
     pub(super) _output: Option<output::DeployGuard>,
 }
 
@@ -186,6 +188,7 @@ impl Session {
             slot: None,
             down_steps: Vec::new(),
             switching: None,
+            app: config.app.clone(),
             _output: None,
         })
     }
@@ -206,14 +209,32 @@ impl Session {
             .open(&log_path)
             .with_context(|| format!("failed to create deploy log `{}`", log_path.display()))?;
         self._output = Some(output::begin_deploy(
-            &id,
-            &self.holder.commit,
-            &self.holder.git_ref,
+            output::Deploying {
+                id: &id,
+                commit: &self.holder.commit,
+                git_ref: &self.holder.git_ref,
+                app: self.app.as_deref(),
+            },
             Some(log),
             self.log_limit,
         ));
         self.id = id;
         Ok(())
+    }
+
+    /// Lets another app of the same push speak.
+    pub(super) fn hush(&mut self) {
+        if let Some(voice) = &mut self._output {
+            voice.pause();
+        }
+    }
+
+    /// Speaks for this app again; its children's process groups are noted in its root.
+    pub(super) fn speak(&mut self) {
+        if let Some(voice) = &mut self._output {
+            voice.resume();
+        }
+        process::record_groups_in(Some(self.layout.group_file()));
     }
 
     /// What was live before, as a summary names it.

@@ -252,13 +252,16 @@ pub fn after_deploy(
         if state(layout).commit.as_deref() == Some(commit) && layout.release(SPARE).is_dir() {
             return Ok(());
         }
-        let cmd = Cmd::ats_hook()?
+        let mut cmd = Cmd::ats_hook()?
             .arg("prepare-spare")
             .arg("--repo")
             .arg(repo)
             .arg("--config")
-            .arg(&config.path)
-            .arg(commit);
+            .arg(&config.path);
+        if let Some(app) = &config.app {
+            cmd = cmd.arg("--app").arg(app);
+        }
+        let cmd = cmd.arg(commit);
         let pid = match reserved {
             Some(lock) => {
                 let handed = lock

@@ -30,6 +30,10 @@ pub enum Stop {
         what: String,
         commit: String,
     },
+    /// Ready, but another app of the same push failed: no app of it goes live.
+    Held {
+        by: String,
+    },
     /// Something failed once the release was live, and it stays live: going back would put old
     /// code on the schema its migrations changed.
     FailedForward {
@@ -91,6 +95,11 @@ impl Stop {
                 State::Unchanged,
                 None,
                 Some(format!("{what} unchanged: nothing to deploy")),
+            ),
+            Stop::Held { by } => (
+                State::Failed,
+                None,
+                Some(format!("not switched: app `{by}` of the same push failed")),
             ),
             Stop::AfterSwitch {
                 stage,
@@ -159,6 +168,9 @@ impl Stop {
                     Some(live) => format!("{live} stays live (push with `-o ats.force` to deploy anyway)"),
                     None => "nothing is live".to_string(),
                 }
+            ),
+            Stop::Held { by } => format!(
+                "{what} NOT SWITCHED: app {by} of this push failed, and a push's apps go live together or not at all; {still_live}"
             ),
             Stop::AfterSwitch {
                 stage,

@@ -361,6 +361,25 @@ pub fn expendable<'a>(
     candidates
 }
 
+/// Whether release `live` holds what a release of `commit` would (same view, same tree): with
+/// `deploy.path`, a push that left the app's folders alone.
+pub fn holds_already(
+    repo: &Repository,
+    layout: &Layout,
+    live: &str,
+    view: &view::View,
+    commit: Oid,
+) -> bool {
+    if view.is_whole() {
+        return false;
+    }
+    let Ok(index) = ReleaseIndex::load(&layout.index_file(live)) else {
+        return false;
+    };
+    // A failing read is the checkout's to report.
+    index.view == view.spec() && view.tree(repo, commit).is_ok_and(|t| t.id() == index.tree)
+}
+
 /// The index of release `id`, when a new release can be built from it: it reads back whole,
 /// the commit it holds is still in the repository, and it holds what `trees` reads of a commit
 /// (the same view, submodules as `deploy.submodules` says).

@@ -132,6 +132,34 @@ impl PushOptions {
         Ok(())
     }
 
+    /// For a push of several apps: each step to skip must be one that some app has and marks
+    /// `skippable` (the apps without it skip nothing).
+    pub fn check_apps(&self, configs: &[&Config]) -> Result<()> {
+        for name in &self.skip {
+            let one = PushOptions {
+                skip: vec![name.clone()],
+                ..PushOptions::default()
+            };
+            let errors: Vec<anyhow::Error> = configs
+                .iter()
+                .filter_map(|config| one.check(config).err())
+                .collect();
+            if errors.len() == configs.len() {
+                let skippable = configs
+                    .iter()
+                    .any(|config| config.steps.iter().any(|s| s.name.as_str() == name));
+                if skippable {
+                    bail!("cannot skip step `{name}`: no app marks it `skippable = true`");
+                }
+                bail!(
+                    "cannot skip step `{}`: no app has such a step",
+                    crate::sys::output::printable(name)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the push asks to skip `step`.
     pub fn skips(&self, step: &str) -> bool {
         self.skip.iter().any(|s| s == step)

@@ -23,10 +23,23 @@ pub struct Target {
 }
 
 pub fn select(repo: &Repository, config: &Config, updates: &[RefUpdate]) -> Result<Option<Target>> {
+    let (chosen, notes) = choose(config, updates);
+    for note in notes {
+        output::say(note);
+    }
+    chosen.map(|update| target(repo, update)).transpose()
+}
+
+/// The pushed ref `config` deploys, if any, and what to tell the pusher about the others.
+pub fn choose<'u>(
+    config: &Config,
+    updates: &'u [RefUpdate],
+) -> (Option<&'u RefUpdate>, Vec<String>) {
+    let mut notes = Vec::new();
     let mut chosen: Vec<&RefUpdate> = Vec::new();
     for update in updates {
         if !config.selects(&update.name) {
-            output::say(format!(
+            notes.push(format!(
                 "ignored `{}`: not deployed here (this server deploys {})",
                 update.name,
                 config.describe_selection()
@@ -34,7 +47,7 @@ pub fn select(repo: &Repository, config: &Config, updates: &[RefUpdate]) -> Resu
             continue;
         }
         if update.new.is_none() {
-            output::say(format!(
+            notes.push(format!(
                 "`{}` was deleted: nothing to deploy, the live release stays live",
                 update.name
             ));
@@ -42,28 +55,33 @@ pub fn select(repo: &Repository, config: &Config, updates: &[RefUpdate]) -> Resu
         }
         chosen.push(update);
     }
-    let Some(last) = chosen.last() else {
-        return Ok(None);
+    let Some(last) = chosen.last().copied() else {
+        return (None, notes);
     };
     if chosen.len() > 1 {
         let others: Vec<&str> = chosen[..chosen.len() - 1]
             .iter()
             .map(|u| u.name.as_str())
             .collect();
-        output::say(format!(
+        notes.push(format!(
             "this push updates several deploy refs; deploying the last one, `{}` (not {})",
             last.name,
             others.join(", ")
         ));
     }
-    let new = last.new.expect("deleted refs were skipped");
+    (Some(last), notes)
+}
+
+/// What deploying a pushed ref means: its commit (a tag peeled), and where the ref was.
+pub fn target(repo: &Repository, update: &RefUpdate) -> Result<Target> {
+    let new = update.new.context("a deleted ref deploys nothing")?;
     let commit = repo
         .find_object(new, None)
         .and_then(|object| object.peel_to_commit())
-        .with_context(|| format!("`{}` points at `{new}`, which is not a commit", last.name))?;
-    Ok(Some(Target {
-        git_ref: last.name.clone(),
-        old: last.old,
+        .with_context(|| format!("`{}` points at `{new}`, which is not a commit", update.name))?;
+    Ok(Target {
+        git_ref: update.name.clone(),
+        old: update.old,
         commit: commit.id(),
-    }))
+    })
 }

@@ -58,6 +58,8 @@ struct DeployContext {
     deploy_id: String,
     commit: String,
     git_ref: String,
+    /// The app's name, with several apps to a push: each line the pusher reads starts with it.
+    app: Option<String>,
 }
 
 /// Shared, so tagging a line costs a reference count, not three string copies: a chatty step
@@ -106,30 +108,69 @@ pub fn init(verbose: u8) {
         .try_init();
 }
 
-/// While the returned guard lives, every line carries this deploy's identity and is appended
-/// to `log`, which takes up to `log_limit` bytes of step output.
-pub fn begin_deploy(
-    deploy_id: &str,
-    commit: &str,
-    git_ref: &str,
-    log: Option<File>,
-    log_limit: u64,
-) -> DeployGuard {
+/// Who a deploy is: its id, commit and ref, and its app when a push deploys several.
+pub struct Deploying<'a> {
+    pub id: &'a str,
+    pub commit: &'a str,
+    pub git_ref: &'a str,
+    pub app: Option<&'a str>,
+}
+
+/// While the returned guard lives (and is not paused), every line carries this deploy's
+/// identity and is appended to `log`, which takes up to `log_limit` bytes of step output.
+pub fn begin_deploy(who: Deploying<'_>, log: Option<File>, log_limit: u64) -> DeployGuard {
     LOGGED.store(0, Ordering::SeqCst);
     LOG_LIMIT.store(log_limit, Ordering::SeqCst);
     *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(DeployContext {
-        deploy_id: deploy_id.to_string(),
-        commit: commit.to_string(),
-        git_ref: git_ref.to_string(),
+        deploy_id: who.id.to_string(),
+        commit: who.commit.to_string(),
+        git_ref: who.git_ref.to_string(),
+        app: who.app.map(str::to_string),
     }));
     *DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()) = log;
-    DeployGuard(())
+    DeployGuard(None)
 }
 
-pub struct DeployGuard(());
+/// A running deploy's voice; paused, it holds what it puts back on `resume`.
+pub struct DeployGuard(Option<Paused>);
+
+struct Paused {
+    context: Option<Arc<DeployContext>>,
+    log: Option<File>,
+    logged: u64,
+    limit: u64,
+}
+
+impl DeployGuard {
+    /// Lets another deploy of the same push speak (several apps take turns).
+    pub fn pause(&mut self) {
+        if self.0.is_none() {
+            self.0 = Some(Paused {
+                context: CONTEXT.lock().unwrap_or_else(|e| e.into_inner()).take(),
+                log: DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()).take(),
+                logged: LOGGED.swap(0, Ordering::SeqCst),
+                limit: LOG_LIMIT.swap(u64::MAX, Ordering::SeqCst),
+            });
+        }
+    }
+
+    /// Speaks again for this deploy.
+    pub fn resume(&mut self) {
+        if let Some(paused) = self.0.take() {
+            *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = paused.context;
+            *DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()) = paused.log;
+            LOGGED.store(paused.logged, Ordering::SeqCst);
+            LOG_LIMIT.store(paused.limit, Ordering::SeqCst);
+        }
+    }
+}
 
 impl Drop for DeployGuard {
     fn drop(&mut self) {
+        // Paused, another deploy speaks now: what is paused goes with this guard.
+        if self.0.is_some() {
+            return;
+        }
         *CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *DEPLOY_LOG.lock().unwrap_or_else(|e| e.into_inner()) = None;
         LOG_LIMIT.store(u64::MAX, Ordering::SeqCst);
@@ -306,15 +347,20 @@ where
         let meta = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
+        let app = context().and_then(|c| c.app.clone());
         if meta.target().starts_with(STEP_TARGET) {
-            return writeln!(writer, "{}", fields.message);
+            return match app {
+                Some(app) => writeln!(writer, "{app}: {}", fields.message),
+                None => writeln!(writer, "{}", fields.message),
+            };
         }
         let level = *meta.level();
-        writeln!(
-            writer,
-            "{}",
-            plain_line(level, &fields, meta.target(), self.color)
-        )
+        let line = plain_line(level, &fields, meta.target(), self.color);
+        match app {
+            // `ats-hook: backend: error: …`
+            Some(app) => writeln!(writer, "ats-hook: {app}: {}", &line["ats-hook: ".len()..]),
+            None => writeln!(writer, "{line}"),
+        }
     }
 }
 

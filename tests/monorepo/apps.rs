@@ -1,0 +1,318 @@
+//! Several apps from one repository (`[apps.NAME]`): a backend, a static frontend built with
+//! npm, a shared `libs/`. Each deploys only when its folders change; all go live together or
+//! none does; each has its own history and rollback.
+
+use crate::support::*;
+use pretty_assertions::assert_eq;
+use std::path::{Path, PathBuf};
+
+/// The monorepo's two apps, each probed by a server that reads its `current`.
+struct Monorepo {
+    server: Server,
+    clone: Clone,
+    backend: PathBuf,
+    frontend: PathBuf,
+    _backend_http: HttpServer,
+    _frontend_http: HttpServer,
+}
+
+fn npm_cache() -> PathBuf {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/npm-cache");
+    assert!(
+        cache.is_dir(),
+        "{} is missing: tests/run fills npm's cache",
+        cache.display()
+    );
+    cache
+}
+
+fn config(m: &Monorepo, backend_port: u16, frontend_port: u16, health_timeout: &str) -> String {
+    format!(
+        r#"
+[apps.backend.deploy]
+root = "{backend}"
+path = "backend"
+paths = ["libs/common"]
+keep_releases = 3
+[[apps.backend.step]]
+name = "check"
+run = "python3 app.py"
+[apps.backend.health]
+url = "http://127.0.0.1:{backend_port}/REVISION"
+expect_body = "{{commit}}"
+interval = "100ms"
+timeout = "{health_timeout}"
+
+[apps.frontend.deploy]
+root = "{frontend}"
+path = "frontend"
+paths = ["libs/common"]
+keep_releases = 3
+[apps.frontend.env]
+npm_config_cache = "{cache}"
+npm_config_audit = "false"
+npm_config_fund = "false"
+npm_config_update_notifier = "false"
+[[apps.frontend.step]]
+name = "npm-ci"
+run = "npm ci --offline"
+inputs = ["package.json", "package-lock.json"]
+outputs = ["node_modules"]
+key = "node --version"
+timeout = "5m"
+[[apps.frontend.step]]
+name = "build"
+run = "npm run build"
+[apps.frontend.health]
+url = "http://127.0.0.1:{frontend_port}/dist/index.html"
+expect_body = "{{commit}}"
+interval = "100ms"
+timeout = "{health_timeout}"
+"#,
+        backend = m.backend.display(),
+        frontend = m.frontend.display(),
+        cache = npm_cache().display(),
+    )
+}
+
+fn monorepo(gate: bool, health_timeout: &str) -> Monorepo {
+    let server = Server::new();
+    if gate {
+        server.gate();
+    }
+    let backend = server.path().join("backend-app");
+    let frontend = server.path().join("frontend-app");
+    let backend_http = HttpServer::start("files", Some(&backend.join("current")), server.path());
+    let frontend_http = HttpServer::start("files", Some(&frontend.join("current")), server.path());
+    let clone = server.clone("work");
+    files::copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/monorepo"),
+        &clone.dir,
+    );
+    clone.commit("the monorepo");
+    let m = Monorepo {
+        server,
+        clone,
+        backend,
+        frontend,
+        _backend_http: backend_http,
+        _frontend_http: frontend_http,
+    };
+    let text = config(
+        &m,
+        m._backend_http.port,
+        m._frontend_http.port,
+        health_timeout,
+    );
+    m.server.config(&text);
+    m
+}
+
+impl Monorepo {
+    fn live(&self, root: &Path) -> String {
+        std::fs::read_link(root.join("current"))
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The live releases of the backend and the frontend.
+    fn lives(&self) -> (String, String) {
+        (self.live(&self.backend), self.live(&self.frontend))
+    }
+
+    fn records(&self, root: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(root.join(".ats-hook/deploys.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    fn page(&self) -> String {
+        std::fs::read_to_string(self.frontend.join("current/dist/index.html")).unwrap()
+    }
+}
+
+#[test]
+fn each_app_deploys_only_when_its_folders_change() {
+    let m = monorepo(false, "10s");
+    let first = m.clone.head();
+    let push = m.clone.push();
+    push.success()
+        .stderr_has("backend: deploying")
+        .stderr_has("frontend:  npm-ci | added 1 package")
+        .stderr_has("frontend:   build | built dist/index.html");
+    let short = &first[..7];
+    assert_eq!(
+        push.summary(),
+        format!("ats-hook: push deployed: backend deployed {short}, frontend deployed {short}")
+    );
+    // The backend's release is its folder, with the shared library beside its code.
+    let run = run(
+        std::process::Command::new("python3")
+            .arg("app.py")
+            .current_dir(m.backend.join("current")),
+        "the backend",
+    );
+    assert_eq!(
+        run.stdout().trim(),
+        format!("backend {first} with common v1")
+    );
+    assert!(m
+        .page()
+        .contains(&format!("frontend {first} with common v1")));
+    assert!(!m.frontend.join("current/app.py").exists());
+
+    // Only the frontend: the backend stays as it is.
+    let backend_live = m.live(&m.backend);
+    let front = m.clone.commit_file("frontend/about.txt", "about\n");
+    let push = m.clone.push();
+    push.success();
+    assert_eq!(
+        push.summary(),
+        format!(
+            "ats-hook: push deployed: backend unchanged, frontend deployed {}",
+            &front[..7]
+        )
+    );
+    assert_eq!(m.live(&m.backend), backend_live);
+    assert!(m.page().contains(&front));
+    assert_eq!(m.records(&m.backend).last().unwrap()["state"], "unchanged");
+
+    // Only docs: nothing deploys.
+    let frontend_live = m.live(&m.frontend);
+    m.clone.commit_file("docs/index.md", "# more docs\n");
+    let push = m.clone.push();
+    push.success()
+        .stderr_has("backend: backend and libs/common unchanged at")
+        .stderr_lacks("deploying");
+    assert_eq!(
+        push.summary(),
+        "ats-hook: nothing to deploy: backend unchanged, frontend unchanged"
+    );
+    assert_eq!(m.lives(), (backend_live.clone(), frontend_live.clone()));
+
+    // The shared library: both deploy.
+    let libs = m.clone.commit_file("libs/common/banner.txt", "common v2\n");
+    let push = m.clone.push();
+    push.success();
+    let short = &libs[..7];
+    assert_eq!(
+        push.summary(),
+        format!("ats-hook: push deployed: backend deployed {short}, frontend deployed {short}")
+    );
+    assert!(m
+        .page()
+        .contains(&format!("frontend {libs} with common v2")));
+    assert_ne!(m.live(&m.backend), backend_live);
+
+    // Each app's own status, history and plan.
+    m.server
+        .ats(&["status"])
+        .success()
+        .stdout_has("app backend:")
+        .stdout_has("app frontend:")
+        .stdout_has(&format!("({} of main)", short));
+    let check = m.server.ats(&["check"]);
+    check
+        .success()
+        .stdout_has("2 apps, deployed in this order: backend, frontend")
+        .stdout_has("would deploy, pushed alone:");
+    let plan = check.stdout();
+    let line = |sha: &str| {
+        plan.lines()
+            .find(|l| l.trim_start().starts_with(&sha[..7]))
+            .unwrap_or_else(|| panic!("no line for {sha} in:\n{plan}"))
+            .to_string()
+    };
+    assert!(line(&libs).ends_with("backend, frontend"), "{plan}");
+    assert!(line(&front).ends_with("  frontend"), "{plan}");
+    m.server
+        .ats(&["releases"])
+        .failure()
+        .stderr_has("holds several apps (backend, frontend): name one with `--app NAME`");
+    m.server
+        .ats(&["releases", "--app", "frontend"])
+        .success()
+        .stdout_has(&m.live(&m.frontend));
+
+    // Rollback of one app: the frontend goes back to the release before, the backend stays.
+    let backend_now = m.live(&m.backend);
+    m.server
+        .ats(&["rollback", "--app", "frontend"])
+        .success()
+        .stderr_has("frontend: ");
+    assert!(m
+        .page()
+        .contains(&format!("frontend {front} with common v1")));
+    assert_eq!(m.live(&m.backend), backend_now);
+}
+
+/// Gate mode: the frontend's build fails, so the push is rejected and no app goes live, the
+/// backend's ready release included.
+#[test]
+fn a_failing_app_rejects_the_push_and_no_app_changes() {
+    let m = monorepo(true, "10s");
+    m.clone.push().success();
+    let (backend_live, frontend_live) = m.lives();
+    let tip = m.server.tip("refs/heads/main");
+    m.clone.write("backend/app.py", "print('backend v2')\n");
+    m.clone.write("frontend/broken", "yes\n");
+    m.clone.commit("break the frontend");
+    let push = m.clone.push();
+    push.failure()
+        .stderr_has("frontend:   build | build failed: the frontend is broken")
+        .stderr_has("backend: not switching: app `frontend` of this push failed")
+        .stderr_has("backend: deploy NOT SWITCHED: app frontend of this push failed");
+    assert!(
+        push.summary().starts_with(
+            "ats-hook: push FAILED, nothing of it is live: backend failed, frontend failed"
+        ),
+        "{}",
+        push.summary()
+    );
+    assert_eq!(m.lives(), (backend_live, frontend_live));
+    assert_eq!(m.server.tip("refs/heads/main"), tip);
+    let record = m.records(&m.backend).last().unwrap().clone();
+    assert_eq!(record["state"], "failed");
+    assert_eq!(
+        record["error"],
+        "not switched: app `frontend` of the same push failed"
+    );
+    assert_eq!(
+        m.records(&m.frontend).last().unwrap()["failed_step"],
+        "build"
+    );
+}
+
+/// The frontend goes live but its health check fails: it switches back, and so does the
+/// backend, which had gone live before it.
+#[test]
+fn a_health_failure_of_one_app_switches_every_app_back() {
+    let m = monorepo(false, "2s");
+    m.clone.push().success();
+    let (backend_live, frontend_live) = m.lives();
+    m.clone.write("libs/common/banner.txt", "common v2\n");
+    m.clone.write("frontend/stale", "yes\n");
+    m.clone.commit("a frontend that serves a stale page");
+    let push = m.clone.push();
+    push.success()
+        .stderr_has("frontend: deploy FAILED at health check; switched back")
+        .stderr_has("ats-hook: backend: error: app `frontend` of this push failed once live: switching back")
+        .stderr_has(&format!("backend: switched current back to {backend_live}"));
+    assert!(
+        push.summary()
+            .starts_with("ats-hook: push FAILED, nothing of it is live: backend rolled-back, frontend rolled-back"),
+        "{}",
+        push.summary()
+    );
+    assert_eq!(m.lives(), (backend_live, frontend_live));
+    assert!(m.page().contains("with common v1"));
+    assert_eq!(
+        m.records(&m.backend).last().unwrap()["state"],
+        "rolled-back"
+    );
+}
