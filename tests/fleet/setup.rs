@@ -93,3 +93,63 @@ fn the_ansible_content_is_lint_clean() {
         .success()
         .stderr_has("Passed: 0 failure(s), 0 warning(s)");
 }
+
+/// `ats_hook_apps`: one repository, two apps, each with its deploy root set up for the deploy
+/// user and its sections under `[apps.NAME.…]`; the host's ats-hook reads the config the role
+/// wrote, and a second run changes nothing.
+#[test]
+fn site_yml_sets_up_several_apps_from_one_repository() {
+    let fleet = Fleet::new(1);
+    let vars = fleet.public.path().join("apps.json");
+    let apps = serde_json::json!({
+        "ats_hook_apps": [
+            {
+                "name": "backend",
+                "root": "{{ ats_hook_home }}/backend",
+                "deploy": "path = \"backend\"\npaths = [\"libs\"]\n",
+                "config": "[env]\nAPP = \"backend\"\n\n[[step]]\nname = \"check\"\nrun = \"test -f app.py\"\n",
+            },
+            {
+                "name": "frontend",
+                "root": "{{ ats_hook_home }}/frontend",
+                "deploy": "path = \"frontend\"\n",
+            },
+        ]
+    });
+    std::fs::write(&vars, apps.to_string()).unwrap();
+    let extra = format!("@{}", vars.display());
+    fleet.playbook("site.yml", &["-e", &extra]).success();
+    let host = &fleet.hosts[0];
+    let home = fleet.home(host);
+    let config = std::fs::read_to_string(home.join("app.git/ats-hook.toml")).unwrap();
+    for section in [
+        "[apps.backend.deploy]",
+        "[apps.backend.env]",
+        "[[apps.backend.step]]",
+        "[apps.frontend.deploy]",
+    ] {
+        assert!(config.contains(section), "{section} in:\n{config}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let user = nix::unistd::User::from_name(&host.user).unwrap().unwrap();
+    for app in ["backend", "frontend"] {
+        let releases = home.join(app).join("releases");
+        assert!(releases.is_dir(), "{}", releases.display());
+        assert_eq!(
+            std::fs::metadata(home.join(app)).unwrap().uid(),
+            user.uid.as_raw()
+        );
+    }
+    let mut check = command(
+        fleet.public.path().join("bin/installed-ats-hook"),
+        fleet.public.path(),
+    );
+    check.arg("check").arg("--repo").arg(home.join("app.git"));
+    run(&mut check, "ats-hook check")
+        .success()
+        .stdout_has("2 apps, deployed in this order: backend, frontend");
+
+    let again = fleet.playbook("site.yml", &["-e", &extra]).success().stdout();
+    let recap = changed(&again);
+    assert!(recap.iter().all(|(_, n)| *n == 0), "{again}");
+}

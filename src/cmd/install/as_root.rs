@@ -28,10 +28,6 @@ enum Prep {
 
 pub(super) fn run(options: &Options<'_>, user: &User, out: &mut dyn Write) -> Result<ExitCode> {
     let repo = absolute(options.repo)?;
-    let root = match options.root {
-        Some(root) => absolute(root)?,
-        None => default_root(&repo)?,
-    };
     // Root's own file, read as root (the user may not be able to read it), checked by the
     // user's part before it is put in place.
     let config = match options.config {
@@ -55,9 +51,30 @@ pub(super) fn run(options: &Options<'_>, user: &User, out: &mut dyn Write) -> Re
         ),
         None => None,
     };
-    // Both are worked out before either is touched.
+    // A config of several apps names their deploy roots; else `--root` (or the default) is it.
+    let app_roots = config
+        .as_deref()
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        .and_then(|text| crate::config::Apps::parse(text, &repo.join(crate::config::FILE_NAME)).ok())
+        .filter(crate::config::Apps::several)
+        .map(|apps| {
+            apps.list
+                .into_iter()
+                .map(|app| app.config.deploy.root)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let root = match (options.root, app_roots.first()) {
+        (Some(root), _) => absolute(root)?,
+        (None, Some(first)) => first.clone(),
+        (None, None) => default_root(&repo)?,
+    };
+    // All are worked out before any is touched.
     let give = options.user.is_some();
-    let preps = [plan(&repo, user, give)?, plan(&root, user, give)?];
+    let mut preps = vec![plan(&repo, user, give)?];
+    for root in std::iter::once(&root).chain(app_roots.iter().filter(|r| **r != root)) {
+        preps.push(plan(root, user, give)?);
+    }
     let mut prepared = false;
     for prep in &preps {
         let verb = if options.dry_run { "would" } else { "did" };

@@ -14,6 +14,7 @@
 mod as_root;
 pub mod handover;
 
+use crate::config::Apps;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -340,12 +341,36 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
         }
     }
 
-    let root = match options.root {
-        Some(root) => absolute(root)?,
-        None => default_root(&repo)?,
+    let config_path = repo.join(config::FILE_NAME);
+    // The apps of the config given, or else of the one in place: each gets its deploy root.
+    let apps = match &given {
+        Some(text) => Some(Apps::parse(text, &config_path)?),
+        None if config_path.exists() => Apps::load(&config_path).ok(),
+        None => None,
     };
-    if !(options.prepared && fs::symlink_metadata(&root).is_err()) {
-        writable_ancestor(&root)?;
+    let app_roots: Vec<PathBuf> = apps
+        .iter()
+        .filter(|apps| apps.several())
+        .flat_map(|apps| apps.list.iter().map(|app| app.config.deploy.root.clone()))
+        .collect();
+    let root = match (options.root, app_roots.first()) {
+        (Some(root), _) => absolute(root)?,
+        (None, Some(first)) => first.clone(),
+        (None, None) => default_root(&repo)?,
+    };
+    let mut roots = vec![root.clone()];
+    roots.extend(app_roots.iter().filter(|r| **r != root).cloned());
+    if !app_roots.is_empty() && !app_roots.contains(&root) {
+        roots.remove(0);
+        tracing::warn!(
+            "`--root {}` is not the root of an app of the config; the apps' own roots are set up",
+            root.display()
+        );
+    }
+    for root in &roots {
+        if !(options.prepared && fs::symlink_metadata(root).is_err()) {
+            writable_ancestor(root)?;
+        }
     }
 
     let exe = std::env::current_exe()
@@ -378,10 +403,11 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
         changes.push(Change::RemoveHook(hooks.join(other)));
     }
 
-    let config_path = repo.join(config::FILE_NAME);
-    let mut env_file = None;
+    let mut env_files: Vec<PathBuf> = apps
+        .iter()
+        .flat_map(|apps| apps.list.iter().filter_map(|app| app.config.env_file()))
+        .collect();
     if let Some(text) = given {
-        env_file = Config::parse(&text, &config_path)?.env_file();
         if fs::read_to_string(&config_path).ok().as_ref() != Some(&text) {
             changes.push(Change::WriteConfig {
                 path: config_path,
@@ -391,18 +417,20 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
         }
     } else if !config_path.exists() {
         let text = config_template(&root);
-        env_file = config::Config::parse(&text, &config_path)
-            .ok()
-            .and_then(|c| c.env_file());
+        env_files.extend(
+            config::Config::parse(&text, &config_path)
+                .ok()
+                .and_then(|c| c.env_file()),
+        );
         changes.push(Change::WriteConfig {
             path: config_path,
             text,
             given: false,
         });
     } else {
-        match Config::load(&config_path) {
-            Ok(existing) => {
-                env_file = existing.env_file();
+        match Apps::load(&config_path) {
+            Ok(existing) if !existing.several() => {
+                let existing = &existing.list[0].config;
                 if existing.deploy.root != root {
                     tracing::warn!(
                         "the existing config deploys to `{}`, not `{}`; it is left as it is",
@@ -411,24 +439,29 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
                     );
                 }
             }
+            Ok(_) => {}
             // Left as it is; every push and `check` say the same until it is fixed.
             Err(err) => tracing::warn!("{err:#}; it is left as it is"),
         }
     }
 
-    let layout = Layout::new(&root);
-    for dir in [
-        layout.releases(),
-        layout.shared(),
-        layout.state().join("logs"),
-        layout.state().join("index"),
-    ] {
-        if !dir.is_dir() {
-            changes.push(Change::CreateDir(dir));
+    for root in &roots {
+        let layout = Layout::new(root);
+        for dir in [
+            layout.releases(),
+            layout.shared(),
+            layout.state().join("logs"),
+            layout.state().join("index"),
+        ] {
+            if !dir.is_dir() {
+                changes.push(Change::CreateDir(dir));
+            }
         }
     }
-    if let Some(env_file) = env_file.filter(|file| fs::symlink_metadata(file).is_err()) {
-        changes.push(Change::CreateEnvFile(env_file));
+    for env_file in env_files {
+        if fs::symlink_metadata(&env_file).is_err() {
+            changes.push(Change::CreateEnvFile(env_file));
+        }
     }
 
     Ok(changes)
