@@ -30,7 +30,7 @@ use nix::unistd::{AccessFlags, User};
 use crate::sys::owner;
 
 use crate::cli::HookKind;
-use crate::config::{self, Config};
+use crate::config;
 use crate::state::layout::Layout;
 
 pub struct Options<'a> {
@@ -302,7 +302,7 @@ fn given_config(path: &Path) -> Result<String> {
     } else {
         fs::read_to_string(path).with_context(|| format!("failed to read `{}`", path.display()))?
     };
-    Config::parse(&text, path)?;
+    Apps::parse(&text, path)?;
     Ok(text)
 }
 
