@@ -84,6 +84,7 @@ impl Session {
         git_ref: &str,
         announce: bool,
     ) -> Result<Session> {
+        let _voice = output::speaking_for(config.app.as_deref());
         let layout = Layout::new(&config.deploy.root);
         layout.refuse_root_on_a_users_root()?;
         layout.create()?;

@@ -149,7 +149,10 @@ fn site_yml_sets_up_several_apps_from_one_repository() {
         .success()
         .stdout_has("2 apps, deployed in this order: backend, frontend");
 
-    let again = fleet.playbook("site.yml", &["-e", &extra]).success().stdout();
+    let again = fleet
+        .playbook("site.yml", &["-e", &extra])
+        .success()
+        .stdout();
     let recap = changed(&again);
     assert!(recap.iter().all(|(_, n)| *n == 0), "{again}");
 }

@@ -316,3 +316,135 @@ fn a_health_failure_of_one_app_switches_every_app_back() {
         "rolled-back"
     );
 }
+
+/// Killed once both apps switched (in the frontend's step after the switch): each app's next
+/// run finds a deploy that died after its switch and puts back what was live before the push,
+/// then deploys as usual.
+#[test]
+fn a_push_killed_after_the_switches_is_undone_for_every_app() {
+    let m = monorepo(false, "10s");
+    m.clone.push().success();
+    let (backend_live, frontend_live) = m.lives();
+    let text = std::fs::read_to_string(m.server.bare.join("ats-hook.toml")).unwrap();
+    let announce = format!(
+        "[[apps.frontend.step]]\nname = \"announce\"\nafter_switch = true\ntimeout = \"10m\"\n\
+         run = \"echo $PPID > {}; sleep 300\"\n[apps.frontend.health]",
+        m.server.path().join("hook.pid").display()
+    );
+    m.server
+        .config(&text.replacen("[apps.frontend.health]", &announce, 1));
+    m.clone.write("libs/common/banner.txt", "common v2\n");
+    let killed = m.clone.commit("both apps change");
+    let (push, hook) = m
+        .clone
+        .spawn_push_until_pid(&m.server.path().join("hook.pid"));
+    // Both switched by now.
+    assert_ne!(m.lives(), (backend_live.clone(), frontend_live.clone()));
+    send_signal(hook, nix::sys::signal::Signal::SIGKILL);
+    let _ = push.wait_with_output().unwrap();
+    let last = |root: &Path| m.records(root).last().unwrap()["state"].clone();
+    assert_eq!(
+        (last(&m.backend), last(&m.frontend)),
+        ("switching".into(), "switching".into())
+    );
+
+    m.server.config(&text);
+    m.clone.commit_file("docs/index.md", "# after the kill\n");
+    let push = m.clone.push();
+    push.success()
+        .stderr_has(&format!(
+            "ats-hook: backend: warning: the previous deploy, pid {hook}"
+        ))
+        .stderr_has(&format!("switching back to {backend_live}"))
+        .stderr_has(&format!("switching back to {frontend_live}"));
+    let states = |root: &Path| -> Vec<(String, String)> {
+        m.records(root)
+            .iter()
+            .map(|r| {
+                (
+                    r["commit"].as_str().unwrap()[..7].to_string(),
+                    r["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    for root in [&m.backend, &m.frontend] {
+        assert!(
+            states(root).contains(&(killed[..7].to_string(), "interrupted".to_string())),
+            "{:?}",
+            states(root)
+        );
+    }
+    assert!(m.page().contains("with common v2"));
+}
+
+/// The backend's migration ran (on a real PostgreSQL), then the frontend's build failed: the
+/// backend never goes live, and its `down` reverses the migration, so the live backend keeps
+/// the schema it knows.
+#[test]
+fn a_ready_app_that_migrated_is_reversed_when_another_app_fails() {
+    let pg = crate::support::apps::Postgres::start();
+    let m = monorepo(true, "10s");
+    let text = std::fs::read_to_string(m.server.bare.join("ats-hook.toml")).unwrap();
+    let migrate = format!(
+        "[[apps.backend.step]]\nname = \"migrate\"\nrun = \"sh migrate.sh\"\n\
+         migrations = [\"migrations\"]\ndown = \"sh down.sh\"\n\
+         [apps.backend.env]\nPGURL = \"{}\"\n[apps.backend.health]",
+        pg.url()
+    );
+    m.server
+        .config(&text.replacen("[apps.backend.health]", &migrate, 1));
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema-app");
+    for script in ["migrate.sh", "down.sh"] {
+        m.clone.write(
+            &format!("backend/{script}"),
+            &std::fs::read_to_string(fixture.join(script)).unwrap(),
+        );
+    }
+    m.clone
+        .write(
+            "backend/migrations/0001_items.sql",
+            "CREATE TABLE items (id int);\n",
+        )
+        .write(
+            "backend/migrations/down/0001_items.sql",
+            "DROP TABLE items;\n",
+        );
+    m.clone.commit("a table");
+    m.clone.push().success();
+    let columns = || {
+        pg.query(
+            "SELECT string_agg(column_name, ',' ORDER BY column_name) FROM information_schema.columns WHERE table_name = 'items'",
+        )
+    };
+    assert_eq!(columns(), "id");
+    let lives = m.lives();
+
+    m.clone
+        .write(
+            "backend/migrations/0002_price.sql",
+            "ALTER TABLE items ADD COLUMN price int;\n",
+        )
+        .write(
+            "backend/migrations/down/0002_price.sql",
+            "ALTER TABLE items DROP COLUMN price;\n",
+        )
+        .write("frontend/broken", "yes\n");
+    m.clone.commit("a price, and a broken frontend");
+    m.clone
+        .push()
+        .failure()
+        .stderr_has("backend: migrate | applying 0002_price.sql")
+        .stderr_has("backend: migrate: reversing its migrations")
+        .stderr_has("backend: migrate | reversing 0002_price.sql");
+    assert_eq!(columns(), "id");
+    assert_eq!(m.lives(), lives);
+    let record = m.records(&m.backend).last().unwrap().clone();
+    let steps: Vec<&str> = record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["check", "migrate", "migrate (down)"]);
+}

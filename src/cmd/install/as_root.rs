@@ -55,7 +55,9 @@ pub(super) fn run(options: &Options<'_>, user: &User, out: &mut dyn Write) -> Re
     let app_roots = config
         .as_deref()
         .and_then(|bytes| std::str::from_utf8(bytes).ok())
-        .and_then(|text| crate::config::Apps::parse(text, &repo.join(crate::config::FILE_NAME)).ok())
+        .and_then(|text| {
+            crate::config::Apps::parse(text, &repo.join(crate::config::FILE_NAME)).ok()
+        })
         .filter(crate::config::Apps::several)
         .map(|apps| {
             apps.list

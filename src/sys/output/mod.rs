@@ -131,6 +131,36 @@ pub fn begin_deploy(who: Deploying<'_>, log: Option<File>, log_limit: u64) -> De
     DeployGuard(None)
 }
 
+/// Until the returned guard goes, lines name `app` (when no deploy speaks yet): what a run
+/// says before its deploy has an id (waiting for the lock, recovering a dead run).
+pub fn speaking_for(app: Option<&str>) -> AppGuard {
+    let mut context = CONTEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let set = match app {
+        Some(app) if context.is_none() => {
+            *context = Some(Arc::new(DeployContext {
+                app: Some(app.to_string()),
+                ..DeployContext::default()
+            }));
+            true
+        }
+        _ => false,
+    };
+    AppGuard(set)
+}
+
+/// See `speaking_for`.
+pub struct AppGuard(bool);
+
+impl Drop for AppGuard {
+    fn drop(&mut self) {
+        let mut context = CONTEXT.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the context it set: a deploy that began since keeps its own.
+        if self.0 && context.as_ref().is_some_and(|c| c.deploy_id.is_empty()) {
+            *context = None;
+        }
+    }
+}
+
 /// A running deploy's voice; paused, it holds what it puts back on `resume`.
 pub struct DeployGuard(Option<Paused>);
 
