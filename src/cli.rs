@@ -213,6 +213,19 @@ pub enum Command {
         /// The key may also run `ats-hook rollback`
         #[arg(long)]
         allow_rollback: bool,
+        /// The key may only fetch and read (no push, no LFS upload, no deploy)
+        #[arg(long, conflicts_with = "allow_rollback")]
+        read_only: bool,
+    },
+
+    /// Git LFS over SSH for a login that runs commands itself (what `git lfs` asks a server
+    /// for as `git-lfs-transfer PATH upload|download`; a deploy key's gate serves it too)
+    #[command(hide = true, name = "lfs-transfer")]
+    LfsTransfer {
+        /// The bare repository, as the client names it (from the home folder, `~/`)
+        path: String,
+        /// `upload` or `download`
+        operation: String,
     },
 
     /// On the pushing side: git remotes with the server's host key pinned
@@ -343,6 +356,10 @@ pub enum KeysAction {
         /// COMMIT`) and read `status`, `releases` and `log`
         #[arg(long)]
         allow_rollback: bool,
+        /// The key may only fetch (with its Git LFS objects) and read `status`, `releases` and
+        /// `log`: no push, no LFS upload, no deploy, no rollback
+        #[arg(long, conflicts_with = "allow_rollback")]
+        read_only: bool,
     },
     /// List the repository's deploy keys
     List(#[command(flatten)] KeyTarget),
@@ -393,9 +410,17 @@ fn hook_args(mut args: Vec<OsString>) -> Vec<OsString> {
         .first()
         .and_then(|arg0| std::path::Path::new(arg0).file_name())
         .map(|name| name.to_string_lossy().into_owned());
-    if let Some(hook @ ("post-receive" | "pre-receive")) = invoked_as.as_deref() {
-        args[0] = "ats-hook".into();
-        args.insert(1, hook.into());
+    match invoked_as.as_deref() {
+        Some(hook @ ("post-receive" | "pre-receive")) => {
+            args[0] = "ats-hook".into();
+            args.insert(1, hook.into());
+        }
+        // Linked as `git-lfs-transfer`, the server side git-lfs asks for over SSH.
+        Some("git-lfs-transfer") => {
+            args[0] = "ats-hook".into();
+            args.insert(1, "lfs-transfer".into());
+        }
+        _ => {}
     }
     args
 }
@@ -419,6 +444,15 @@ mod tests {
         assert!(matches!(
             Cli::parse_from(args).command,
             Command::PreReceive(_)
+        ));
+        let args = hook_args(vec![
+            "/usr/local/bin/git-lfs-transfer".into(),
+            "app.git".into(),
+            "upload".into(),
+        ]);
+        assert!(matches!(
+            Cli::parse_from(args).command,
+            Command::LfsTransfer { ref path, ref operation } if path == "app.git" && operation == "upload"
         ));
         let args = hook_args(vec!["ats-hook".into(), "status".into()]);
         assert!(matches!(

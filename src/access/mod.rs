@@ -2,6 +2,7 @@
 //! them, what the SSH gate lets through, and a remote's URL and pinned host keys on the
 //! pushing side. Uses `sys` only.
 
+pub mod lfs;
 pub mod remote;
 pub mod ssh_gate;
 pub mod sshkey;

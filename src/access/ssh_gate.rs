@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 pub enum Service {
     ReceivePack,
     UploadPack,
+    /// git-lfs's `git-lfs-transfer PATH upload|download`.
+    LfsTransfer(super::lfs::transfer::Operation),
 }
 
 /// A command of ats-hook's own that a deploy key may run.
@@ -157,11 +159,23 @@ pub fn parse_request(request: &str) -> Result<(Service, String)> {
         ("git-upload-pack ", Service::UploadPack),
         ("git upload-pack ", Service::UploadPack),
     ];
+    if let Some(rest) = request.strip_prefix("git-lfs-transfer ") {
+        let (path, operation) = rest
+            .rsplit_once(' ')
+            .context("git-lfs-transfer takes the repository and `upload` or `download`")?;
+        let operation = super::lfs::transfer::Operation::parse(operation).with_context(|| {
+            format!(
+                "git-lfs-transfer takes `upload` or `download`, not `{}`",
+                operation.escape_debug()
+            )
+        })?;
+        return Ok((Service::LfsTransfer(operation), parse_path(path)?));
+    }
     let Some((service, rest)) = services
         .iter()
         .find_map(|(prefix, service)| request.strip_prefix(prefix).map(|rest| (*service, rest)))
     else {
-        bail!("only git-receive-pack and git-upload-pack are allowed");
+        bail!("only git-receive-pack, git-upload-pack and git-lfs-transfer are allowed");
     };
     Ok((service, parse_path(rest)?))
 }
@@ -205,6 +219,18 @@ pub fn parse_path(text: &str) -> Result<String> {
 
 /// Whether `path`, as git would resolve it, is the allowed repository.
 pub fn resolves_to(path: &str, home: &Path, allowed: &Path) -> Result<()> {
+    match resolve(path, home) {
+        Ok(real) if real == allowed => Ok(()),
+        Err(err) if path.contains("..") || path.starts_with("~") && !path.starts_with("~/") => {
+            Err(err)
+        }
+        _ => bail!("`{path}` is not that repository"),
+    }
+}
+
+/// The repository `path` names, as git resolves it: from `home`, `~/` allowed, with or
+/// without `.git`; `..` refused.
+pub fn resolve(path: &str, home: &Path) -> Result<PathBuf> {
     let path = Path::new(path);
     if path.components().any(|c| c == Component::ParentDir) {
         bail!("`..` is not allowed in the path");
@@ -217,11 +243,13 @@ pub fn resolves_to(path: &str, home: &Path, allowed: &Path) -> Result<()> {
     let mut with_git = path.clone().into_os_string();
     with_git.push(".git");
     for candidate in [path.clone(), PathBuf::from(with_git)] {
-        if candidate.canonicalize().is_ok_and(|real| real == allowed) {
-            return Ok(());
+        if let Ok(real) = candidate.canonicalize() {
+            if real.join("objects").is_dir() {
+                return Ok(real);
+            }
         }
     }
-    bail!("`{}` is not that repository", path.display())
+    bail!("`{}` is not a repository", path.display())
 }
 
 #[cfg(test)]
@@ -246,6 +274,25 @@ mod tests {
             parse_request("git-receive-pack app.git").unwrap().1,
             "app.git"
         );
+        use crate::access::lfs::transfer::Operation;
+        assert_eq!(
+            parse_request("git-lfs-transfer /home/d/app.git upload").unwrap(),
+            (
+                Service::LfsTransfer(Operation::Upload),
+                "/home/d/app.git".to_string()
+            )
+        );
+        assert_eq!(
+            parse_request("git-lfs-transfer 'it'\\''s.git' download").unwrap(),
+            (Service::LfsTransfer(Operation::Download), "it's.git".into())
+        );
+        for bad in [
+            "git-lfs-transfer app.git lock",
+            "git-lfs-transfer app.git",
+            "git-lfs-transfer app.git upload; id",
+        ] {
+            assert!(parse_request(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -369,8 +416,8 @@ mod tests {
     fn paths_resolve_like_git() {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path();
-        std::fs::create_dir_all(home.join("app.git")).unwrap();
-        std::fs::create_dir_all(home.join("other.git")).unwrap();
+        std::fs::create_dir_all(home.join("app.git/objects")).unwrap();
+        std::fs::create_dir_all(home.join("other.git/objects")).unwrap();
         let allowed = home.join("app.git").canonicalize().unwrap();
         for ok in [
             "app.git",

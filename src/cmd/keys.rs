@@ -34,6 +34,8 @@ pub struct AddOptions<'a> {
     pub private_key_file: Option<&'a Path>,
     /// The key may run `ats-hook rollback` through the gate.
     pub allow_rollback: bool,
+    /// The key may only fetch and read.
+    pub read_only: bool,
 }
 
 struct Target {
@@ -196,6 +198,8 @@ pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
         gate_marker(&target.repo),
         if options.allow_rollback {
             " --allow-rollback"
+        } else if options.read_only {
+            " --read-only"
         } else {
             ""
         }
@@ -216,14 +220,24 @@ pub fn add(options: &AddOptions<'_>, out: &mut dyn Write) -> Result<ExitCode> {
     write_lines(&target, &dir, &lines)?;
     writeln!(
         out,
-        "added deploy key {} ({name}) for `{}`: it can push to and fetch from `{}`, deploy again a commit it holds, and read its status, releases and log{}, nothing else",
+        "added deploy key {} ({name}) for `{}`: {}",
         key.fingerprint(),
         target.user.name,
-        target.repo.display(),
-        if options.allow_rollback {
-            ", and roll it back"
+        if options.read_only {
+            format!(
+                "it can fetch from `{}` (with its Git LFS objects) and read its status, releases and log, nothing else",
+                target.repo.display()
+            )
         } else {
-            ""
+            format!(
+                "it can push to and fetch from `{}` (with Git LFS objects), deploy again a commit it holds, and read its status, releases and log{}, nothing else",
+                target.repo.display(),
+                if options.allow_rollback {
+                    ", and roll it back"
+                } else {
+                    ""
+                }
+            )
         }
     )?;
     writeln!(
@@ -325,7 +339,12 @@ fn ours(lines: &[String], repo: &Path) -> Vec<(usize, AuthorizedKey)> {
 fn key_name(entry: &AuthorizedKey) -> String {
     entry
         .forced_command()
-        .and_then(|c| c.split(" --key-name ").nth(1).map(str::to_string))
+        .and_then(|c| {
+            c.split(" --key-name ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .map(str::to_string)
+        })
         .unwrap_or_default()
 }
 
@@ -342,9 +361,17 @@ pub fn list(repo: &Path, user: &str, out: &mut dyn Write) -> Result<ExitCode> {
         )?;
     }
     for (_, entry) in keys {
+        let command = entry.forced_command().unwrap_or_default();
+        let may = if command.ends_with(" --read-only") {
+            " (read-only)"
+        } else if command.ends_with(" --allow-rollback") {
+            " (may roll back)"
+        } else {
+            ""
+        };
         writeln!(
             out,
-            "{} {} {}",
+            "{} {} {}{may}",
             entry.key.fingerprint(),
             key_name(&entry),
             entry.key.kind

@@ -191,6 +191,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 host_keys,
                 private_key_file,
                 allow_rollback,
+                read_only,
             } => keys::add(
                 &keys::AddOptions {
                     repo: &target.repo,
@@ -202,6 +203,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
                     host_keys: &host_keys,
                     private_key_file: private_key_file.as_deref(),
                     allow_rollback,
+                    read_only,
                 },
                 &mut stdout,
             ),
@@ -214,7 +216,16 @@ pub fn run(command: Command) -> Result<ExitCode> {
             repo,
             key_name,
             allow_rollback,
-        } => ssh_gate::run(&repo, key_name.as_deref(), allow_rollback),
+            read_only,
+        } => ssh_gate::run(
+            &repo,
+            key_name.as_deref(),
+            ssh_gate::May {
+                rollback: allow_rollback,
+                push: !read_only,
+            },
+        ),
+        Command::LfsTransfer { path, operation } => ssh_gate::lfs_login(&path, &operation),
         Command::Remote {
             action:
                 RemoteAction::Add {

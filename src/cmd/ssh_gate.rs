@@ -22,11 +22,21 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use crate::access::lfs::transfer::Operation;
+use crate::access::lfs::Store;
 use crate::access::ssh_gate::{home, parse_ats_request, parse_request, resolves_to, Service};
 use crate::sys::output;
 use crate::sys::process::Cmd;
 
-pub fn run(repo: &Path, key_name: Option<&str>, allow_rollback: bool) -> Result<ExitCode> {
+/// What a key may do beyond fetching and reading.
+#[derive(Debug, Clone, Copy)]
+pub struct May {
+    /// Push (and send Git LFS objects), and deploy again a commit the repository holds.
+    pub push: bool,
+    pub rollback: bool,
+}
+
+pub fn run(repo: &Path, key_name: Option<&str>, may: May) -> Result<ExitCode> {
     let allowed = repo.canonicalize().with_context(|| {
         format!(
             "the deploy key's repository `{}` does not exist",
@@ -35,7 +45,7 @@ pub fn run(repo: &Path, key_name: Option<&str>, allow_rollback: bool) -> Result<
     })?;
     let request = std::env::var("SSH_ORIGINAL_COMMAND").unwrap_or_default();
     if request.starts_with("ats-hook ") {
-        return run_ats(&allowed, &request, key_name, allow_rollback);
+        return run_ats(&allowed, &request, key_name, may);
     }
     let (service, path) = match parse_request(&request) {
         Ok(parsed) => parsed,
@@ -45,10 +55,22 @@ pub fn run(repo: &Path, key_name: Option<&str>, allow_rollback: bool) -> Result<
     if let Err(err) = resolves_to(&path, &home, &allowed) {
         return Ok(refuse(&allowed, &request, &format!("{err:#}")));
     }
+    let pushes = matches!(
+        service,
+        Service::ReceivePack | Service::LfsTransfer(Operation::Upload)
+    );
+    if pushes && !may.push {
+        return Ok(refuse(
+            &allowed,
+            &request,
+            "this key may only fetch (it was added with `--read-only`)",
+        ));
+    }
     let mut cmd = Cmd::new("git").dir(&allowed);
     cmd = match service {
         Service::ReceivePack => cmd.arg("receive-pack"),
         Service::UploadPack => cmd.arg("upload-pack"),
+        Service::LfsTransfer(operation) => return serve_lfs(&allowed, operation),
     };
     cmd = cmd.arg(&allowed);
     if let Some(protocol) = std::env::var_os("GIT_PROTOCOL") {
@@ -64,17 +86,19 @@ pub fn run(repo: &Path, key_name: Option<&str>, allow_rollback: bool) -> Result<
 
 /// Runs one of ats-hook's read-only commands (or `rollback`, when the key may) for the allowed
 /// repository.
-fn run_ats(
-    allowed: &Path,
-    request: &str,
-    key_name: Option<&str>,
-    allow_rollback: bool,
-) -> Result<ExitCode> {
+fn run_ats(allowed: &Path, request: &str, key_name: Option<&str>, may: May) -> Result<ExitCode> {
     let parsed = match parse_ats_request(request) {
         Ok(parsed) => parsed,
         Err(err) => return Ok(refuse(allowed, request, &format!("{err:#}"))),
     };
-    if parsed.command == "rollback" && !allow_rollback {
+    if parsed.command == "deploy" && !may.push {
+        return Ok(refuse(
+            allowed,
+            request,
+            "this key may only fetch and read (it was added with `--read-only`)",
+        ));
+    }
+    if parsed.command == "rollback" && !may.rollback {
         return Ok(refuse(
             allowed,
             request,
@@ -112,6 +136,30 @@ fn run_ats(
         cmd = cmd.env("ATS_PUSHER", name);
     }
     Err(cmd.exec())
+}
+
+/// Git LFS objects of the repository, sent or fetched over this SSH session's stdin and stdout.
+fn serve_lfs(repo: &Path, operation: Operation) -> Result<ExitCode> {
+    let store = Store::of_repo(repo);
+    crate::access::lfs::transfer::serve(
+        &store,
+        operation,
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+    )
+    .context("git lfs transfer failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `git-lfs-transfer PATH OPERATION` for a login that runs commands itself: the repository
+/// `PATH` names, from the home folder, as git resolves it.
+pub fn lfs_login(path: &str, operation: &str) -> Result<ExitCode> {
+    let operation = Operation::parse(operation).with_context(|| {
+        format!("git-lfs-transfer takes `upload` or `download`, not `{operation}`")
+    })?;
+    let repo = crate::access::ssh_gate::resolve(path, &home())
+        .with_context(|| format!("git-lfs-transfer: no repository at `{path}`"))?;
+    serve_lfs(&repo, operation)
 }
 
 fn refuse(allowed: &Path, request: &str, why: &str) -> ExitCode {

@@ -53,6 +53,11 @@ pub struct DeploySection {
     /// `.gitmodules` is the pusher's to write, so no other URL is ever fetched. None by default.
     #[serde(default)]
     pub submodule_urls: Vec<String>,
+    /// Write each Git LFS pointer of the tree as the object it names, from the repository's LFS
+    /// store (which `git lfs push` fills over SSH); a pointer whose object is missing fails the
+    /// deploy. False leaves pointers as they are.
+    #[serde(default = "default_true")]
+    pub lfs: bool,
     /// Run each step in a bubblewrap sandbox that can write only its release, its build and
     /// the shared paths, and sees no home folder, repository or other release (see `confine`).
     #[serde(default)]

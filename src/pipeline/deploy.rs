@@ -458,12 +458,8 @@ fn make_release(
             target.commit,
         )?;
     }
-    let view = release::view::View::of(&config.deploy);
-    let trees = release::Trees {
-        repo,
-        submodules,
-        view: &view,
-    };
+    let reading = release::Reading::new(&config.deploy, repo);
+    let trees = reading.trees(repo);
     // Its index says what it holds; without a readable one, it is not built from.
     let base = base.and_then(
         |base| match release::readable_index(trees, &layout, base.folder()) {
@@ -534,6 +530,9 @@ fn make_release(
                 seconds(clock.elapsed())
             ));
         }
+    }
+    if let Some(note) = reading.lfs_note() {
+        output::say(note);
     }
     if config.deploy.revision_file {
         release::write_revision(&dir, target.commit)?;

@@ -422,12 +422,8 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
     if submodules {
         crate::release::submodules::attach(&repo, layout, &config.deploy.submodule_urls, id)?;
     }
-    let view = release::view::View::of(&config.deploy);
-    let trees = release::Trees {
-        repo: &repo,
-        submodules,
-        view: &view,
-    };
+    let reading = release::Reading::new(&config.deploy, &repo);
+    let trees = reading.trees(&repo);
     let old = layout
         .release(SPARE)
         .is_dir()

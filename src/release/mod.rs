@@ -24,6 +24,7 @@ use crate::state::layout::Layout;
 use crate::sys::output;
 
 pub mod index;
+pub mod lfs;
 mod recycle;
 pub mod stamps;
 pub mod submodules;
@@ -31,7 +32,7 @@ mod trees;
 pub mod view;
 
 pub use recycle::{update, Update};
-pub use trees::Trees;
+pub use trees::{Reading, Trees};
 
 /// `20261122T045500Z-723cd4e`: the id of a deploy and of the release it makes.
 pub fn new_id(layout: &Layout, commit: Oid, now: SystemTime) -> String {
@@ -92,7 +93,6 @@ pub fn materialize(
     dir: &Path,
     index_path: &Path,
 ) -> Result<Checkout> {
-    let repo = trees.repo;
     let tree = trees.of(commit)?;
     fs::create_dir(dir).with_context(|| format!("failed to create release `{}`", dir.display()))?;
     trust_received_objects();
@@ -119,7 +119,7 @@ pub fn materialize(
             }
         }
         let path = dir.join(rel);
-        let entry = write_entry(repo, &path, rel, *mode, *id)?;
+        let entry = write_entry(trees, &path, rel, *mode, *id)?;
         if *mode != 0o160000 {
             stats.bytes += entry.size;
         }
@@ -162,15 +162,21 @@ fn make_new_folders(
 /// Writes one file or symlink of the tree at `path`, which must not exist. Returns how it is
 /// on disk now.
 fn write_blob(
-    repo: &Repository,
+    trees: Trees<'_>,
     path: &Path,
     rel: &str,
     mode: u32,
     id: Oid,
 ) -> Result<fs::Metadata> {
-    let blob = repo
+    let blob = trees
+        .repo
         .find_blob(id)
         .with_context(|| format!("failed to read blob of `{rel}`"))?;
+    if let (Some(lfs), true) = (trees.lfs, mode != 0o120000) {
+        if let Some(pointer) = lfs::Lfs::pointer(blob.content()) {
+            return lfs.write(&pointer, path, rel, mode);
+        }
+    }
     if mode == 0o120000 {
         let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(blob.content());
         std::os::unix::fs::symlink(target, path)
@@ -412,14 +418,14 @@ pub fn readable_index(trees: Trees<'_>, layout: &Layout, id: &str) -> Result<Rel
 /// Writes one entry of the tree (a submodule becomes an empty folder), and returns its entry
 /// for the index.
 pub(super) fn write_entry(
-    repo: &Repository,
+    trees: Trees<'_>,
     path: &Path,
     rel: &str,
     mode: u32,
     id: Oid,
 ) -> Result<Entry> {
     let meta = match mode {
-        0o100644 | 0o100755 | 0o120000 => write_blob(repo, path, rel, mode, id)?,
+        0o100644 | 0o100755 | 0o120000 => write_blob(trees, path, rel, mode, id)?,
         0o160000 => {
             // Its folder exists; its content is not part of this commit.
             fs::create_dir(path)

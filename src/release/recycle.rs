@@ -45,7 +45,6 @@ pub fn update(
     links: &[&RelPath],
     generated: &[&str],
 ) -> Result<Update> {
-    let repo = trees.repo;
     let dir = layout.release(new_id);
     let index_path = layout.index_file(new_id);
     let clock = std::time::Instant::now();
@@ -123,7 +122,7 @@ pub fn update(
         let path = dir.join(rel);
         make_parents(&dir, Path::new(rel), InTheWay::Replace)?;
         remove_any(&path)?;
-        added.push(write_entry(repo, &path, rel, *mode, *id)?);
+        added.push(write_entry(trees, &path, rel, *mode, *id)?);
     }
     update.written = changes.written.len() + repairs.len();
     let old_folders = old.folders();

@@ -81,9 +81,49 @@ pub struct Trees<'r> {
     pub submodules: bool,
     /// What a release holds of its commit.
     pub view: &'r super::view::View,
+    /// Where Git LFS pointers are written from (`deploy.lfs`); none leaves them pointers.
+    pub lfs: Option<&'r super::lfs::Lfs>,
 }
 
 pub(super) const TREE: u32 = 0o040000;
+
+/// How a config reads commits into releases: its view, submodules, and the LFS store.
+pub struct Reading {
+    pub view: super::view::View,
+    pub submodules: bool,
+    pub lfs: Option<super::lfs::Lfs>,
+}
+
+impl Reading {
+    pub fn new(deploy: &crate::config::DeploySection, repo: &Repository) -> Reading {
+        Reading {
+            view: super::view::View::of(deploy),
+            submodules: deploy.submodules,
+            lfs: deploy.lfs.then(|| super::lfs::Lfs::new(repo.path())),
+        }
+    }
+
+    pub fn trees<'r>(&'r self, repo: &'r Repository) -> Trees<'r> {
+        Trees {
+            repo,
+            submodules: self.submodules,
+            view: &self.view,
+            lfs: self.lfs.as_ref(),
+        }
+    }
+
+    /// What was written from the LFS store, for the pusher: `git lfs: 2 files (5.2 MB)`.
+    pub fn lfs_note(&self) -> Option<String> {
+        let (files, bytes) = self.lfs.as_ref()?.written();
+        (files > 0).then(|| {
+            format!(
+                "git lfs: {} ({}) written from the LFS store",
+                crate::sys::output::count(files, "file"),
+                crate::sys::output::size(bytes)
+            )
+        })
+    }
+}
 
 impl<'r> Trees<'r> {
     /// The tree a release of `commit` holds.

@@ -1,6 +1,7 @@
 //! From an empty server to `git push staging main` over real SSH, with a deploy key that can do
 //! nothing else; and the GitHub Actions deploy job's shell, run for real against it.
 
+mod lfs;
 mod reads;
 mod server;
 mod workflow;

@@ -5,7 +5,6 @@ use crate::support::system::SshSetup;
 use crate::support::*;
 use pretty_assertions::assert_eq;
 use std::path::Path;
-use std::process::Command;
 
 use super::*;
 
@@ -63,40 +62,9 @@ fn the_pusher_reads_status_releases_and_log_and_rolls_back_only_with_a_key_that_
     );
 
     // A second key, added with `--allow-rollback`, may.
-    let client = setup.public.path().join("client");
-    let key = client.join("rollback_key");
-    let keygen = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "release-manager",
-            "-f",
-        ])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(keygen.success());
+    let (added, roller) = setup.add_key("release-manager", "--allow-rollback");
+    added.success().stdout_has("and roll it back");
     let repo = setup.repo.to_str().unwrap();
-    setup
-        .public
-        .ats(&[
-            "keys",
-            "add",
-            "--repo",
-            repo,
-            "--user",
-            &setup.user.name,
-            "--public-key",
-            key.with_extension("pub").to_str().unwrap(),
-            "--allow-rollback",
-        ])
-        .success()
-        .stdout_has("and roll it back");
-    let roller = setup.sshd.ssh_command(&key, &setup.known_hosts);
     ats(&roller, &["rollback", "--remote", "staging"])
         .success()
         .stderr_has(&format!("release {first}, in "));

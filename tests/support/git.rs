@@ -9,7 +9,7 @@ use super::*;
 /// A working clone that commits and pushes.
 pub struct Clone {
     pub dir: PathBuf,
-    pub(super) home: PathBuf,
+    pub home: PathBuf,
 }
 
 impl Clone {

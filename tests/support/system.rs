@@ -384,6 +384,30 @@ impl SshSetup {
         self.sshd.ssh_command(&self.key, &self.known_hosts)
     }
 
+    /// Another key, made on the client as `name` and added with `keys add` and `flag`
+    /// (`--allow-rollback`, `--read-only`): what `keys add` said, and the ssh command that
+    /// uses the key.
+    pub fn add_key(&self, name: &str, flag: &str) -> (Run, String) {
+        let key = self.public.path().join("client").join(name);
+        let mut keygen = Command::new("ssh-keygen");
+        keygen
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key);
+        run(&mut keygen, "ssh-keygen").success();
+        let added = self.public.ats(&[
+            "keys",
+            "add",
+            "--repo",
+            self.repo.to_str().unwrap(),
+            "--user",
+            &self.user.name,
+            "--public-key",
+            key.with_extension("pub").to_str().unwrap(),
+            flag,
+        ]);
+        (added, self.sshd.ssh_command(&key, &self.known_hosts))
+    }
+
     /// A clone on the pushing side with the remote `staging` added by `remote add --scan`.
     pub fn clone(&self) -> Clone {
         let clone = Clone::new_in(self.public.path(), "laptop");

@@ -1,0 +1,77 @@
+//! Git LFS files in releases: a blob that is an LFS pointer is written as the object it names,
+//! copied from the repository's LFS store (`access::lfs::Store`; the kernel shares the blocks
+//! where the filesystem can), so a release holds the real files. A pointer whose object never
+//! reached the server fails the checkout, naming the file, before anything goes live.
+
+use std::cell::Cell;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::access::lfs::{Pointer, Store};
+
+/// The LFS store releases are written from, and what was written from it.
+pub struct Lfs {
+    store: Store,
+    written: Cell<(usize, u64)>,
+}
+
+impl Lfs {
+    /// For the bare repository at `repo_dir`.
+    pub fn new(repo_dir: &Path) -> Lfs {
+        Lfs {
+            store: Store::of_repo(repo_dir),
+            written: Cell::new((0, 0)),
+        }
+    }
+
+    /// The object `blob` points at, if it is a pointer.
+    pub fn pointer(blob: &[u8]) -> Option<Pointer> {
+        Pointer::parse(blob)
+    }
+
+    /// Writes the object of `pointer` at `path` (which must not exist), as the file `rel` of
+    /// the tree with `mode`. Returns how it is on disk.
+    pub fn write(
+        &self,
+        pointer: &Pointer,
+        path: &Path,
+        rel: &str,
+        mode: u32,
+    ) -> Result<fs::Metadata> {
+        if !self.store.has(&pointer.oid, pointer.size) {
+            bail!(
+                "`{rel}` is a Git LFS pointer to an object the server does not have (sha256:{}, {}): push it with `git lfs push --all <remote> <branch>`, then push again",
+                crate::sys::output::prefix(&pointer.oid, 12),
+                crate::sys::output::size(pointer.size)
+            );
+        }
+        let (mut from, _) = self.store.open(&pointer.oid)?;
+        let mut to = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if mode == 0o100755 { 0o777 } else { 0o666 })
+            .open(path)
+            .with_context(|| format!("failed to create `{}`", path.display()))?;
+        // A copy the kernel does itself (copy_file_range), sharing blocks where it can.
+        let copied = std::io::copy(&mut from, &mut to)
+            .with_context(|| format!("failed to write `{}` from the LFS store", path.display()))?;
+        if copied != pointer.size {
+            bail!(
+                "the LFS object of `{rel}` has {copied} bytes, not the {} its pointer names",
+                pointer.size
+            );
+        }
+        let (files, bytes) = self.written.get();
+        self.written.set((files + 1, bytes + copied));
+        to.metadata()
+            .with_context(|| format!("failed to stat `{}`", path.display()))
+    }
+
+    /// How many files, of how many bytes, were written from the store.
+    pub fn written(&self) -> (usize, u64) {
+        self.written.get()
+    }
+}
