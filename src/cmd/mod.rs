@@ -260,10 +260,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             app,
             commit,
         } => {
-            // An app of its own file is the one app there.
-            let apps = Apps::load(&config)?;
-            let app = app.filter(|_| apps.several());
-            let config = apps.pick(app.as_deref())?;
+            let config = Apps::load(&config)?.pick(app.as_deref())?;
             crate::pipeline::spare::prepare(&repo, &config, &commit)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -61,6 +61,7 @@ impl Apps {
         let mut list: Vec<App> = Vec::new();
         for (name, entry) in file.apps.0 {
             super::values::plain_name("app", &name).with_context(invalid)?;
+            let inline = matches!(entry, Entry::Inline(_));
             let config = match entry {
                 Entry::Inline(config) => config.finish(path),
                 Entry::File(file) => {
@@ -71,6 +72,7 @@ impl Apps {
             .with_context(|| format!("app `{name}`"))?;
             let config = Config {
                 app: Some(name.clone()),
+                app_inline: inline,
                 ..config
             };
             if let Some(other) = list

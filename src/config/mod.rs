@@ -70,6 +70,10 @@ pub struct Config {
     /// The app's name, when the file holds several (`[apps.NAME]`).
     #[serde(skip)]
     pub app: Option<String>,
+    /// Whether the app's sections are in `path` among others' (`[apps.NAME.…]`), so that a
+    /// command reading `path` again must name it; an app of its own file is that file's one app.
+    #[serde(skip)]
+    pub app_inline: bool,
 }
 
 impl Config {
@@ -138,6 +142,15 @@ impl Config {
     /// Steps that run once the release is live, in order.
     pub fn steps_after_switch(&self) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(|step| step.after_switch)
+    }
+
+    /// What a command run later (a job, the spare's preparer) needs besides `--config path`
+    /// to read this app again: `--app NAME` for an app among others in its file.
+    pub fn app_args(&self) -> Vec<String> {
+        match (&self.app, self.app_inline) {
+            (Some(app), true) => vec!["--app".to_string(), app.clone()],
+            _ => Vec::new(),
+        }
     }
 
     /// The env file's path, resolved against the deploy root.

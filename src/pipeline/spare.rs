@@ -258,9 +258,7 @@ pub fn after_deploy(
             .arg(repo)
             .arg("--config")
             .arg(&config.path);
-        if let Some(app) = &config.app {
-            cmd = cmd.arg("--app").arg(app);
-        }
+        cmd = cmd.args(config.app_args());
         let cmd = cmd.arg(commit);
         let pid = match reserved {
             Some(lock) => {

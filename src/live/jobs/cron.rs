@@ -67,8 +67,13 @@ pub(super) fn remove(layout: &Layout) -> Result<()> {
 /// What cron runs: from the deploy root, with the config named, output to cron (which mails
 /// it where mail is set up: `run-job` prints only a failure's one line).
 fn command_line(launcher: &Launcher, name: &str) -> String {
+    let app: String = launcher
+        .app_args
+        .iter()
+        .map(|arg| format!(" {}", shell_quote(arg)))
+        .collect();
     let line = format!(
-        "cd {} && exec {} run-job --random-delay --config {} {name}",
+        "cd {} && exec {} run-job --random-delay --config {}{app} {name}",
         shell_quote(&launcher.root.to_string_lossy()),
         shell_quote(&launcher.exe.to_string_lossy()),
         shell_quote(&launcher.config.to_string_lossy()),
@@ -180,9 +185,10 @@ mod tests {
 
     #[test]
     fn the_command_line_is_quoted_for_sh_and_cron() {
-        let launcher = Launcher {
+        let mut launcher = Launcher {
             exe: "/usr/bin/ats-hook".into(),
             config: "/srv/it's 100%.toml".into(),
+            app_args: Vec::new(),
             root: "/srv/app".into(),
         };
         let line = command_line(&launcher, "report");
@@ -190,5 +196,8 @@ mod tests {
             line,
             "cd '/srv/app' && exec '/usr/bin/ats-hook' run-job --random-delay --config '/srv/it'\\''s 100\\%.toml' report"
         );
+        // An app among others in its config file is named.
+        launcher.app_args = vec!["--app".into(), "backend".into()];
+        assert!(command_line(&launcher, "report").ends_with(".toml' '--app' 'backend' report"));
     }
 }

@@ -106,6 +106,8 @@ pub fn concerned(config: &Config, layout: &Layout, release: &str) -> bool {
 struct Launcher {
     exe: PathBuf,
     config: PathBuf,
+    /// `--app NAME`, for an app among others in its config file.
+    app_args: Vec<String>,
     root: PathBuf,
 }
 
@@ -117,6 +119,7 @@ impl Launcher {
         Ok(Launcher {
             exe,
             config: config_path,
+            app_args: config.app_args(),
             root: layout.root().to_path_buf(),
         })
     }

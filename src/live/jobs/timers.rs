@@ -83,13 +83,18 @@ fn service(
 ) -> Result<String> {
     let mut text = format!(
         "[Unit]\nDescription=ats-hook job {name} of {root}\n{marker}\n\n[Service]\nType=oneshot\nWorkingDirectory={root_arg}\n\
-         ExecStart={exe} run-job --config {config} {name}\n",
+         ExecStart={exe} run-job --config {config}{app} {name}\n",
         name = job.name,
         root = unit_value(&layout.root().display().to_string()),
         marker = unit_value(&marker(layout)),
         root_arg = unit_value(&layout.root().display().to_string()),
         exe = exec_arg(&launcher.exe.to_string_lossy()),
         config = exec_arg(&launcher.config.to_string_lossy()),
+        app = launcher
+            .app_args
+            .iter()
+            .map(|arg| format!(" {}", exec_arg(arg)))
+            .collect::<String>(),
     );
     // run-job stops the job at its timeout; systemd's limit is only a backstop past that.
     text.push_str(&format!(
@@ -360,6 +365,7 @@ mod tests {
         Launcher {
             exe: "/usr/bin/ats-hook".into(),
             config: "/srv/app.git/ats-hook.toml".into(),
+            app_args: Vec::new(),
             root: "/srv/app".into(),
         }
     }
