@@ -448,3 +448,71 @@ fn a_ready_app_that_migrated_is_reversed_when_another_app_fails() {
         .collect();
     assert_eq!(steps, ["check", "migrate", "migrate (down)"]);
 }
+
+/// Two pushes at once: the second waits for the first's locks (every app's, taken in the
+/// config's order, so neither waits on the other), then deploys both apps after it; what is
+/// live at the end is the second push, in both apps.
+#[test]
+fn a_second_push_waits_for_every_app_of_the_first() {
+    let m = monorepo(false, "10s");
+    let text = std::fs::read_to_string(m.server.bare.join("ats-hook.toml")).unwrap();
+    let gate = format!(
+        "run = \"if [ -e slow ]; then touch \\\"$ATS_DEPLOY_ROOT/first-started\\\"; while [ ! -e \\\"$ATS_DEPLOY_ROOT/go\\\" ]; do sleep 0.05; done; fi; npm run build\"\ntimeout = \"2m\""
+    );
+    m.server
+        .config(&text.replacen("run = \"npm run build\"", &gate, 1));
+    m.clone.write("frontend/slow", "");
+    let first = m.clone.commit("a slow frontend build");
+    std::fs::remove_file(m.clone.dir.join("frontend/slow")).unwrap();
+    m.clone.write("backend/app.py", "print('second')\n");
+    let second = m.clone.commit("second");
+    let push_first = m.clone.spawn_push(&[&format!("{first}:refs/heads/main")]);
+    wait_for(
+        "the first push's frontend build",
+        std::time::Duration::from_secs(60),
+        || m.frontend.join("first-started").exists(),
+    );
+    let push_second = m.clone.spawn_push(&[&format!("{second}:refs/heads/main")]);
+    let lock = m.backend.join(".ats-hook/lock");
+    wait_for(
+        "the second push to wait",
+        std::time::Duration::from_secs(10),
+        || std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&first)),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::write(m.frontend.join("go"), "").unwrap();
+    let first_out = push_first.wait_with_output().unwrap();
+    let second_out = push_second.wait_with_output().unwrap();
+    let first_err = String::from_utf8_lossy(&first_out.stderr);
+    let second_err = String::from_utf8_lossy(&second_out.stderr);
+    assert!(first_out.status.success() && second_out.status.success());
+    assert!(
+        first_err.contains(&format!(
+            "push deployed: backend deployed {}, frontend deployed {}",
+            &first[..7],
+            &first[..7]
+        )),
+        "{first_err}"
+    );
+    assert!(
+        second_err.contains("backend: waiting for the deploy lock held by pid"),
+        "{second_err}"
+    );
+    assert!(
+        second_err.contains(&format!(
+            "push deployed: backend deployed {}, frontend deployed {}",
+            &second[..7],
+            &second[..7]
+        )),
+        "{second_err}"
+    );
+    let records = |root: &Path| m.records(root);
+    for root in [&m.backend, &m.frontend] {
+        let last = records(root).last().unwrap().clone();
+        assert_eq!(
+            (last["commit"].as_str(), last["state"].as_str()),
+            (Some(second.as_str()), Some("succeeded"))
+        );
+    }
+    assert!(m.page().contains(&second));
+}
