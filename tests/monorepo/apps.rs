@@ -456,11 +456,9 @@ fn a_ready_app_that_migrated_is_reversed_when_another_app_fails() {
 fn a_second_push_waits_for_every_app_of_the_first() {
     let m = monorepo(false, "10s");
     let text = std::fs::read_to_string(m.server.bare.join("ats-hook.toml")).unwrap();
-    let gate = format!(
-        "run = \"if [ -e slow ]; then touch \\\"$ATS_DEPLOY_ROOT/first-started\\\"; while [ ! -e \\\"$ATS_DEPLOY_ROOT/go\\\" ]; do sleep 0.05; done; fi; npm run build\"\ntimeout = \"2m\""
-    );
+    let gate = "run = \"if [ -e slow ]; then touch \\\"$ATS_DEPLOY_ROOT/first-started\\\"; while [ ! -e \\\"$ATS_DEPLOY_ROOT/go\\\" ]; do sleep 0.05; done; fi; npm run build\"\ntimeout = \"2m\"";
     m.server
-        .config(&text.replacen("run = \"npm run build\"", &gate, 1));
+        .config(&text.replacen("run = \"npm run build\"", gate, 1));
     m.clone.write("frontend/slow", "");
     let first = m.clone.commit("a slow frontend build");
     std::fs::remove_file(m.clone.dir.join("frontend/slow")).unwrap();
