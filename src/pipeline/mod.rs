@@ -6,6 +6,7 @@
 pub mod apps;
 mod back;
 pub mod boot;
+mod checkout;
 pub mod deploy;
 mod go_live;
 mod handover;

@@ -1,0 +1,160 @@
+//! The new release's files: built from an old release or the spare when there is one to
+//! reuse, else checked out whole, with what the pusher reads of it.
+
+use super::session::Session;
+use crate::config::Config;
+use crate::pipeline::prune;
+use crate::pipeline::spare;
+use crate::release;
+use crate::state::select::Target;
+use crate::sys::output::{self, seconds};
+use anyhow::Result;
+use git2::Repository;
+use std::time::Instant;
+
+/// Makes the new release's files: built from an old release when there is one to reuse, else
+/// checked out whole.
+pub(super) fn make_release(
+    repo: &Repository,
+    config: &Config,
+    session: &mut Session,
+    target: &Target,
+) -> Result<()> {
+    let layout = session.layout.clone();
+    let id = session.id.clone();
+    let dir = layout.release(&id);
+    let clock = Instant::now();
+    // An old release to build from, or before there are any, the spare prepared after the
+    // last push (held under its lock until it is this release).
+    let base = match prune::recycle_candidate(config, &layout, &session.records)? {
+        Some(old) => Some(Base::Old(old)),
+        None => {
+            spare::take(config, &layout, &session.records)?.map(|lock| Base::Spare { _lock: lock })
+        }
+    };
+    let submodules = config.deploy.submodules;
+    if submodules {
+        crate::release::submodules::attach(
+            repo,
+            &layout,
+            &config.deploy.submodule_urls,
+            target.commit,
+        )?;
+    }
+    let reading = release::Reading::new(&config.deploy, repo);
+    let trees = reading.trees(repo);
+    // Its index says what it holds; without a readable one, it is not built from.
+    let base = base.and_then(
+        |base| match release::readable_index(trees, &layout, base.folder()) {
+            Ok(index) => Some((base, index)),
+            Err(err) => {
+                output::say(format!(
+                    "not building from {}: {err:#}; checking the tree out whole",
+                    base.describe()
+                ));
+                None
+            }
+        },
+    );
+    let (base, index) = match base {
+        Some((base, index)) => (Some(base), Some(index)),
+        None => (None, None),
+    };
+    match (&base, index) {
+        (Some(base), Some(index)) => {
+            let links: Vec<_> = config
+                .shared
+                .paths
+                .iter()
+                .chain(config.steps.iter().flat_map(|step| &step.outputs))
+                .collect();
+            let generated: &[&str] = if config.deploy.revision_file {
+                &[release::REVISION_FILE]
+            } else {
+                &[]
+            };
+            let update = release::update(
+                trees,
+                &layout,
+                base.folder(),
+                index,
+                &id,
+                target.commit,
+                &links,
+                generated,
+            )?;
+            let mut note = format!(
+                "{} written, {} removed",
+                output::count(update.written, "file"),
+                update.removed
+            );
+            if update.repaired > 0 {
+                note.push_str(&format!(
+                    ", {} changed on disk and rewritten",
+                    update.repaired
+                ));
+            }
+            if update.cleaned > 0 {
+                note.push_str(&format!(", {} untracked removed", update.cleaned));
+            }
+            output::say(format!(
+                "built from {}: {note} in {}",
+                base.describe(),
+                seconds(clock.elapsed())
+            ));
+        }
+        _ => {
+            let checkout =
+                release::materialize(trees, target.commit, &dir, &layout.index_file(&id))?;
+            output::say(format!(
+                "checked out {} ({}) in {}",
+                output::count(checkout.files, "file"),
+                output::size(checkout.bytes),
+                seconds(clock.elapsed())
+            ));
+        }
+    }
+    if let Some(note) = reading.lfs_note() {
+        output::say(note);
+    }
+    if config.deploy.revision_file {
+        release::write_revision(&dir, target.commit)?;
+    }
+    session.checkout = Some(clock.elapsed());
+    session.timings.push(("checkout".into(), clock.elapsed()));
+    session.built_from = base.as_ref().map(Base::recorded);
+    Ok(())
+}
+
+/// What a new release is built from.
+enum Base {
+    /// An old release, by id.
+    Old(String),
+    /// The spare; its lock, held until the release has taken its folder.
+    Spare { _lock: spare::SpareLock },
+}
+
+impl Base {
+    /// Its folder under `releases/`.
+    fn folder(&self) -> &str {
+        match self {
+            Base::Old(id) => id,
+            Base::Spare { .. } => spare::SPARE,
+        }
+    }
+
+    /// As the history records it (`built_from`).
+    fn recorded(&self) -> String {
+        match self {
+            Base::Old(id) => id.clone(),
+            Base::Spare { .. } => "spare".to_string(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Base::Old(id) => format!("old release {id}"),
+            Base::Spare { .. } => "the spare release".to_string(),
+        }
+    }
+}
