@@ -54,20 +54,29 @@ fn write_pushes(configs: &[&Config], location: &Location, out: &mut dyn Write) -
     let mut walk = repo.revwalk()?;
     walk.push(tip)?;
     walk.simplify_first_parent()?;
-    for commit in walk.take(SAMPLE) {
-        let commit = repo.find_commit(commit?)?;
-        let parent = commit.parent_id(0).ok();
+    // The sample and the parent of its last, each commit's trees read once.
+    let commits: Vec<git2::Oid> = walk.take(SAMPLE + 1).collect::<Result<_, _>>()?;
+    let views: Vec<_> = configs
+        .iter()
+        .map(|config| crate::release::view::View::of(&config.deploy))
+        .collect();
+    let trees: Vec<Vec<Option<git2::Oid>>> = views
+        .iter()
+        .map(|view| {
+            commits
+                .iter()
+                .map(|c| view.tree(&repo, *c).ok().map(|t| t.id()))
+                .collect()
+        })
+        .collect();
+    for (n, id) in commits.iter().enumerate().take(SAMPLE) {
+        let commit = repo.find_commit(*id)?;
+        let has_parent = commit.parent_count() > 0;
         let mut deploys = Vec::new();
-        for config in configs {
-            let view = crate::release::view::View::of(&config.deploy);
+        for ((config, view), trees) in configs.iter().zip(&views).zip(&trees) {
             let changed = view.is_whole()
-                || match parent {
-                    None => true,
-                    Some(parent) => {
-                        let tree = |c| view.tree(&repo, c).ok().map(|t| t.id());
-                        tree(commit.id()) != tree(parent)
-                    }
-                };
+                || !has_parent
+                || trees.get(n + 1).map_or(true, |parent| *parent != trees[n]);
             if changed {
                 deploys.push(config.app.clone().unwrap_or_else(|| view.folders()));
             }

@@ -5,7 +5,8 @@
 //! `git-receive-pack` / `git-upload-pack` (or `git receive-pack` / `git upload-pack`) with one
 //! path argument, quoted as git quotes it. The path is resolved the way git resolves it
 //! (relative to the home folder, `~/`, an optional `.git` suffix) and must name the configured
-//! repository; `..` is refused outright.
+//! repository; `..` is refused outright. `git-lfs-transfer PATH upload|download` (git-lfs's
+//! SSH protocol) is served here for that repository too, uploads only for a key that may push.
 //!
 //! The pusher may also read what the server did with the push: `ats-hook status`, `releases`
 //! and `log [ID]` (with `--json`), and, for a key added with `--allow-rollback`, `ats-hook
@@ -46,6 +47,15 @@ pub fn run(repo: &Path, key_name: Option<&str>, may: May) -> Result<ExitCode> {
     let request = std::env::var("SSH_ORIGINAL_COMMAND").unwrap_or_default();
     if request.starts_with("ats-hook ") {
         return run_ats(&allowed, &request, key_name, may);
+    }
+    // git-lfs asks for this when `git-lfs-transfer` was refused: say why that was.
+    if let Some(rest) = request.strip_prefix("git-lfs-authenticate ") {
+        let why = if rest.ends_with(" upload") && !may.push {
+            "this key may only fetch (it was added with `--read-only`)"
+        } else {
+            "Git LFS goes over `git-lfs-transfer` here (git-lfs 3.0 or later), not over HTTP"
+        };
+        return Ok(refuse(&allowed, &request, why));
     }
     let (service, path) = match parse_request(&request) {
         Ok(parsed) => parsed,

@@ -37,21 +37,20 @@ pub fn deploy(
     trigger: Trigger,
     options: &PushOptions,
 ) -> Result<ExitCode> {
+    let choices: Vec<_> = apps
+        .list
+        .iter()
+        .map(|app| (&app.config, select::choose(&app.config, updates)))
+        .collect();
     let mut targets: Vec<(&Config, Target)> = Vec::new();
     let mut said: Vec<String> = Vec::new();
-    for app in &apps.list {
-        let name = app.config.app.as_deref().unwrap_or_default();
-        let (chosen, notes) = select::choose(&app.config, updates);
+    for (config, (chosen, notes)) in &choices {
         for note in notes {
-            // Said once when every app would say it.
-            let note = if apps
-                .list
-                .iter()
-                .all(|other| select::choose(&other.config, updates).1.contains(&note))
-            {
-                note
+            // Said once when every app would say it, else for its app.
+            let note = if choices.iter().all(|(_, (_, other))| other.contains(note)) {
+                note.clone()
             } else {
-                format!("{name}: {note}")
+                format!("{}: {note}", config.app.as_deref().unwrap_or_default())
             };
             if !said.contains(&note) {
                 output::say(&note);
@@ -59,7 +58,7 @@ pub fn deploy(
             }
         }
         if let Some(update) = chosen {
-            targets.push((&app.config, select::target(repo, update)?));
+            targets.push((*config, select::target(repo, update)?));
         }
     }
     if targets.is_empty() {
@@ -78,11 +77,12 @@ pub fn deploy_targets(
     let mut runs: Vec<Run<'_>> = Vec::new();
     let mut begun = Ok(());
     for (config, target) in targets {
-        if let Some(last) = runs.last_mut() {
-            last.session.hush();
-        }
         match Run::begin(repo, config, target, trigger, options) {
-            Ok(run) => runs.push(run),
+            Ok(mut run) => {
+                // The next app speaks for itself.
+                run.session.hush();
+                runs.push(run);
+            }
             Err(err) => {
                 begun = Err(err.context(format!(
                     "app `{}`",
@@ -103,12 +103,8 @@ pub fn deploy_targets(
                 )));
             }
             run.finish()?;
-            // The voice of the app finished before stays quiet until it is its turn.
         }
         return Ok(ExitCode::FAILURE);
-    }
-    if let Some(last) = runs.last_mut() {
-        last.session.hush();
     }
 
     // Every release is made and every app's steps pass before any app switches.

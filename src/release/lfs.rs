@@ -27,11 +27,6 @@ impl Lfs {
         }
     }
 
-    /// The object `blob` points at, if it is a pointer.
-    pub fn pointer(blob: &[u8]) -> Option<Pointer> {
-        Pointer::parse(blob)
-    }
-
     /// Writes the object of `pointer` at `path` (which must not exist), as the file `rel` of
     /// the tree with `mode`. Returns how it is on disk.
     pub fn write(
@@ -41,14 +36,14 @@ impl Lfs {
         rel: &str,
         mode: u32,
     ) -> Result<fs::Metadata> {
-        if !self.store.has(&pointer.oid, pointer.size) {
-            bail!(
+        let mut from = match self.store.open(&pointer.oid) {
+            Ok((file, size)) if size == pointer.size => file,
+            _ => bail!(
                 "`{rel}` is a Git LFS pointer to an object the server does not have (sha256:{}, {}): push it with `git lfs push --all <remote> <branch>`, then push again",
                 crate::sys::output::prefix(&pointer.oid, 12),
                 crate::sys::output::size(pointer.size)
-            );
-        }
-        let (mut from, _) = self.store.open(&pointer.oid)?;
+            ),
+        };
         let mut to = OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -173,7 +173,7 @@ fn write_blob(
         .find_blob(id)
         .with_context(|| format!("failed to read blob of `{rel}`"))?;
     if let (Some(lfs), true) = (trees.lfs, mode != 0o120000) {
-        if let Some(pointer) = lfs::Lfs::pointer(blob.content()) {
+        if let Some(pointer) = crate::access::lfs::Pointer::parse(blob.content()) {
             return lfs.write(&pointer, path, rel, mode);
         }
     }

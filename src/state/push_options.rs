@@ -135,26 +135,23 @@ impl PushOptions {
     /// For a push of several apps: each step to skip must be one that some app has and marks
     /// `skippable` (the apps without it skip nothing).
     pub fn check_apps(&self, configs: &[&Config]) -> Result<()> {
+        if let [config] = configs {
+            return self.check(config);
+        }
         for name in &self.skip {
-            let one = PushOptions {
-                skip: vec![name.clone()],
-                ..PushOptions::default()
-            };
-            let errors: Vec<anyhow::Error> = configs
+            let mut steps = configs
                 .iter()
-                .filter_map(|config| one.check(config).err())
-                .collect();
-            if errors.len() == configs.len() {
-                let skippable = configs
-                    .iter()
-                    .any(|config| config.steps.iter().any(|s| s.name.as_str() == name));
-                if skippable {
-                    bail!("cannot skip step `{name}`: no app marks it `skippable = true`");
-                }
+                .flat_map(|config| &config.steps)
+                .filter(|step| step.name.as_str() == name)
+                .peekable();
+            if steps.peek().is_none() {
                 bail!(
                     "cannot skip step `{}`: no app has such a step",
                     crate::sys::output::printable(name)
                 );
+            }
+            if !steps.any(|step| step.skippable) {
+                bail!("cannot skip step `{name}`: no app marks it `skippable = true`");
             }
         }
         Ok(())
@@ -235,5 +232,36 @@ mod tests {
         }
         let long = format!("ats.note={}", "x".repeat(NOTE_MAX + 1));
         assert!(parse(&[long.as_str()]).is_err());
+    }
+
+    #[test]
+    fn a_push_of_several_apps_skips_a_step_some_app_marks_skippable() {
+        let path = std::path::Path::new("/srv/app.git/ats-hook.toml");
+        let config = |steps: &str| {
+            Config::parse(&format!("[deploy]\nroot = \"/srv/x\"\n{steps}"), path).unwrap()
+        };
+        let backend = config("[[step]]\nname = \"migrate\"\nrun = \"true\"\nskippable = true\n");
+        let frontend = config("[[step]]\nname = \"build\"\nrun = \"true\"\n");
+        let apps = [&backend, &frontend];
+        parse(&["ats.skip=migrate"])
+            .unwrap()
+            .check_apps(&apps)
+            .unwrap();
+        for (option, error) in [
+            ("ats.skip=build", "no app marks it `skippable = true`"),
+            ("ats.skip=deploy", "no app has such a step"),
+        ] {
+            let err = parse(&[option]).unwrap().check_apps(&apps).unwrap_err();
+            assert!(format!("{err:#}").contains(error), "{option}: {err:#}");
+        }
+        // One app: as for a config of one app.
+        let err = parse(&["ats.skip=build"])
+            .unwrap()
+            .check_apps(&[&frontend])
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("the config does not mark it"),
+            "{err:#}"
+        );
     }
 }

@@ -10,19 +10,6 @@ use std::time::Duration;
 /// The user's own lines, which every rewrite must keep as they are.
 const MINE: &str = "MAILTO=\"\"\n# the admin's own backup\n17 3 * * * /bin/true backup\n";
 
-const CONFIG: &str = r#"
-[deploy]
-root = "ROOT"
-keep_releases = 5
-
-[jobs]
-installer = "cron"
-
-[[step]]
-name = "check"
-run = "test ! -e FAIL"
-"#;
-
 /// Root's crontab, put back when dropped.
 struct Crontab(Option<String>);
 
@@ -146,7 +133,7 @@ fn each_deploy_installs_its_jobs_and_keeps_the_users_lines() {
     let _saved = Crontab::save();
     Crontab::set(MINE);
     let server = Server::new();
-    server.config(CONFIG);
+    server.config(&config("cron"));
     let clone = server.clone("work");
     let write_commit = r#"echo "$ATS_COMMIT" >> "$ATS_DEPLOY_ROOT/report.out""#;
     clone.write(
@@ -242,7 +229,8 @@ fn runs_never_overlap_stop_whole_at_their_timeout_and_tell_their_failures() {
     Crontab::set(MINE);
     let server = Server::new();
     server.config(&format!(
-        "{CONFIG}\n[notify]\ncommand = \"cat >> notified.jsonl; echo >> notified.jsonl\"\non = [\"job-failed\"]\n"
+        "{}\n[notify]\ncommand = \"cat >> notified.jsonl; echo >> notified.jsonl\"\non = [\"job-failed\"]\n",
+        config("cron")
     ));
     let clone = server.clone("work");
     clone.write(
@@ -337,7 +325,7 @@ fn a_real_cron_daemon_runs_the_installed_job() {
     let _saved = Crontab::save();
     Crontab::set(MINE);
     let server = Server::new();
-    server.config(CONFIG);
+    server.config(&config("cron"));
     let clone = server.clone("work");
     clone.write(
         "schedule.toml",
@@ -368,7 +356,7 @@ fn a_real_cron_daemon_runs_the_installed_job() {
 fn a_schedule_that_cannot_be_installed_stops_the_push_before_the_switch() {
     let _saved = Crontab::save();
     let server = Server::new();
-    server.config(CONFIG);
+    server.config(&config("cron"));
     let clone = server.clone("work");
     clone.commit_file("app.txt", "v1");
     clone.push().success();
@@ -425,7 +413,7 @@ fn a_run_waits_out_a_switch_and_a_deploy_waits_for_no_run() {
     // The restart holds the deploy in its switch for a while, `current` already switched.
     server.config(&format!(
         "{}\n[restart]\ncommand = 'touch \"$ATS_DEPLOY_ROOT/in-switch\"; sleep 3; rm \"$ATS_DEPLOY_ROOT/in-switch\"'\n",
-        CONFIG.replace("keep_releases = 5", "keep_releases = 5\nlog_limit = \"1 KiB\"")
+        config("cron").replace("keep_releases = 5", "keep_releases = 5\nlog_limit = \"1 KiB\"")
     ));
     let clone = server.clone("work");
     let job = r#"echo "$ATS_COMMIT" >> "$ATS_DEPLOY_ROOT/ran"; test ! -e "$ATS_DEPLOY_ROOT/in-switch" || echo DURING >> "$ATS_DEPLOY_ROOT/ran""#;
@@ -492,7 +480,7 @@ fn a_run_waits_out_a_switch_and_a_deploy_waits_for_no_run() {
 fn a_release_a_run_still_works_in_is_neither_reused_nor_pruned() {
     let _saved = Crontab::save();
     let server = Server::new();
-    server.config(&CONFIG.replace("keep_releases = 5", "keep_releases = 2"));
+    server.config(&config("cron").replace("keep_releases = 5", "keep_releases = 2"));
     let clone = server.clone("work");
     clone.write(
         "schedule.toml",
@@ -543,7 +531,7 @@ fn a_release_a_run_still_works_in_is_neither_reused_nor_pruned() {
 fn wait_queues_one_run_and_replace_stops_the_running_one() {
     let _saved = Crontab::save();
     let server = Server::new();
-    server.config(CONFIG);
+    server.config(&config("cron"));
     let clone = server.clone("work");
     clone.write(
         "schedule.toml",

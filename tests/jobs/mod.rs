@@ -8,6 +8,14 @@ mod timers;
 use crate::support::*;
 use serde_json::Value;
 
+/// A deploy root whose jobs `installer` installs, and a step that fails while the commit
+/// has a file `FAIL`.
+pub fn config(installer: &str) -> String {
+    format!(
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 5\n\n[jobs]\ninstaller = \"{installer}\"\n\n         [[step]]\nname = \"check\"\nrun = \"test ! -e FAIL\"\n"
+    )
+}
+
 /// The runs recorded so far, oldest first.
 pub fn runs(server: &Server) -> Vec<Value> {
     let path = server.root.join(".ats-hook/jobs/runs.jsonl");

@@ -9,19 +9,6 @@ use crate::support::apps::Systemd;
 use pretty_assertions::assert_eq;
 use std::time::Duration;
 
-const CONFIG: &str = r#"
-[deploy]
-root = "ROOT"
-keep_releases = 5
-
-[jobs]
-installer = "systemd"
-
-[[step]]
-name = "check"
-run = "test ! -e FAIL"
-"#;
-
 struct Timers {
     server: Server,
     clone: Clone,
@@ -100,7 +87,7 @@ fn job(name: &str, when: &str, run: &str, extra: &str) -> String {
 
 #[test]
 fn timers_follow_each_deploy_a_failed_one_and_a_rollback() {
-    let t = Timers::start(CONFIG);
+    let t = Timers::start(&config("systemd"));
     let tick = |name: &str| {
         job(
             name,
@@ -202,7 +189,7 @@ fn timers_follow_each_deploy_a_failed_one_and_a_rollback() {
 
 #[test]
 fn overlap_policies_and_the_timeout_under_systemd() {
-    let t = Timers::start(CONFIG);
+    let t = Timers::start(&config("systemd"));
     let spans = r#"sleep 3"#;
     t.schedule(&format!(
         "{}{}{}{}",

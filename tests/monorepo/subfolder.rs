@@ -50,7 +50,14 @@ fn a_release_holds_the_app_folder_as_its_root_with_its_shared_folders() {
         "print('app v1')\n# util v1\n"
     );
     assert_eq!(server.live_file("REVISION"), format!("{commit}\n"));
-    assert!(!server.bare.join("objects/info/alternates").exists());
+    // The tree the release holds (the folder with `libs/common` added) was never written into
+    // the repository: it holds nothing the pushed refs do not reach.
+    let mut fsck = command("git", server.path());
+    fsck.args(["fsck", "--no-reflogs", "--unreachable", "--no-progress"])
+        .current_dir(&server.bare);
+    let fsck = run(&mut fsck, "git fsck");
+    fsck.success();
+    assert_eq!(fsck.stdout().trim(), "", "objects no ref reaches");
     server
         .ats(&["check"])
         .success()

@@ -140,7 +140,9 @@ fn a_read_only_key_fetches_lfs_objects_and_can_send_none() {
         .args(["lfs", "push", "--all", "origin"])
         .current_dir(&reader.dir)
         .env("GIT_SSH_COMMAND", &reader_ssh);
-    run(&mut lfs_push, "git lfs push").failure();
+    run(&mut lfs_push, "git lfs push")
+        .failure()
+        .stderr_has("this key may only fetch (it was added with `--read-only`)");
     assert!(!store_object(&setup, &oid(&other)).exists());
     git_over_ssh(
         &reader,

@@ -343,11 +343,12 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
 
     let config_path = repo.join(config::FILE_NAME);
     // The apps of the config given, or else of the one in place: each gets its deploy root.
-    let apps = match &given {
-        Some(text) => Some(Apps::parse(text, &config_path)?),
-        None if config_path.exists() => Apps::load(&config_path).ok(),
+    let loaded: Option<Result<Apps>> = match &given {
+        Some(text) => Some(Ok(Apps::parse(text, &config_path)?)),
+        None if config_path.exists() => Some(Apps::load(&config_path)),
         None => None,
     };
+    let apps = loaded.as_ref().and_then(|loaded| loaded.as_ref().ok());
     let app_roots: Vec<PathBuf> = apps
         .iter()
         .filter(|apps| apps.several())
@@ -358,15 +359,17 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
         (None, Some(first)) => first.clone(),
         (None, None) => default_root(&repo)?,
     };
-    let mut roots = vec![root.clone()];
-    roots.extend(app_roots.iter().filter(|r| **r != root).cloned());
     if !app_roots.is_empty() && !app_roots.contains(&root) {
-        roots.remove(0);
         tracing::warn!(
             "`--root {}` is not the root of an app of the config; the apps' own roots are set up",
             root.display()
         );
     }
+    let roots = if app_roots.is_empty() {
+        vec![root.clone()]
+    } else {
+        app_roots
+    };
     for root in &roots {
         if !(options.prepared && fs::symlink_metadata(root).is_err()) {
             writable_ancestor(root)?;
@@ -428,8 +431,8 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
             given: false,
         });
     } else {
-        match Apps::load(&config_path) {
-            Ok(existing) if !existing.several() => {
+        match &loaded {
+            Some(Ok(existing)) if !existing.several() => {
                 let existing = &existing.list[0].config;
                 if existing.deploy.root != root {
                     tracing::warn!(
@@ -439,9 +442,9 @@ fn plan(options: &Options<'_>) -> Result<Vec<Change>> {
                     );
                 }
             }
-            Ok(_) => {}
             // Left as it is; every push and `check` say the same until it is fixed.
-            Err(err) => tracing::warn!("{err:#}; it is left as it is"),
+            Some(Err(err)) => tracing::warn!("{err:#}; it is left as it is"),
+            _ => {}
         }
     }
 
