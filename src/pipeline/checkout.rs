@@ -73,6 +73,7 @@ pub(super) fn make_release(
             } else {
                 &[]
             };
+            let durable = base.was_durable(&session.records);
             let update = release::update(
                 trees,
                 &layout,
@@ -102,6 +103,9 @@ pub(super) fn make_release(
                 base.describe(),
                 seconds(clock.elapsed())
             ));
+            // Its other files were made durable with it; a release never made durable (its
+            // deploy stopped before) could hold files the kernel has yet to write.
+            session.written = durable.then_some(update.paths);
         }
         _ => {
             let checkout =
@@ -112,6 +116,10 @@ pub(super) fn make_release(
                 output::size(checkout.bytes),
                 seconds(clock.elapsed())
             ));
+            session.written = Some(checkout.paths);
+            // Stamped now, before anything else writes into it, so that the push that builds
+            // from it one day lists only the folders that moved.
+            release::stamps::Stamps::record_when_settled(&layout, &id, spare::SHORT_PAUSE)?;
         }
     }
     if let Some(note) = reading.lfs_note() {
@@ -119,6 +127,9 @@ pub(super) fn make_release(
     }
     if config.deploy.revision_file {
         release::write_revision(&dir, target.commit)?;
+        if let Some(written) = &mut session.written {
+            written.file(std::path::Path::new(release::REVISION_FILE), 41, true);
+        }
     }
     session.checkout = Some(clock.elapsed());
     session.timings.push(("checkout".into(), clock.elapsed()));
@@ -140,6 +151,17 @@ impl Base {
         match self {
             Base::Old(id) => id,
             Base::Spare { .. } => spare::SPARE,
+        }
+    }
+
+    /// Whether it was made durable whole: the spare always is before it is named ready; an
+    /// old release, when its deploy got that far (the history recorded its sync).
+    fn was_durable(&self, records: &[crate::state::record::DeployRecord]) -> bool {
+        match self {
+            Base::Old(id) => records
+                .iter()
+                .any(|r| r.release == *id && r.sync_ms.is_some()),
+            Base::Spare { .. } => true,
         }
     }
 

@@ -301,6 +301,11 @@ fn prepare(
     for note in release::link_shared(&layout, &dir, &config.shared.paths)? {
         output::say(note);
     }
+    if let Some(written) = &mut session.written {
+        for path in &config.shared.paths {
+            written.entry(path.as_path());
+        }
+    }
     // A schedule that would not install stops the push before anything runs.
     crate::live::jobs::schedule_of(config, &dir)
         .context("the release's scheduled jobs cannot be installed")?;
@@ -320,6 +325,7 @@ fn prepare(
     // Compose: the release's images are built (and its override written) before any step, so
     // that a migration step runs the new image; a failed build changes nothing that runs.
     if let Some(compose) = &config.compose {
+        session.written = None;
         let clock = Instant::now();
         let built = crate::live::compose::Project::new(compose, &layout).prepare(&id, &dir, &env);
         session.timings.push(("build".into(), clock.elapsed()));
@@ -351,6 +357,7 @@ fn prepare(
         r.status == crate::state::record::StepStatus::Ok
             && crate::steps::schema::migrating_steps(config).any(|s| s.name.as_str() == r.name)
     });
+    note_steps_writes(config, &before.records, &mut session.written);
     steps.append(&mut before.records);
     session.timings.append(&mut before.timings);
     match stopped? {
@@ -365,10 +372,42 @@ fn prepare(
     // What goes live must be on disk first: after a power loss, `current` must not point at
     // files the kernel had not written yet.
     let clock = Instant::now();
-    release::make_durable(&dir)?;
+    let durability = release::durable::make_durable(&layout, &id, session.written.as_ref())?;
+    tracing::debug!(
+        "made the release durable in {:?}: {durability}",
+        clock.elapsed()
+    );
     session.sync = Some(clock.elapsed());
     session.timings.push(("sync".into(), clock.elapsed()));
     Ok(env)
+}
+
+/// What the steps before the switch wrote into the release: the links of the outputs they
+/// reused; a step that ran a command (or a reused one's key command) may have written
+/// anything, and then what was written is no longer known.
+fn note_steps_writes(
+    config: &Config,
+    records: &[StepRecord],
+    written: &mut Option<release::durable::Written>,
+) {
+    use crate::state::record::StepStatus;
+    for record in records {
+        let Some(paths) = written.as_mut() else {
+            return;
+        };
+        let step = config
+            .steps_before_switch()
+            .find(|s| s.name.as_str() == record.name);
+        match (record.status, step) {
+            (StepStatus::Skipped, _) => {}
+            (StepStatus::Reused, Some(step)) if step.key.is_none() => {
+                for output in &step.outputs {
+                    paths.entry(output.as_path());
+                }
+            }
+            _ => *written = None,
+        }
+    }
 }
 
 /// Switches to the release and runs what comes once it is live.

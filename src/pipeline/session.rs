@@ -54,6 +54,9 @@ pub(super) struct Session {
     pub(super) checkout: Option<Duration>,
     /// How long making the release durable took.
     pub(super) sync: Option<Duration>,
+    /// Every path written into the release since it was last durable, while that is known
+    /// (nothing but ats-hook wrote there).
+    pub(super) written: Option<crate::release::durable::Written>,
     /// How much step output the run's log keeps.
     pub(super) log_limit: u64,
     /// What the push asked for (`git push -o ats.…`).
@@ -181,6 +184,7 @@ impl Session {
             built_from: None,
             checkout: None,
             sync: None,
+            written: None,
             log_limit: config.deploy.log_limit.0,
             options: PushOptions::default(),
             subject: None,

@@ -355,7 +355,7 @@ pub fn prepare(repo_dir: &Path, config: &Config, commit: &str) -> Result<()> {
 }
 
 /// The longest pause for stamps that a preparer takes while holding the spare lock.
-const SHORT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+pub const SHORT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// On a filesystem of coarse times, stamps the spare's folders once their times are old enough
 /// to be trusted (see `stamps`), without the lock held meanwhile: a push that takes the spare
@@ -427,9 +427,10 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
         .is_dir()
         .then(|| release::readable_index(trees, layout, SPARE).ok())
         .flatten();
-    if let Some(old) = old {
+    // The old spare was whole on disk: what was written since is all there is to write out.
+    let written = if let Some(old) = old {
         // The old spare, brought to the new commit: only what changed is written.
-        release::update(trees, layout, SPARE, old, PREPARING, id, &[], &[])?;
+        release::update(trees, layout, SPARE, old, PREPARING, id, &[], &[])?.paths
     } else {
         remove(layout, SPARE)?;
         release::materialize(
@@ -437,26 +438,17 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
             id,
             &layout.release(PREPARING),
             &layout.index_file(PREPARING),
-        )?;
-    }
+        )?
+        .paths
+    };
     if process::stop_requested() {
         anyhow::bail!("stopped: a push came");
     }
     // Whole on disk before it is called ready.
-    release::make_durable(&layout.release(PREPARING))?;
+    release::durable::make_durable(layout, PREPARING, Some(&written))?;
     // Stamped before it is named ready when the filesystem's tick allows a short pause: the
     // push that takes it then lists only the folders that moved.
-    let racy = crate::release::stamps::racy_window(layout);
-    if racy <= SHORT_PAUSE {
-        std::thread::sleep(racy);
-        let index = ReleaseIndex::load(&layout.index_file(PREPARING))?;
-        Stamps::record(
-            &layout.release(PREPARING),
-            index.folders().iter().map(Vec::as_slice),
-            &layout.stamps_file(PREPARING),
-            racy,
-        )?;
-    }
+    Stamps::record_when_settled(layout, PREPARING, SHORT_PAUSE)?;
     fs::rename(layout.index_file(PREPARING), layout.index_file(SPARE))
         .context("failed to name the spare's index")?;
     let _ = fs::rename(layout.stamps_file(PREPARING), layout.stamps_file(SPARE));

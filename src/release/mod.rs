@@ -23,6 +23,7 @@ use crate::release::index::{Entry, ReleaseIndex};
 use crate::state::layout::Layout;
 use crate::sys::output;
 
+pub mod durable;
 pub mod index;
 pub mod lfs;
 mod recycle;
@@ -77,6 +78,8 @@ fn unique_id(layout: &Layout, base: String) -> String {
 pub struct Checkout {
     pub files: usize,
     pub bytes: u64,
+    /// Every path written, for making them durable.
+    pub paths: durable::Written,
 }
 
 /// Reads blobs the way `git checkout` does: without hashing each one again. Every object of a
@@ -123,6 +126,9 @@ pub fn materialize(
         if *mode != 0o160000 {
             stats.bytes += entry.size;
         }
+        stats
+            .paths
+            .file(Path::new(rel), entry.size, *mode & 0o170000 == 0o100000);
         stats.files += 1;
         entries.push(entry);
     }
@@ -274,10 +280,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// Writes everything of the filesystem holding `release` to disk (`syncfs(2)`): its files, its
 /// folders and its index, in one call, however many files it has.
 pub fn make_durable(release: &Path) -> Result<()> {
-    let dir = fs::File::open(release)
-        .with_context(|| format!("failed to open `{}`", release.display()))?;
-    nix::unistd::syncfs(&dir)
-        .with_context(|| format!("failed to write `{}` to disk", release.display()))
+    durable::syncfs(release)
 }
 
 /// Points `current` at a release with one `rename(2)`, so a reader sees the old or the new

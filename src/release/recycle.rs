@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use git2::Oid;
 
+use super::durable::Written;
 use super::trees::{Changes, Trees};
 use super::{make_parents, remove_any, trust_received_objects, write_entry, InTheWay};
 use crate::config::RelPath;
@@ -24,6 +25,8 @@ pub struct Update {
     pub repaired: usize,
     /// Untracked files removed (what steps wrote into the old release).
     pub cleaned: usize,
+    /// Every path written or removed, for making them durable.
+    pub paths: Written,
 }
 
 /// Builds release `new_id` from the old release `from_id`, whose index is `old`: renames it,
@@ -102,6 +105,9 @@ pub fn update(
     for rel in &gone {
         let path = dir.join(std::ffi::OsStr::from_bytes(rel));
         remove_any(&path)?;
+        update
+            .paths
+            .entry(Path::new(std::ffi::OsStr::from_bytes(rel)));
         if removed.contains(rel) {
             update.removed += 1;
             remove_empty_parents(&dir, &path);
@@ -122,7 +128,11 @@ pub fn update(
         let path = dir.join(rel);
         make_parents(&dir, Path::new(rel), InTheWay::Replace)?;
         remove_any(&path)?;
-        added.push(write_entry(trees, &path, rel, *mode, *id)?);
+        let entry = write_entry(trees, &path, rel, *mode, *id)?;
+        update
+            .paths
+            .file(Path::new(rel), entry.size, *mode & 0o170000 == 0o100000);
+        added.push(entry);
     }
     update.written = changes.written.len() + repairs.len();
     let old_folders = old.folders();
@@ -135,12 +145,16 @@ pub fn update(
             let path = dir.join(name);
             if fs::symlink_metadata(&path).is_ok() {
                 remove_any(&path)?;
+                update.paths.entry(Path::new(name));
             }
         }
     }
+    let written = &mut update.paths;
     update.cleaned = match &stamps {
-        Some(stamps) => remove_untracked_where_moved(&dir, stamps, &index, &folders, &old_folders)?,
-        None => remove_untracked(&dir, Path::new(""), &index, &folders)?,
+        Some(stamps) => {
+            remove_untracked_where_moved(&dir, stamps, &index, &folders, &old_folders, written)?
+        }
+        None => remove_untracked(&dir, Path::new(""), &index, &folders, written)?,
     };
     lap("untracked");
     index.save(&index_path)?;
@@ -207,6 +221,7 @@ fn remove_untracked_where_moved(
     tracked: &ReleaseIndex,
     folders: &std::collections::HashSet<Vec<u8>>,
     old_folders: &std::collections::HashSet<Vec<u8>>,
+    written: &mut Written,
 ) -> Result<usize> {
     let mut removed = 0;
     // A folder the new tree lacks still stands only if something untracked is in it.
@@ -218,6 +233,7 @@ fn remove_untracked_where_moved(
             continue;
         }
         remove_any(&path)?;
+        written.entry(Path::new(std::ffi::OsStr::from_bytes(folder)));
         removed += 1;
     }
     let listed = std::iter::once(&b""[..]).chain(folders.iter().map(Vec::as_slice));
@@ -238,6 +254,7 @@ fn remove_untracked_where_moved(
                 continue;
             }
             remove_any(&release.join(&child))?;
+            written.entry(&child);
             removed += 1;
         }
     }
@@ -250,6 +267,7 @@ fn remove_untracked(
     rel: &Path,
     tracked: &ReleaseIndex,
     folders: &std::collections::HashSet<Vec<u8>>,
+    written: &mut Written,
 ) -> Result<usize> {
     let dir = release.join(rel);
     let mut removed = 0;
@@ -263,9 +281,10 @@ fn remove_untracked(
             continue;
         }
         if folders.contains(bytes) && entry.file_type()?.is_dir() {
-            removed += remove_untracked(release, &child, tracked, folders)?;
+            removed += remove_untracked(release, &child, tracked, folders, written)?;
         } else {
             remove_any(&release.join(&child))?;
+            written.entry(&child);
             removed += 1;
         }
     }

@@ -167,6 +167,29 @@ impl Stamps {
         fs::rename(&tmp, file).with_context(|| format!("failed to write `{}`", file.display()))
     }
 
+    /// Stamps release `id`, just written whole (its folders all changed a moment ago), once
+    /// they can be trusted: when the filesystem's racy window is at most `longest`, after
+    /// sleeping it out; returns whether it did.
+    pub fn record_when_settled(
+        layout: &crate::state::layout::Layout,
+        id: &str,
+        longest: std::time::Duration,
+    ) -> Result<bool> {
+        let racy = racy_window(layout);
+        if racy > longest {
+            return Ok(false);
+        }
+        std::thread::sleep(racy);
+        let index = crate::release::index::ReleaseIndex::load(&layout.index_file(id))?;
+        Stamps::record(
+            &layout.release(id),
+            index.folders().iter().map(Vec::as_slice),
+            &layout.stamps_file(id),
+            racy,
+        )?;
+        Ok(true)
+    }
+
     /// The stamps in `file`; `None` when there are none to trust.
     pub fn load(file: &Path) -> Option<Stamps> {
         let bytes = fs::read(file).ok()?;

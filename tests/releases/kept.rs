@@ -111,21 +111,23 @@ fn a_release_or_build_a_running_process_uses_is_neither_reused_nor_pruned() {
     );
 }
 
-/// Sets the time of every folder under `dir` a minute back, as if the tree had settled.
+/// Sets the time of every folder under `dir` a minute back, as if the tree had settled. A
+/// folder that goes meanwhile (the spare, prepared in the background) is passed over.
 fn age_folders(dir: &Path) {
     let old = std::time::SystemTime::now() - Duration::from_secs(60);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(folder) = stack.pop() {
-        for entry in std::fs::read_dir(&folder).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(entry.path());
             }
         }
-        std::fs::File::open(&folder)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        if let Ok(file) = std::fs::File::open(&folder) {
+            file.set_modified(old).unwrap();
+        }
     }
 }
 
