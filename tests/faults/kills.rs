@@ -320,3 +320,154 @@ fn a_killed_hooks_step_and_its_children_die_with_it() {
     clone.push().success().stderr_has("ats-hook: deployed");
     assert_eq!(server.live_file("app.py"), "2\n");
 }
+
+/// A filesystem of its own (ext4 in a loop-mounted image), unmounted when dropped: what is
+/// written there stays unwritten whatever other tests sync.
+struct LoopDisk(std::path::PathBuf);
+
+impl LoopDisk {
+    fn mount(image: &std::path::Path, at: &std::path::Path, size: &str) -> LoopDisk {
+        crate::support::system::require_root();
+        std::fs::create_dir_all(at).unwrap();
+        run(
+            std::process::Command::new("truncate")
+                .args(["-s", size])
+                .arg(image),
+            "truncate",
+        )
+        .success();
+        run(
+            std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(image),
+            "mkfs.ext4",
+        )
+        .success();
+        run(
+            std::process::Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(image)
+                .arg(at),
+            "mount -o loop",
+        )
+        .success();
+        LoopDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// What the kernel holds unwritten, in MiB (`/proc/meminfo`).
+fn unwritten_mib() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let field = |name: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    (field("Dirty:") + field("Writeback:")) / 1024
+}
+
+#[test]
+fn a_release_built_from_an_old_one_waits_for_its_own_writes_not_for_other_processes() {
+    // Another process has hundreds of MB unwritten (a database, a download): a `syncfs` before
+    // the switch would wait for all of it. A release built from an old one, with no step run
+    // in it, is made durable by its own files and folders instead, each `fsync`ed before the
+    // switch; strace shows which (`-y` names each descriptor's file).
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::new();
+    server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n");
+    let clone = server.clone("work");
+    clone.write("lib/util.py", "x = 1\n");
+    for n in 0..3 {
+        clone.commit_file("app.py", &format!("{n}\n"));
+        clone.push().success();
+    }
+    let _disk = LoopDisk::mount(
+        &server.path().join("busy.img"),
+        &server.path().join("busy"),
+        "600M",
+    );
+    let trace = server.path().join("trace");
+    let hook = server.bare.join("hooks/post-receive");
+    std::fs::remove_file(&hook).unwrap();
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nexec strace -f -qq -y -s 300 -o {} -e trace=syncfs,fsync,rename,renameat,renameat2 {BIN} post-receive\n",
+            trace.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let backlog = vec![7u8; 1 << 20];
+    let mut busy = std::fs::File::create(server.path().join("busy/data")).unwrap();
+    for _ in 0..320 {
+        std::io::Write::write_all(&mut busy, &backlog).unwrap();
+    }
+    drop(busy);
+    let unwritten = unwritten_mib();
+    assert!(
+        unwritten >= 256,
+        "the kernel wrote the backlog out at once ({unwritten} MiB left unwritten): the test needs it held"
+    );
+    clone.write("lib/new/mod.py", "y = 2\n");
+    let commit = clone.commit_file("app.py", "3\n");
+    clone
+        .push()
+        .success()
+        .stderr_has(&format!("ats-hook: deployed {}", &commit[..7]));
+    let record = server.last_record();
+    assert!(record["built_from"].is_string(), "{record}");
+    assert_eq!(server.live_file("app.py"), "3\n");
+    assert_eq!(server.live_file("lib/new/mod.py"), "y = 2\n");
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let switch = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("/.current.") && l.contains("/current\""))
+        .unwrap_or_else(|| panic!("no rename onto `current` in the trace:\n{text}"));
+    let before = &lines[..switch];
+    assert!(
+        !before.iter().any(|l| l.contains("syncfs(")),
+        "a syncfs before the switch, with other data unwritten:\n{text}"
+    );
+    let release = server
+        .root
+        .join("releases")
+        .join(record["release"].as_str().unwrap());
+    let fsynced = |path: &std::path::Path| {
+        let named = format!("<{}>) = 0", path.display());
+        before
+            .iter()
+            .any(|l| l.contains("fsync(") && l.ends_with(&named))
+    };
+    for path in [
+        release.join("app.py"),
+        release.join("lib/new/mod.py"),
+        release.join("lib/new"),
+        release.join("lib"),
+        release.clone(),
+        server.root.join("releases"),
+    ] {
+        assert!(
+            fsynced(&path),
+            "`{}` not fsynced before the switch:\n{text}",
+            path.display()
+        );
+    }
+    // Only what the push changed: an untouched file of the old release is not written again.
+    assert!(!fsynced(&release.join("lib/util.py")), "{text}");
+}
