@@ -128,6 +128,7 @@ pub(super) fn make_release(
     if config.deploy.revision_file {
         release::write_revision(&dir, target.commit)?;
         if let Some(written) = &mut session.written {
+            // The commit's 40 hex digits and a newline.
             written.file(std::path::Path::new(release::REVISION_FILE), 41, true);
         }
     }

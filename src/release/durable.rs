@@ -22,11 +22,14 @@ use crate::state::layout::Layout;
 /// What ats-hook wrote into a release since it was last durable: the regular files whose data
 /// must reach the disk, and the folders whose entries changed (relative to the release; the
 /// empty path is the release itself).
-#[derive(Debug, Default, Clone)]
+/// Past `MOST_FILES` files it keeps nothing more: such a release is made durable with `syncfs`
+/// anyway, and a whole checkout of a large tree need not hold every path twice.
+#[derive(Debug, Default)]
 pub struct Written {
     files: Vec<PathBuf>,
     folders: BTreeSet<PathBuf>,
     bytes: u64,
+    too_many: bool,
 }
 
 impl Written {
@@ -34,6 +37,15 @@ impl Written {
     /// folder holds all of it).
     pub fn file(&mut self, rel: &Path, bytes: u64, data: bool) {
         if data {
+            if self.files.len() == MOST_FILES {
+                *self = Written {
+                    too_many: true,
+                    ..Written::default()
+                };
+            }
+            if self.too_many {
+                return;
+            }
             self.files.push(rel.to_path_buf());
             self.bytes += bytes;
         }
@@ -43,20 +55,15 @@ impl Written {
     /// An entry added, replaced or removed at `rel`: its folder changed, and so may each folder
     /// above it (one of them may be new).
     pub fn entry(&mut self, rel: &Path) {
+        if self.too_many {
+            return;
+        }
         for folder in rel.ancestors().skip(1) {
             if !self.folders.insert(folder.to_path_buf()) {
                 // Its own ancestors are in already.
                 break;
             }
         }
-    }
-
-    pub fn files(&self) -> usize {
-        self.files.len()
-    }
-
-    pub fn folders(&self) -> usize {
-        self.folders.len()
     }
 }
 
@@ -111,9 +118,8 @@ pub fn make_durable(layout: &Layout, id: &str, written: Option<&Written>) -> Res
     let backlog = unwritten_bytes();
     let own = written.zip(backlog).and_then(|(written, backlog)| {
         let others = backlog.saturating_sub(written.bytes);
-        let files = written.files.len();
-        (files <= MOST_FILES && others > BACKLOG + files as u64 * PER_FSYNC)
-            .then_some((written, others))
+        let files = written.files.len() as u64;
+        (!written.too_many && others > BACKLOG + files * PER_FSYNC).then_some((written, others))
     });
     let Some((written, others)) = own else {
         syncfs(&dir)?;
@@ -122,9 +128,13 @@ pub fn make_durable(layout: &Layout, id: &str, written: Option<&Written>) -> Res
     let files: Vec<PathBuf> = written.files.iter().map(|rel| dir.join(rel)).collect();
     fsync_all(&files)?;
     let mut folders: Vec<PathBuf> = written.folders.iter().map(|rel| dir.join(rel)).collect();
+    // The release itself always: it may have been renamed into place.
+    if !written.folders.contains(Path::new("")) {
+        folders.push(dir.clone());
+    }
     let index = layout.index_file(id);
     let index_dir = index.parent().map(Path::to_path_buf);
-    folders.extend([dir.clone(), layout.releases(), index]);
+    folders.extend([layout.releases(), index]);
     folders.extend(index_dir);
     fsync_all(&folders)?;
     Ok(Durability::Own {
@@ -197,7 +207,7 @@ mod tests {
         written.file(Path::new("app/views/home.py"), 10, true);
         written.file(Path::new("app/views/link"), 0, false);
         written.entry(Path::new("old.txt"));
-        assert_eq!(written.files(), 1);
+        assert_eq!(written.files.len(), 1);
         assert_eq!(written.bytes, 10);
         let folders: Vec<_> = written
             .folders
@@ -205,6 +215,18 @@ mod tests {
             .map(|p| p.display().to_string())
             .collect();
         assert_eq!(folders, ["", "app", "app/views"]);
+    }
+
+    #[test]
+    fn past_the_most_files_nothing_is_kept() {
+        let mut written = Written::default();
+        for n in 0..=MOST_FILES {
+            written.file(Path::new(&format!("d{}/f{n}", n % 7)), 1, true);
+        }
+        assert!(written.too_many);
+        assert!(written.files.is_empty() && written.folders.is_empty());
+        written.entry(Path::new("x/y"));
+        assert!(written.folders.is_empty());
     }
 
     #[test]

@@ -4,34 +4,12 @@
 use crate::support::*;
 use pretty_assertions::assert_eq;
 
-/// A real, small filesystem (tmpfs with a size), unmounted when dropped.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
-        crate::support::system::require_root();
-        std::fs::create_dir_all(at).unwrap();
-        let mut cmd = std::process::Command::new("mount");
-        cmd.args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at);
-        run(&mut cmd, "mount -t tmpfs").success();
-        SmallDisk(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
+use crate::support::system::Mount;
 
 #[test]
 fn a_full_disk_during_a_step_or_the_checkout_leaves_the_live_release_and_says_why() {
     let server = Server::new();
-    let _disk = SmallDisk::mount(&server.root, "6m");
+    let _disk = Mount::tmpfs(&server.root, "6m");
     server.config(
         "[deploy]\nroot = \"ROOT\"\nkeep_releases = 2\n\
          [[step]]\nname = \"build\"\nrun = \"test ! -e fill-disk || head -c 20000000 /dev/zero > filler\"\n",
@@ -103,7 +81,7 @@ fn a_full_disk_during_a_step_or_the_checkout_leaves_the_live_release_and_says_wh
 #[test]
 fn a_full_disk_at_the_history_append_is_said_and_the_next_push_records_what_happened() {
     let server = Server::new();
-    let _disk = SmallDisk::mount(&server.root, "4m");
+    let _disk = Mount::tmpfs(&server.root, "4m");
     server.config(
         "[deploy]\nroot = \"ROOT\"\nkeep_releases = 2\n\
          [[step]]\nname = \"build\"\nrun = \"test ! -e fill-disk || head -c 20000000 /dev/zero > \\\"$ATS_DEPLOY_ROOT/filler\\\" || true\"\n",

@@ -10,23 +10,14 @@ fn the_release_is_on_disk_before_current_switches_and_the_history_before_the_sum
     // can be read with strace: the release's filesystem is synced (syncfs) before `current` is
     // renamed onto it, and the history's append is synced (fdatasync) before the summary line
     // is written for the pusher.
-    use std::os::unix::fs::PermissionsExt;
     let server = Server::new();
     server.config(
         "[deploy]\nroot = \"ROOT\"\n[[step]]\nname = \"build\"\nrun = \"echo built > built.txt\"\n",
     );
-    let trace = server.path().join("trace");
-    let hook = server.bare.join("hooks/post-receive");
-    std::fs::remove_file(&hook).unwrap();
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\nexec strace -f -qq -s 200 -o {} -e trace=syncfs,rename,renameat,renameat2,fdatasync,write {BIN} post-receive\n",
-            trace.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let trace = trace_hook(
+        &server,
+        "-e trace=syncfs,rename,renameat,renameat2,fdatasync,write",
+    );
     let clone = server.clone("work");
     let commit = clone.commit_file("app.py", "1\n");
     clone
@@ -88,7 +79,6 @@ fn release_equals_commit(server: &Server, release: &std::path::Path, commit: &st
 #[test]
 fn sigkill_at_random_points_never_leaves_a_partial_or_unrecorded_release_live() {
     use crate::support::rng::Rng;
-    use std::os::unix::fs::PermissionsExt;
     // 32 in every test run; `ATS_HOOK_KILL_TRIALS=100 tests/run faults::sigkill` for a campaign.
     let trials: usize = std::env::var("ATS_HOOK_KILL_TRIALS")
         .ok()
@@ -110,17 +100,10 @@ fn sigkill_at_random_points_never_leaves_a_partial_or_unrecorded_release_live() 
     );
     // The hook records its pid, then becomes ats-hook (exec keeps the pid).
     let pidfile = server.path().join("hook.pid");
-    let hook = server.bare.join("hooks/post-receive");
-    std::fs::remove_file(&hook).unwrap();
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\necho $$ > {}\nexec {BIN} post-receive\n",
-            pidfile.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    server.hook_script(&format!(
+        "#!/bin/sh\necho $$ > {}\nexec {BIN} post-receive\n",
+        pidfile.display()
+    ));
 
     // A tree of 2,000 files in 40 folders.
     let clone = server.clone("work");
@@ -321,49 +304,6 @@ fn a_killed_hooks_step_and_its_children_die_with_it() {
     assert_eq!(server.live_file("app.py"), "2\n");
 }
 
-/// A filesystem of its own (ext4 in a loop-mounted image), unmounted when dropped: what is
-/// written there stays unwritten whatever other tests sync.
-struct LoopDisk(std::path::PathBuf);
-
-impl LoopDisk {
-    fn mount(image: &std::path::Path, at: &std::path::Path, size: &str) -> LoopDisk {
-        crate::support::system::require_root();
-        std::fs::create_dir_all(at).unwrap();
-        run(
-            std::process::Command::new("truncate")
-                .args(["-s", size])
-                .arg(image),
-            "truncate",
-        )
-        .success();
-        run(
-            std::process::Command::new("mkfs.ext4")
-                .args(["-q", "-F"])
-                .arg(image),
-            "mkfs.ext4",
-        )
-        .success();
-        run(
-            std::process::Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(image)
-                .arg(at),
-            "mount -o loop",
-        )
-        .success();
-        LoopDisk(at.to_path_buf())
-    }
-}
-
-impl Drop for LoopDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// What the kernel holds unwritten, in MiB (`/proc/meminfo`).
 fn unwritten_mib() -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap();
@@ -385,7 +325,6 @@ fn a_release_built_from_an_old_one_waits_for_its_own_writes_not_for_other_proces
     // the switch would wait for all of it. A release built from an old one, with no step run
     // in it, is made durable by its own files and folders instead, each `fsync`ed before the
     // switch; strace shows which (`-y` names each descriptor's file).
-    use std::os::unix::fs::PermissionsExt;
     let server = Server::new();
     server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n");
     let clone = server.clone("work");
@@ -394,23 +333,15 @@ fn a_release_built_from_an_old_one_waits_for_its_own_writes_not_for_other_proces
         clone.commit_file("app.py", &format!("{n}\n"));
         clone.push().success();
     }
-    let _disk = LoopDisk::mount(
+    let _disk = crate::support::system::Mount::ext4_image(
         &server.path().join("busy.img"),
         &server.path().join("busy"),
         "600M",
     );
-    let trace = server.path().join("trace");
-    let hook = server.bare.join("hooks/post-receive");
-    std::fs::remove_file(&hook).unwrap();
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\nexec strace -f -qq -y -s 300 -o {} -e trace=syncfs,fsync,rename,renameat,renameat2 {BIN} post-receive\n",
-            trace.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let trace = trace_hook(
+        &server,
+        "-y -e trace=syncfs,fsync,rename,renameat,renameat2",
+    );
     let backlog = vec![7u8; 1 << 20];
     let mut busy = std::fs::File::create(server.path().join("busy/data")).unwrap();
     for _ in 0..320 {
@@ -470,4 +401,15 @@ fn a_release_built_from_an_old_one_waits_for_its_own_writes_not_for_other_proces
     }
     // Only what the push changed: an untouched file of the old release is not written again.
     assert!(!fsynced(&release.join("lib/util.py")), "{text}");
+}
+
+/// Makes the server's post-receive hook run ats-hook under `strace -f` with `options`; returns
+/// where the trace goes.
+fn trace_hook(server: &Server, options: &str) -> std::path::PathBuf {
+    let trace = server.path().join("trace");
+    server.hook_script(&format!(
+        "#!/bin/sh\nexec strace -f -qq -s 300 -o {} {options} {BIN} post-receive\n",
+        trace.display()
+    ));
+    trace
 }

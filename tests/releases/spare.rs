@@ -3,7 +3,6 @@
 //! would take), and a failure to prepare it shows in `status` while the live release stays
 //! untouched.
 
-use std::path::Path;
 use std::time::Duration;
 
 use pretty_assertions::assert_eq;
@@ -190,24 +189,8 @@ fn a_preparer_slower_than_a_checkout_is_not_waited_for_past_that() {
 
 #[test]
 fn a_full_disk_while_preparing_leaves_the_live_release_and_shows_in_status() {
-    crate::support::system::require_root();
     let server = Server::new();
-    std::fs::create_dir_all(&server.root).unwrap();
-    let mut mount = std::process::Command::new("mount");
-    mount
-        .args(["-t", "tmpfs", "-o", "size=5m", "tmpfs"])
-        .arg(&server.root);
-    run(&mut mount, "mount").success();
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(&server.root);
+    let _disk = crate::support::system::Mount::tmpfs(&server.root, "5m");
     server.config("[deploy]\nroot = \"ROOT\"\n");
     let clone = server.clone("work");
     // Room for one copy of the tree, not two.

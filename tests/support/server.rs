@@ -97,6 +97,15 @@ impl Server {
             .unwrap()
     }
 
+    /// Replaces the post-receive hook with a shell script (one that wraps ats-hook).
+    pub fn hook_script(&self, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let hook = self.bare.join("hooks/post-receive");
+        std::fs::remove_file(&hook).unwrap();
+        std::fs::write(&hook, script).unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     /// `ats-hook post-receive` with `stdin` as git would feed it, in git's hook environment.
     pub fn hook_with_stdin(&self, stdin: &[u8]) -> Run {
         use std::io::Write;

@@ -452,3 +452,54 @@ impl SshSetup {
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
 }
+
+/// A real filesystem mounted for a test, unmounted (lazily) when dropped, also on failure.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    /// A tmpfs of `size` (`6m`) at `at`: a small disk that fills up for real.
+    pub fn tmpfs(at: &Path, size: &str) -> Mount {
+        require_root();
+        std::fs::create_dir_all(at).unwrap();
+        run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(at),
+            "mount -t tmpfs",
+        )
+        .success();
+        Mount(at.to_path_buf())
+    }
+
+    /// An ext4 in the image file `image` of `size` (`600M`, sparse), loop-mounted at `at`: a
+    /// filesystem of its own, which no other test's `syncfs` writes out.
+    pub fn ext4_image(image: &Path, at: &Path, size: &str) -> Mount {
+        require_root();
+        std::fs::create_dir_all(at).unwrap();
+        run(
+            Command::new("truncate").args(["-s", size]).arg(image),
+            "truncate",
+        )
+        .success();
+        run(
+            Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image),
+            "mkfs.ext4",
+        )
+        .success();
+        run(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(image)
+                .arg(at),
+            "mount -o loop",
+        )
+        .success();
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
