@@ -169,22 +169,15 @@ fn parse_unwritten(meminfo: &str) -> Option<u64> {
 /// `fsync`s each path (a file or a folder, never following a symlink), on a few threads: the
 /// disk gets them together.
 fn fsync_all(paths: &[PathBuf]) -> Result<()> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(2, 8);
-    if paths.len() < 8 {
-        return paths.iter().try_for_each(|p| fsync(p));
-    }
-    let chunk = paths.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = paths
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().try_for_each(|p| fsync(p))))
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|worker| worker.join().expect("an fsync thread panicked"))
-    })
+    // Each waits on the disk, not the CPU: two at least, even on one core.
+    let threads = if paths.len() < 8 {
+        1
+    } else {
+        crate::sys::parallel::cores().max(2)
+    };
+    crate::sys::parallel::map(paths, threads, |p| fsync(p))
+        .into_iter()
+        .collect()
 }
 
 fn fsync(path: &Path) -> Result<()> {

@@ -4,8 +4,7 @@
 //! reached the server fails the checkout, naming the file, before anything goes live.
 
 use std::cell::Cell;
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -44,12 +43,7 @@ impl Lfs {
                 crate::sys::output::size(pointer.size)
             ),
         };
-        let mut to = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if mode == 0o100755 { 0o777 } else { 0o666 })
-            .open(path)
-            .with_context(|| format!("failed to create `{}`", path.display()))?;
+        let mut to = super::create_new(path, mode)?;
         // A copy the kernel does itself (copy_file_range), sharing blocks where it can.
         let copied = std::io::copy(&mut from, &mut to)
             .with_context(|| format!("failed to write `{}` from the LFS store", path.display()))?;

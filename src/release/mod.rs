@@ -3,7 +3,8 @@
 //! checkouts. Uses `state`, `config` and `sys`.
 //!
 //! A release is written by walking the commit's tree with git2 into a folder that did not exist
-//! before, so nothing of an older release or of the live site is touched. Entry names are
+//! before, so nothing of an older release or of the live site is touched; a whole checkout
+//! makes every folder first, then spreads its small files over writer threads. Entry names are
 //! checked (no `..`, `/`, `.git`), and files are only ever created inside folders this code made,
 //! so a pushed tree cannot write outside its release. The release's git index, with the stat
 //! data of each written file, is kept in `.ats-hook/index/<id>` so later work can compare a
@@ -107,12 +108,11 @@ pub fn materialize(
         "read the tree in {:?}",
         started.elapsed()
     );
-    let mut stats = Checkout::default();
-    let mut entries = Vec::with_capacity(wanted.len());
-    // The release is new, and every folder in it is one this loop made with `mkdir(2)`, which
-    // fails on anything already there: a symlink the tree wrote can never become a parent.
+    // The release is new, and every folder in it is one made here with `mkdir(2)`, before any
+    // file, which fails on anything already there: a symlink the tree writes can never become a
+    // parent.
     let mut folders = std::collections::HashSet::new();
-    for (rel, mode, id) in &wanted {
+    for (rel, _, _) in &wanted {
         if let Some(parent) = Path::new(rel)
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -121,18 +121,15 @@ pub fn materialize(
                 make_new_folders(dir, parent, &mut folders)?;
             }
         }
-        let path = dir.join(rel);
-        let entry = write_entry(trees, &path, rel, *mode, *id)?;
-        if *mode != 0o160000 {
-            stats.bytes += entry.size;
-        }
-        stats
-            .paths
-            .file(Path::new(rel), entry.size, *mode & 0o170000 == 0o100000);
-        stats.files += 1;
-        entries.push(entry);
     }
-    tracing::debug!("wrote the files in {:?}", started.elapsed());
+    let writers = if wanted.len() < 256 {
+        1
+    } else {
+        crate::sys::parallel::cores()
+    };
+    let mut stats = Checkout::default();
+    let entries = write_files(trees, dir, &wanted, writers, &mut stats)?;
+    tracing::debug!(writers, "wrote the files in {:?}", started.elapsed());
     ReleaseIndex::new(
         commit,
         tree.id(),
@@ -143,6 +140,128 @@ pub fn materialize(
     .save(index_path)?;
     tracing::debug!("wrote the index in {:?}", started.elapsed());
     Ok(stats)
+}
+
+/// Files up to this size are written by the writer threads of a whole checkout; larger ones,
+/// symlinks, Git LFS objects and submodules by the thread that reads the tree.
+const SMALL_FILE: usize = 64 * 1024;
+/// Small files go to a writer in batches of consecutive entries, this many at most, or this
+/// much data: two writers rarely create files in one folder (the kernel serializes that).
+const BATCH_FILES: usize = 128;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Consecutive small files read from the repository, for a writer thread: each entry's place
+/// in the tree, its path, its content.
+type Batch = Vec<(usize, PathBuf, Vec<u8>)>;
+
+/// Writes every entry of `wanted` into `dir` (whose folders exist), the small files spread over
+/// `writers` threads (creating files is the kernel's work, and a new tree of tens of thousands
+/// of them takes seconds on one core), the rest on this one, which reads them all from the
+/// repository. Returns the index entries in the order of `wanted`.
+fn write_files(
+    trees: Trees<'_>,
+    dir: &Path,
+    wanted: &[(String, u32, Oid)],
+    writers: usize,
+    stats: &mut Checkout,
+) -> Result<Vec<Entry>> {
+    let mut entries: Vec<Option<Entry>> = vec![None; wanted.len()];
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    // Two batches a writer wait at most: a few MiB in memory.
+    let (send, receive) = std::sync::mpsc::sync_channel::<Batch>(2 * writers);
+    let receive = std::sync::Mutex::new(receive);
+    let next = || receive.lock().ok()?.recv().ok();
+    let (read, written) = std::thread::scope(|scope| {
+        let threads = if writers > 1 { writers } else { 0 };
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    let mut error = None;
+                    // Until the reader is done; after a failure, only to let it go on.
+                    while let Some(batch) = next() {
+                        for (pos, path, content) in batch {
+                            if error.is_some() {
+                                break;
+                            }
+                            let (rel, mode, id) = &wanted[pos];
+                            match write_file(&path, *mode, &content) {
+                                Ok(meta) => done.push((pos, Entry::new(rel, *mode, *id, &meta))),
+                                Err(err) => {
+                                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    error = Some(err);
+                                }
+                            }
+                        }
+                    }
+                    error.map_or(Ok(done), Err)
+                })
+            })
+            .collect();
+        // The reader: its end (an error included) lets the writers finish.
+        let read = (|| -> Result<()> {
+            let send = send;
+            let (mut batch, mut batched): (Batch, usize) = (Vec::new(), 0);
+            for (pos, (rel, mode, id)) in wanted.iter().enumerate() {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let path = dir.join(rel);
+                if !workers.is_empty() && matches!(*mode, 0o100644 | 0o100755) {
+                    let blob = trees
+                        .repo
+                        .find_blob(*id)
+                        .with_context(|| format!("failed to read blob of `{rel}`"))?;
+                    let pointer = trees.lfs.is_some()
+                        && crate::access::lfs::Pointer::parse(blob.content()).is_some();
+                    if !pointer && blob.size() <= SMALL_FILE {
+                        stats.bytes += blob.size() as u64;
+                        stats.paths.file(Path::new(rel), blob.size() as u64, true);
+                        stats.files += 1;
+                        batched += blob.size();
+                        batch.push((pos, path, blob.content().to_vec()));
+                        if batch.len() == BATCH_FILES || batched >= BATCH_BYTES {
+                            batched = 0;
+                            if send.send(std::mem::take(&mut batch)).is_err() {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                }
+                let entry = write_entry(trees, &path, rel, *mode, *id)?;
+                if *mode != 0o160000 {
+                    stats.bytes += entry.size;
+                }
+                stats
+                    .paths
+                    .file(Path::new(rel), entry.size, *mode & 0o170000 == 0o100000);
+                stats.files += 1;
+                entries[pos] = Some(entry);
+            }
+            if !batch.is_empty() {
+                let _ = send.send(batch);
+            }
+            Ok(())
+        })();
+        let written: Vec<Result<Vec<(usize, Entry)>>> = workers
+            .into_iter()
+            .map(|worker| worker.join().expect("a writer thread panicked"))
+            .collect();
+        (read, written)
+    });
+    // A writer's failure (the disk full) stopped the reader: it is the one to tell.
+    for done in written {
+        for (pos, entry) in done? {
+            entries[pos] = Some(entry);
+        }
+    }
+    read?;
+    entries
+        .into_iter()
+        .zip(wanted)
+        .map(|(entry, (rel, _, _))| entry.with_context(|| format!("`{rel}` was not written")))
+        .collect()
 }
 
 /// Creates `parent` and each of its folders not made yet inside the new release `dir`, one
@@ -189,18 +308,30 @@ fn write_blob(
             .with_context(|| format!("failed to create symlink `{}`", path.display()))?;
         fs::symlink_metadata(path)
     } else {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if mode == 0o100755 { 0o777 } else { 0o666 })
-            .open(path)
-            .with_context(|| format!("failed to create `{}`", path.display()))?;
-        file.write_all(blob.content())
-            .with_context(|| format!("failed to write `{}`", path.display()))?;
-        // Through the open file: no second walk of the path.
-        file.metadata()
+        return write_file(path, mode, blob.content());
     }
     .with_context(|| format!("failed to stat `{}`", path.display()))
+}
+
+/// Creates the regular file `path`, which must not exist, executable for a `mode` of 100755.
+pub(super) fn create_new(path: &Path, mode: u32) -> Result<fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if mode == 0o100755 { 0o777 } else { 0o666 })
+        .open(path)
+        .with_context(|| format!("failed to create `{}`", path.display()))
+}
+
+/// Creates the regular file `path` (which must not exist) with `content`; returns how it is on
+/// disk now.
+fn write_file(path: &Path, mode: u32, content: &[u8]) -> Result<fs::Metadata> {
+    let mut file = create_new(path, mode)?;
+    file.write_all(content)
+        .with_context(|| format!("failed to write `{}`", path.display()))?;
+    // Through the open file: no second walk of the path.
+    file.metadata()
+        .with_context(|| format!("failed to stat `{}`", path.display()))
 }
 
 /// Links each shared path into the release. Returns one note per thing worth telling.

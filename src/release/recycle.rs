@@ -15,6 +15,7 @@ use crate::config::RelPath;
 use crate::release::index::{Entry, ReleaseIndex};
 use crate::release::stamps::Stamps;
 use crate::state::layout::Layout;
+use crate::sys::parallel;
 
 /// How an existing release was turned into a new one.
 #[derive(Debug, Default)]
@@ -182,33 +183,13 @@ fn remove_empty_parents(release: &Path, path: &Path) {
 
 /// `lstat`s each entry's file, on a few threads: whether each is as the index recorded it.
 fn stat_all(release: &Path, entries: &[Entry]) -> Vec<bool> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8);
-    if threads == 1 || entries.len() < 1000 {
-        return entries
-            .iter()
-            .map(|e| e.unchanged_at(&release.join(std::ffi::OsStr::from_bytes(&e.path))))
-            .collect();
-    }
-    let chunk = entries.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = entries
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|e| {
-                            e.unchanged_at(&release.join(std::ffi::OsStr::from_bytes(&e.path)))
-                        })
-                        .collect::<Vec<bool>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| worker.join().expect("an lstat thread panicked"))
-            .collect()
+    let threads = if entries.len() < 1000 {
+        1
+    } else {
+        parallel::cores()
+    };
+    parallel::map(entries, threads, |e| {
+        e.unchanged_at(&release.join(std::ffi::OsStr::from_bytes(&e.path)))
     })
 }
 

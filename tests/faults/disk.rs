@@ -143,3 +143,38 @@ fn a_full_disk_at_the_history_append_is_said_and_the_next_push_records_what_happ
         .unwrap()
         .contains("failed to append to history"));
 }
+
+#[test]
+fn a_full_disk_while_many_files_are_written_at_once_says_why_and_keeps_the_live_release() {
+    // Hundreds of small files are written by several threads at once: the first failure stops
+    // them all and is the one the pusher reads.
+    let server = Server::new();
+    let _disk = Mount::tmpfs(&server.root, "4m");
+    server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 2\nrecycle_releases = false\n");
+    let clone = server.clone("work");
+    let v1 = clone.commit_file("app.py", "1\n");
+    clone.push().success();
+    let live = server.live().unwrap();
+
+    for n in 0..600 {
+        clone.write(&format!("assets/m{}/f{n}.txt", n % 20), &"a".repeat(10_000));
+    }
+    clone.commit("600 assets");
+    let push = clone.push();
+    push.success()
+        .stderr_has("No space left on device")
+        .stderr_has("a disk is full: free some space (`df -h` shows where), then push again")
+        .stderr_has(&format!("deploy FAILED; {} is still live", &v1[..7]));
+    assert_eq!(server.live(), Some(live.clone()));
+    assert_eq!(server.live_file("app.py"), "1\n");
+    // The half-written release is gone, and its space with it.
+    assert_eq!(server.releases(), vec![live]);
+
+    clone.git(&["rm", "-q", "-r", "assets"]).success();
+    let v3 = clone.commit("the assets go to a CDN");
+    clone
+        .push()
+        .success()
+        .stderr_has(&format!("ats-hook: deployed {}", &v3[..7]));
+    assert_eq!(server.live_file("app.py"), "1\n");
+}

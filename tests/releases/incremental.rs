@@ -138,3 +138,46 @@ fn a_tracked_file_changed_on_disk_is_rewritten_when_its_release_is_reused() {
     }
     assert_eq!(server.live_file("config.py"), "DEBUG = False\n");
 }
+
+#[test]
+fn a_whole_checkout_of_many_files_equals_its_commit_and_its_index_holds_each_file() {
+    // Past 256 entries a whole checkout spreads its small files over writer threads; large
+    // files, symlinks and the executable bit go their own ways.
+    let server = Server::new();
+    server.config("[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n");
+    let clone = server.clone("work");
+    let mut rng = Rng(0x000f_11e5);
+    for folder in 0..40 {
+        for n in 0..30 {
+            let path = format!("app/m{folder}/f{n}.py");
+            let len = rng.below(3_000);
+            clone.write(&path, &format!("{folder} {n} ").repeat(len / 4 + 1)[..len]);
+        }
+    }
+    for n in 0..3 {
+        clone.write(&format!("static/big{n}.bin"), &"b".repeat(200_000 + n));
+    }
+    clone.write("bin/run", "#!/bin/sh\necho run\n");
+    let run = clone.dir.join("bin/run");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("../app/m3/f7.py", clone.dir.join("bin/link")).unwrap();
+    std::os::unix::fs::symlink("nowhere", clone.dir.join("app/dangling")).unwrap();
+    let first = clone.commit("a tree of 1,200 small files");
+    clone.push().success().stderr_has("checked out 1206 files");
+    let repo = git2::Repository::open_bare(&server.bare).unwrap();
+    let live = server.root.join("releases").join(server.live().unwrap());
+    assert_release_is(&repo, &live, &first, &[]);
+
+    // The next push is built from a whole checkout too (the spare's), and trusts its index:
+    // only the changed file is written, none is found changed on disk.
+    clone.write("app/m39/f29.py", "changed\n");
+    let second = clone.commit("one file");
+    clone
+        .push()
+        .success()
+        .stderr_has("built from the spare release")
+        .stderr_has("1 file written, 0 removed in")
+        .stderr_lacks("changed on disk");
+    let live = server.root.join("releases").join(server.live().unwrap());
+    assert_release_is(&repo, &live, &second, &[]);
+}
