@@ -14,7 +14,8 @@
 //! (three seconds apart); steady state (ten pushes after eight, three seconds apart); a burst of
 //! ten pushes with no pause; ten pushes 1.5 s apart. Commits change one or two files, in turn.
 //! Each way's series runs on its own (a burst is back to back for that server alone), the ways
-//! in turns. It prints every push's time, the median, p95 and worst of each way, the ratios
+//! in turns, and each starts once the one before is settled (its background work done, the
+//! disk written). It prints every push's time, the median, p95 and worst of each way, the ratios
 //! against the in-place hook and `git archive | tar`, the targets, and the hook's peak memory.
 //! Everything happens under one temporary folder, removed at the end.
 
@@ -137,27 +138,45 @@ fn series(
     s: &Scenario,
     tag: &str,
 ) -> Vec<Duration> {
-    let bare = server(
-        base,
-        &format!("{tag}-{}-{:?}", s.name, way)
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect::<String>(),
-        way,
-    );
+    let name = format!("{tag}-{}-{:?}", s.name, way)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>();
+    let bare = server(base, &name, way);
     push(work, &bare, &shas[0], true);
     for sha in &shas[1..=s.warm] {
         std::thread::sleep(s.pause);
         push(work, &bare, sha, true);
     }
     let burst = s.pause.is_zero();
-    shas[s.warm + 1..=s.warm + s.timed]
+    let times = shas[s.warm + 1..=s.warm + s.timed]
         .iter()
         .map(|sha| {
             std::thread::sleep(s.pause);
             push(work, &bare, sha, !burst)
         })
-        .collect()
+        .collect();
+    settle(&base.join(name));
+    times
+}
+
+/// Lets what a series left behind finish before the next one starts: ats-hook's background
+/// preparer of a spare release (it holds the spare lock), then the disk's write-back.
+fn settle(root: &Path) {
+    let lock = root.join(".ats-hook/spare.lock");
+    if lock.exists() {
+        let waited = Command::new("flock")
+            .args(["-w", "120"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .expect("flock");
+        assert!(
+            waited.success(),
+            "the spare preparer of {root:?} still runs"
+        );
+    }
+    assert!(Command::new("sync").status().expect("sync").success());
 }
 
 fn percentile(samples: &[Duration], p: f64) -> Duration {
