@@ -43,7 +43,7 @@ impl Lfs {
                 crate::sys::output::size(pointer.size)
             ),
         };
-        let mut to = super::create_new(path, mode)?;
+        let mut to = super::write::create_new(path, mode)?;
         // A copy the kernel does itself (copy_file_range), sharing blocks where it can.
         let copied = std::io::copy(&mut from, &mut to)
             .with_context(|| format!("failed to write `{}` from the LFS store", path.display()))?;

@@ -10,7 +10,8 @@ use git2::Oid;
 
 use super::durable::Written;
 use super::trees::{Changes, Trees};
-use super::{make_parents, remove_any, trust_received_objects, write_entry, InTheWay};
+use super::write::{trust_received_objects, write_entry};
+use super::{make_parents, remove_any, InTheWay};
 use crate::config::RelPath;
 use crate::release::index::{Entry, ReleaseIndex};
 use crate::release::stamps::Stamps;
