@@ -7,7 +7,8 @@
 //!   five releases kept.
 //!
 //! Run with `cargo bench --bench pushes` (add `-- --quick` for fewer pushes, `--only burst` for
-//! one scenario, `--wide-only` for the 60,000 files alone). Two trees: one
+//! one scenario, `--wide-only` for the 60,000 files alone, `--dir /mnt/btrfs` to run on the
+//! filesystem mounted there instead of the temporary folder's). Two trees: one
 //! shaped like a large web app (about 4,800 files, nested folders, a few large files: the shape
 //! of saleor's, generated, since the machines this runs on reach no source host), and 60,000
 //! small files. Four scenarios, each on new servers: the first seven pushes after the first
@@ -325,13 +326,24 @@ fn main() {
         measure_rss(&args[pos + 1..]);
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let under = args
+        .iter()
+        .position(|a| a == "--dir")
+        .map(|pos| PathBuf::from(&args[pos + 1]))
+        .unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
         .prefix("ats-hook-bench-")
-        .tempdir()
+        .tempdir_in(&under)
         .unwrap();
     let base = tmp.path();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("ats-hook push benchmark: whole `git push` wall times from the client, same machine ({cores} cores), one run");
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(base)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("ats-hook push benchmark: whole `git push` wall times from the client, same machine ({cores} cores), one run, on {fs}");
 
     let app = base.join("app-work");
     std::fs::create_dir_all(&app).unwrap();

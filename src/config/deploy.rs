@@ -34,6 +34,12 @@ pub struct DeploySection {
     /// removed, so it starts from its commit alone, as a fresh checkout would.
     #[serde(default = "default_true")]
     pub recycle_releases: bool,
+    /// On a deploy root on btrfs, make each release checked out whole a subvolume, and build
+    /// a release that has no old release to reuse from a snapshot of the live one (see
+    /// `release::snapshot`), with `recycle_releases`. False keeps releases plain folders (a
+    /// snapshot of the subvolume holding the deploy root then includes them).
+    #[serde(default = "default_true")]
+    pub snapshot_releases: bool,
     /// How much step output one deploy's log keeps; what comes past it is counted, not kept.
     #[serde(default = "default_log_limit")]
     pub log_limit: Size,

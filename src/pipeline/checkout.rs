@@ -24,13 +24,16 @@ pub(super) fn make_release(
     let id = session.id.clone();
     let dir = layout.release(&id);
     let clock = Instant::now();
-    // An old release to build from, or before there are any, the spare prepared after the
-    // last push (held under its lock until it is this release).
+    // An old release to build from, or before there are any, a snapshot of the live release
+    // (on btrfs) or the spare prepared after the last push (held under its lock until it is
+    // this release).
     let base = match prune::recycle_candidate(config, &layout, &session.records)? {
         Some(old) => Some(Base::Old(old)),
-        None => {
-            spare::take(config, &layout, &session.records)?.map(|lock| Base::Spare { _lock: lock })
-        }
+        None => match snapshot_of_live(config, &layout)? {
+            Some(live) => Some(Base::Snapshot(live)),
+            None => spare::take(config, &layout, &session.records)?
+                .map(|lock| Base::Spare { _lock: lock }),
+        },
     };
     let submodules = config.deploy.submodules;
     if submodules {
@@ -74,11 +77,15 @@ pub(super) fn make_release(
                 &[]
             };
             let durable = base.was_durable(&session.records);
+            let source = release::Source {
+                folder: base.folder(),
+                index,
+                snapshot_of: base.snapshot_of(),
+            };
             let update = release::update(
                 trees,
                 &layout,
-                base.folder(),
-                index,
+                source,
                 &id,
                 target.commit,
                 &links,
@@ -108,8 +115,13 @@ pub(super) fn make_release(
             session.written = durable.then_some(update.paths);
         }
         _ => {
-            let checkout =
-                release::materialize(trees, target.commit, &dir, &layout.index_file(&id))?;
+            let checkout = release::materialize(
+                trees,
+                target.commit,
+                &dir,
+                &layout.index_file(&id),
+                config.deploy.snapshot_releases,
+            )?;
             output::say(format!(
                 "checked out {} ({}) in {}",
                 output::count(checkout.files, "file"),
@@ -138,10 +150,36 @@ pub(super) fn make_release(
     Ok(())
 }
 
+/// The live release, once `releases/.snapshot` is a snapshot of it to build the new release
+/// from; `None` when snapshots do not serve here, or the snapshot failed (said, not fatal: the
+/// spare or a whole checkout follows).
+fn snapshot_of_live(
+    config: &Config,
+    layout: &crate::state::layout::Layout,
+) -> Result<Option<String>> {
+    let Some(live) = layout.live_release()? else {
+        return Ok(None);
+    };
+    let wanted = config.deploy.recycle_releases && config.deploy.snapshot_releases;
+    if !release::snapshot::serves(wanted, layout, &live) {
+        return Ok(None);
+    }
+    match release::snapshot::take(layout, &live) {
+        Ok(()) => Ok(Some(live)),
+        Err(err) => {
+            output::say(format!("not building from a snapshot: {err:#}"));
+            let _ = release::snapshot::discard(layout);
+            Ok(None)
+        }
+    }
+}
+
 /// What a new release is built from.
 enum Base {
     /// An old release, by id.
     Old(String),
+    /// A snapshot of the live release (by id) on btrfs.
+    Snapshot(String),
     /// The spare; its lock, held until the release has taken its folder.
     Spare { _lock: spare::SpareLock },
 }
@@ -151,18 +189,28 @@ impl Base {
     fn folder(&self) -> &str {
         match self {
             Base::Old(id) => id,
+            Base::Snapshot(_) => release::snapshot::SNAPSHOT,
             Base::Spare { .. } => spare::SPARE,
         }
     }
 
-    /// Whether it was made durable whole: the spare always is before it is named ready; an
-    /// old release, when its deploy got that far (the history recorded its sync).
+    /// The release it is a snapshot of, when it is one.
+    fn snapshot_of(&self) -> Option<&str> {
+        match self {
+            Base::Snapshot(live) => Some(live),
+            _ => None,
+        }
+    }
+
+    /// Whether it was made durable whole: the spare always is before it is named ready, a
+    /// snapshot as it is made (btrfs commits its transaction); an old release, when its deploy
+    /// got that far (the history recorded its sync).
     fn was_durable(&self, records: &[crate::state::record::DeployRecord]) -> bool {
         match self {
             Base::Old(id) => records
                 .iter()
                 .any(|r| r.release == *id && r.sync_ms.is_some()),
-            Base::Spare { .. } => true,
+            Base::Snapshot(_) | Base::Spare { .. } => true,
         }
     }
 
@@ -170,6 +218,7 @@ impl Base {
     fn recorded(&self) -> String {
         match self {
             Base::Old(id) => id.clone(),
+            Base::Snapshot(live) => format!("snapshot of {live}"),
             Base::Spare { .. } => "spare".to_string(),
         }
     }
@@ -177,6 +226,7 @@ impl Base {
     fn describe(&self) -> String {
         match self {
             Base::Old(id) => format!("old release {id}"),
+            Base::Snapshot(live) => format!("a snapshot of the live release {live}"),
             Base::Spare { .. } => "the spare release".to_string(),
         }
     }

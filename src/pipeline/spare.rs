@@ -228,10 +228,17 @@ fn wait_for_preparer(
     Ok(None)
 }
 
-/// Whether the next push would find no old release to build from: then a spare saves it a
-/// full checkout.
+/// Whether the next push would find no old release to build from, nor a live release to
+/// snapshot: then a spare saves it a full checkout.
 fn wanted(config: &Config, layout: &Layout) -> Result<bool> {
-    Ok(config.deploy.recycle_releases && layout.release_ids()?.len() < config.deploy.keep_releases)
+    if !config.deploy.recycle_releases || layout.release_ids()?.len() >= config.deploy.keep_releases
+    {
+        return Ok(false);
+    }
+    let snapshots = config.deploy.snapshot_releases;
+    Ok(!layout
+        .live_release()?
+        .is_some_and(|live| release::snapshot::serves(snapshots, layout, &live)))
 }
 
 /// After a deploy, with the deploy lock released: starts a detached preparer of a spare for
@@ -303,8 +310,7 @@ fn discard(layout: &Layout) -> Result<()> {
 fn remove(layout: &Layout, id: &str) -> Result<()> {
     let dir = layout.release(id);
     if dir.exists() {
-        fs::remove_dir_all(&dir)
-            .with_context(|| format!("failed to remove `{}`", dir.display()))?;
+        release::snapshot::remove_folder(&dir)?;
     }
     let _ = fs::remove_file(layout.index_file(id));
     let _ = fs::remove_file(layout.stamps_file(id));
@@ -430,7 +436,12 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
     // The old spare was whole on disk: what was written since is all there is to write out.
     let written = if let Some(old) = old {
         // The old spare, brought to the new commit: only what changed is written.
-        release::update(trees, layout, SPARE, old, PREPARING, id, &[], &[])?.paths
+        let source = release::Source {
+            folder: SPARE,
+            index: old,
+            snapshot_of: None,
+        };
+        release::update(trees, layout, source, PREPARING, id, &[], &[])?.paths
     } else {
         remove(layout, SPARE)?;
         release::materialize(
@@ -438,6 +449,7 @@ fn prepare_locked(repo_dir: &Path, config: &Config, layout: &Layout, commit: &st
             id,
             &layout.release(PREPARING),
             &layout.index_file(PREPARING),
+            config.deploy.snapshot_releases,
         )?
         .paths
     };

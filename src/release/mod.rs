@@ -26,13 +26,14 @@ pub mod durable;
 pub mod index;
 pub mod lfs;
 mod recycle;
+pub mod snapshot;
 pub mod stamps;
 pub mod submodules;
 mod trees;
 pub mod view;
 mod write;
 
-pub use recycle::{update, Update};
+pub use recycle::{update, Source, Update};
 pub use trees::{Reading, Trees};
 pub use write::{materialize, Checkout};
 
@@ -203,12 +204,13 @@ pub fn remove(layout: &Layout, id: &str) -> Result<()> {
         .with_context(|| format!("failed to remove old release `{}`", dir.display()))?;
     let _ = fs::remove_file(layout.index_file(id));
     let _ = fs::remove_file(layout.stamps_file(id));
-    fs::remove_dir_all(&doomed)
-        .with_context(|| format!("failed to remove old release `{}`", doomed.display()))
+    snapshot::remove_folder(&doomed).with_context(|| format!("failed to remove old release `{id}`"))
 }
 
-/// Finishes removals that were cut short (see `remove`).
+/// Finishes removals that were cut short (see `remove`), and removes a snapshot that a killed
+/// run left unused.
 pub fn remove_leftovers(layout: &Layout) -> Result<()> {
+    snapshot::discard(layout)?;
     let dir = layout.releases();
     let Ok(entries) = fs::read_dir(&dir) else {
         return Ok(());
@@ -219,8 +221,7 @@ pub fn remove_leftovers(layout: &Layout) -> Result<()> {
             .to_string_lossy()
             .starts_with(".removing-")
         {
-            fs::remove_dir_all(entry.path())
-                .with_context(|| format!("failed to remove `{}`", entry.path().display()))?;
+            snapshot::remove_folder(&entry.path())?;
         }
     }
     Ok(())

@@ -31,7 +31,22 @@ pub struct Update {
     pub paths: Written,
 }
 
-/// Builds release `new_id` from the old release `from_id`, whose index is `old`: renames it,
+/// The release a new one is built from.
+pub struct Source<'a> {
+    /// Its folder under `releases/`, which becomes the new release's.
+    pub folder: &'a str,
+    /// Its index.
+    pub index: ReleaseIndex,
+    /// The release it is a snapshot of, when it is one (`snapshot`). The stat data of its files
+    /// and folders are then read in that release, whose inodes the kernel has cached, not in the
+    /// fresh snapshot, whose inodes it has yet to read (three times slower). That is as right:
+    /// the snapshot holds what that release held when it was taken, and whatever changed there
+    /// before shows there still (a change after only rewrites a file that needed none).
+    pub snapshot_of: Option<&'a str>,
+}
+
+/// Builds release `new_id` from the release `source` (an old one, the spare, a snapshot of the
+/// live one): renames it,
 /// then brings its tracked files to the tree of `commit`, touching only what differs. What
 /// differs comes from comparing the old commit's tree with the new one, whole subtrees at a
 /// time; a stat check of each file catches what changed on disk since it was written. The old
@@ -39,18 +54,22 @@ pub struct Update {
 /// write can land in `shared/` or in a build, and so are its untracked files: it starts from
 /// its commit alone, as a fresh checkout would. The files ats-hook writes into every release
 /// (`generated`) go too, uncounted, unless the new commit tracks them.
-#[allow(clippy::too_many_arguments)]
 pub fn update(
     trees: Trees<'_>,
     layout: &Layout,
-    from_id: &str,
-    old: ReleaseIndex,
+    source: Source<'_>,
     new_id: &str,
     commit: Oid,
     links: &[&RelPath],
     generated: &[&str],
 ) -> Result<Update> {
+    let (from_id, old) = (source.folder, source.index);
     let dir = layout.release(new_id);
+    // Where files are stat'ed: the release itself, or the one it is a snapshot of.
+    let seen = match source.snapshot_of {
+        Some(id) => layout.release(id),
+        None => dir.clone(),
+    };
     let index_path = layout.index_file(new_id);
     let clock = std::time::Instant::now();
     let lap = |what: &str| tracing::trace!("update: {what} at {:?}", clock.elapsed());
@@ -80,7 +99,7 @@ pub fn update(
 
     // What the old release holds, as far as its files are unchanged on disk: one lstat per
     // file, spread over the cores as git spreads its own.
-    let unchanged = stat_all(&dir, old.entries());
+    let unchanged = stat_all(&seen, old.entries());
     let dirty: Vec<Entry> = old
         .entries()
         .iter()
@@ -154,7 +173,8 @@ pub fn update(
     let written = &mut update.paths;
     update.cleaned = match &stamps {
         Some(stamps) => {
-            remove_untracked_where_moved(&dir, stamps, &index, &folders, &old_folders, written)?
+            let moved = |folder: &[u8]| stamps.moved(&seen, folder);
+            remove_untracked_where_moved(&dir, &moved, &index, &folders, &old_folders, written)?
         }
         None => remove_untracked(&dir, Path::new(""), &index, &folders, written)?,
     };
@@ -195,11 +215,11 @@ fn stat_all(release: &Path, entries: &[Entry]) -> Vec<bool> {
 }
 
 /// Removes what the release holds beyond its commit, listing only the folders whose time moved
-/// since their stamp (and the folders of the old tree that the new one lacks). Returns how
-/// many entries went.
+/// since their stamp (`moved`; and the folders of the old tree that the new one lacks). Returns
+/// how many entries went.
 fn remove_untracked_where_moved(
     release: &Path,
-    stamps: &Stamps,
+    moved: &dyn Fn(&[u8]) -> bool,
     tracked: &ReleaseIndex,
     folders: &std::collections::HashSet<Vec<u8>>,
     old_folders: &std::collections::HashSet<Vec<u8>>,
@@ -219,7 +239,7 @@ fn remove_untracked_where_moved(
         removed += 1;
     }
     let listed = std::iter::once(&b""[..]).chain(folders.iter().map(Vec::as_slice));
-    for folder in listed.filter(|folder| stamps.moved(release, folder)) {
+    for folder in listed.filter(|folder| moved(folder)) {
         let dir = release.join(std::ffi::OsStr::from_bytes(folder));
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;

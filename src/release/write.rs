@@ -43,15 +43,17 @@ pub(super) fn trust_received_objects() {
     git2::opts::strict_hash_verification(false);
 }
 
-/// Writes the tree of `commit` into `dir` (which must not exist) and its index to `index_path`.
+/// Writes the tree of `commit` into `dir` (which must not exist; a btrfs subvolume when
+/// `subvolume` and the filesystem is one, see `snapshot`) and its index to `index_path`.
 pub fn materialize(
     trees: Trees<'_>,
     commit: Oid,
     dir: &Path,
     index_path: &Path,
+    subvolume: bool,
 ) -> Result<Checkout> {
     let tree = trees.of(commit)?;
-    fs::create_dir(dir).with_context(|| format!("failed to create release `{}`", dir.display()))?;
+    super::snapshot::new_release_folder(dir, subvolume)?;
     trust_received_objects();
     let started = std::time::Instant::now();
     let mut wanted = Vec::new();

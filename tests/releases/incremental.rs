@@ -10,17 +10,48 @@ use super::*;
 
 #[test]
 fn every_release_equals_its_commit_through_a_random_history() {
+    let server = Server::new();
+    let built_from = random_history(&server, 3);
+    let recycled = built_from.iter().filter(|b| b.is_some()).count();
+    assert!(
+        recycled >= 25,
+        "only {recycled} of 30 deploys were built from an old release"
+    );
+}
+
+/// The same history on a btrfs, with releases kept long enough that each is built from a
+/// snapshot of the live one: the snapshots hold each commit exactly too.
+#[test]
+fn every_release_built_from_a_snapshot_equals_its_commit_through_a_random_history() {
+    let server = Server::new();
+    let _disk = crate::support::system::Mount::btrfs_image(
+        &server.path().join("btrfs.img"),
+        &server.root,
+        "300M",
+    );
+    let built_from = random_history(&server, 40);
+    let snapshots = built_from
+        .iter()
+        .filter(|b| b.as_deref().is_some_and(|b| b.starts_with("snapshot of ")))
+        .count();
+    assert_eq!(snapshots, 30, "{built_from:?}");
+}
+
+/// Thirty deploys of random changes (adds, deletes, renames, modes, symlinks, files turned into
+/// folders and back) with a shared path and a step writing into the release, each checked: the
+/// live release and the rollback target untouched by the next deploy, every release on disk
+/// its commit exactly. Returns what each deploy was built from.
+fn random_history(server: &Server, keep: usize) -> Vec<Option<String>> {
     let seed: u64 = std::env::var("ATS_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_ba5e);
     println!("seed {seed} (ATS_TEST_SEED replays it)");
     let mut rng = Rng(seed);
-    let server = Server::new();
-    server.config(
-        "[deploy]\nroot = \"ROOT\"\nkeep_releases = 3\n[shared]\npaths = [\"log\"]\n\
+    server.config(&format!(
+        "[deploy]\nroot = \"ROOT\"\nkeep_releases = {keep}\n[shared]\npaths = [\"log\"]\n\
          [[step]]\nname = \"build\"\nrun = \"mkdir -p build && date +%s%N > build/out.txt\"\n",
-    );
+    ));
     let clone = server.clone("work");
     clone.write("README", "start\n");
     clone.write("log/.gitkeep", "");
@@ -28,7 +59,7 @@ fn every_release_equals_its_commit_through_a_random_history() {
     clone.push().success();
     let repo = git2::Repository::open_bare(&server.bare).unwrap();
 
-    let mut recycled = 0;
+    let mut built_from = Vec::new();
     for n in 0..30 {
         for op in 0..rng.below(5) + 1 {
             mutate(&mut rng, &clone.dir, n * 10 + op);
@@ -63,9 +94,7 @@ fn every_release_equals_its_commit_through_a_random_history() {
             );
         }
         let record = server.last_record();
-        if record["built_from"].is_string() {
-            recycled += 1;
-        }
+        built_from.push(record["built_from"].as_str().map(str::to_string));
         for id in server.releases() {
             let made = server
                 .records()
@@ -86,10 +115,7 @@ fn every_release_equals_its_commit_through_a_random_history() {
             );
         }
     }
-    assert!(
-        recycled >= 25,
-        "only {recycled} of 30 deploys were built from an old release"
-    );
+    built_from
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod incremental;
 mod kept;
 mod rollback;
 mod schema;
+mod snapshots;
 mod spare;
 mod submodules;
 

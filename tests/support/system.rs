@@ -474,6 +474,15 @@ impl Mount {
     /// An ext4 in the image file `image` of `size` (`600M`, sparse), loop-mounted at `at`: a
     /// filesystem of its own, which no other test's `syncfs` writes out.
     pub fn ext4_image(image: &Path, at: &Path, size: &str) -> Mount {
+        Mount::image(image, at, size, &["mkfs.ext4", "-q", "-F"])
+    }
+
+    /// A btrfs in the image file `image` of `size` (at least `110M`), loop-mounted at `at`.
+    pub fn btrfs_image(image: &Path, at: &Path, size: &str) -> Mount {
+        Mount::image(image, at, size, &["mkfs.btrfs", "-q", "-f"])
+    }
+
+    fn image(image: &Path, at: &Path, size: &str, mkfs: &[&str]) -> Mount {
         require_root();
         std::fs::create_dir_all(at).unwrap();
         run(
@@ -481,11 +490,7 @@ impl Mount {
             "truncate",
         )
         .success();
-        run(
-            Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image),
-            "mkfs.ext4",
-        )
-        .success();
+        run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(image), mkfs[0]).success();
         run(
             Command::new("mount")
                 .args(["-o", "loop"])
