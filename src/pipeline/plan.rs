@@ -135,7 +135,17 @@ pub fn write_plan(config: &Config, out: &mut dyn Write) -> Result<()> {
         };
         writeln!(out, "env file:  {} ({state})", file.display())?;
     }
-    if deploy.recycle_releases {
+    let releases = Layout::new(&deploy.root).releases();
+    let on_btrfs = releases
+        .ancestors()
+        .find(|dir| dir.exists())
+        .is_some_and(crate::release::snapshot::on_btrfs);
+    if deploy.recycle_releases && deploy.snapshot_releases && on_btrfs {
+        writeln!(
+            out,
+            "building:  from the release pruning would remove next, else a snapshot of the live release (releases are btrfs subvolumes), else a full checkout"
+        )?;
+    } else if deploy.recycle_releases {
         writeln!(
             out,
             "building:  from the release pruning would remove next, else a full checkout"

@@ -1,6 +1,7 @@
 //! The release store on disk: materializing a commit (here), comparing trees (`trees`),
-//! recycling a kept release (`recycle`), the file index and stamps kept per release, submodule
-//! checkouts. Uses `state`, `config` and `sys`.
+//! recycling a kept release (`recycle`), releases as btrfs subvolumes and their snapshots
+//! (`snapshot`), the file index and stamps kept per release, submodule checkouts. Uses
+//! `state`, `config` and `sys`.
 //!
 //! A release is written by walking the commit's tree with git2 into a folder that did not exist
 //! before, so nothing of an older release or of the live site is touched; a whole checkout

@@ -59,6 +59,9 @@ fn a_new_servers_next_push_builds_from_a_snapshot_of_the_live_release() {
     for k in 0..300 {
         clone.write(&format!("d{}/f{k}.txt", k % 12), &format!("file {k}\n"));
     }
+    server.ats(&["check"]).success().stdout_has(
+        "building:  from the release pruning would remove next, else a snapshot of the live release (releases are btrfs subvolumes)",
+    );
     let v1 = clone.commit_file("app.py", "1\n");
     clone.push().success().stderr_has("checked out 301 files");
     let first = server.live().unwrap();
