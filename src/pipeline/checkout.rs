@@ -29,7 +29,7 @@ pub(super) fn make_release(
     // this release).
     let base = match prune::recycle_candidate(config, &layout, &session.records)? {
         Some(old) => Some(Base::Old(old)),
-        None => match snapshot_of_live(config, &layout)? {
+        None => match snapshot_of_live(config, &layout, session.previous_release.as_deref()) {
             Some(live) => Some(Base::Snapshot(live)),
             None => spare::take(config, &layout, &session.records)?
                 .map(|lock| Base::Spare { _lock: lock }),
@@ -156,20 +156,18 @@ pub(super) fn make_release(
 fn snapshot_of_live(
     config: &Config,
     layout: &crate::state::layout::Layout,
-) -> Result<Option<String>> {
-    let Some(live) = layout.live_release()? else {
-        return Ok(None);
-    };
-    let wanted = config.deploy.recycle_releases && config.deploy.snapshot_releases;
-    if !release::snapshot::serves(wanted, layout, &live) {
-        return Ok(None);
+    live: Option<&str>,
+) -> Option<String> {
+    let live = live?;
+    if !release::snapshot::serves(&config.deploy, layout, live) {
+        return None;
     }
-    match release::snapshot::take(layout, &live) {
-        Ok(()) => Ok(Some(live)),
+    match release::snapshot::take(layout, live) {
+        Ok(()) => Some(live.to_string()),
         Err(err) => {
             output::say(format!("not building from a snapshot: {err:#}"));
             let _ = release::snapshot::discard(layout);
-            Ok(None)
+            None
         }
     }
 }

@@ -235,10 +235,9 @@ fn wanted(config: &Config, layout: &Layout) -> Result<bool> {
     {
         return Ok(false);
     }
-    let snapshots = config.deploy.snapshot_releases;
     Ok(!layout
         .live_release()?
-        .is_some_and(|live| release::snapshot::serves(snapshots, layout, &live)))
+        .is_some_and(|live| release::snapshot::serves(&config.deploy, layout, &live)))
 }
 
 /// After a deploy, with the deploy lock released: starts a detached preparer of a spare for

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 
+use crate::config::DeploySection;
 use crate::state::layout::Layout;
 use crate::sys::process::Cmd;
 
@@ -48,10 +49,10 @@ fn btrfs(args: &[&std::ffi::OsStr]) -> Result<()> {
 }
 
 /// Creates the folder of a release checked out whole, which must not exist: a subvolume when
-/// `subvolumes` and its parent is on btrfs, else (or when that fails) a plain folder.
-pub fn new_release_folder(dir: &Path, subvolumes: bool) -> Result<()> {
+/// `subvolume` and its parent is on btrfs, else (or when that fails) a plain folder.
+pub fn new_release_folder(dir: &Path, subvolume: bool) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
-    if subvolumes && on_btrfs(parent) && command_found() && !dir.exists() {
+    if subvolume && on_btrfs(parent) && command_found() && !dir.exists() {
         let created = btrfs(&["subvolume".as_ref(), "create".as_ref(), dir.as_os_str()]);
         match created {
             Ok(()) => return Ok(()),
@@ -63,9 +64,13 @@ pub fn new_release_folder(dir: &Path, subvolumes: bool) -> Result<()> {
     fs::create_dir(dir).with_context(|| format!("failed to create release `{}`", dir.display()))
 }
 
-/// Whether a push's release can be built from a snapshot of release `live`.
-pub fn serves(snapshots: bool, layout: &Layout, live: &str) -> bool {
-    snapshots && is_subvolume(&layout.release(live)) && command_found()
+/// Whether a push's release can be built from a snapshot of release `live`: the config wants
+/// it (`snapshot_releases`, with `recycle_releases`), `live` is a subvolume, `btrfs` runs.
+pub fn serves(deploy: &DeploySection, layout: &Layout, live: &str) -> bool {
+    deploy.recycle_releases
+        && deploy.snapshot_releases
+        && is_subvolume(&layout.release(live))
+        && command_found()
 }
 
 /// Makes `releases/.snapshot` a snapshot of release `live`, with a copy of its index and

@@ -25,15 +25,22 @@ fn is_subvolume(path: &std::path::Path) -> bool {
     std::fs::metadata(path).unwrap().ino() == 256
 }
 
+/// `btrfs ARGS`, which must succeed; what it printed.
+fn btrfs(args: &[&std::ffi::OsStr]) -> String {
+    let mut cmd = std::process::Command::new("btrfs");
+    cmd.args(args);
+    run(&mut cmd, "btrfs").success().stdout()
+}
+
 /// The subvolumes of the btrfs at `root`, as `btrfs subvolume list` names them.
 fn subvolumes(root: &std::path::Path) -> Vec<String> {
-    let out = std::process::Command::new("btrfs")
-        .args(["subvolume", "list", "-o"])
-        .arg(root)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let mut names = String::from_utf8_lossy(&out.stdout)
+    let listed = btrfs(&[
+        "subvolume".as_ref(),
+        "list".as_ref(),
+        "-o".as_ref(),
+        root.as_ref(),
+    ]);
+    let mut names = listed
         .lines()
         .map(|l| l.rsplit('/').next().unwrap().to_string())
         .collect::<Vec<_>>();
@@ -225,13 +232,12 @@ fn a_snapshot_left_by_a_killed_run_is_never_used() {
     // A run killed after its snapshot, with the snapshot half brought to another commit.
     let releases = server.root.join("releases");
     let live = releases.join(server.live().unwrap());
-    let made = std::process::Command::new("btrfs")
-        .args(["subvolume", "snapshot"])
-        .arg(&live)
-        .arg(releases.join(".snapshot"))
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
+    btrfs(&[
+        "subvolume".as_ref(),
+        "snapshot".as_ref(),
+        live.as_ref(),
+        releases.join(".snapshot").as_ref(),
+    ]);
     std::fs::write(releases.join(".snapshot/lib/util.py"), "x = 'half'\n").unwrap();
     std::fs::write(releases.join(".snapshot/left.txt"), "left").unwrap();
 
